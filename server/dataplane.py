@@ -1,0 +1,136 @@
+"""DataPlane: the transport-agnostic operations that the gRPC servicer and the HTTP routes both call.
+
+Each transport decodes its wire format into the arguments here, calls one method, and encodes
+the result. Errors are TesseraError subclasses; transports map them through server/errors.py.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from . import __version__
+from ._generated import model_config_pb2 as mc
+from .errors import ModelNotFound
+from .metrics import Metrics
+from .protocol.validation import prepare_inputs, select_outputs
+from .repository.manager import IndexEntry, ModelManager, ModelMetadata
+from .statistics import ModelStatistics
+from .tensors import InferRequest, InferResponse, Tensor
+
+__all__ = ["DataPlane", "InferenceObserver", "ServerMetadata"]
+
+# Only what is really served: see README "Protocol extensions".
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "model_repository",
+              "schedule_policy")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerMetadata:
+    name: str
+    version: str
+    extensions: tuple[str, ...]
+
+
+class InferenceObserver:
+    """A side path fed after each successful inference (drift statistics, shadow copies).
+
+    `observe` runs on the event loop on the request's path: implementations must only hand the
+    arrays over (a bounded put_nowait) and return.
+    """
+
+    def observe(self, model: str, version: str, inputs: dict[str, Tensor],
+                outputs: dict[str, Tensor]) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class DataPlane:
+    """The one place both transports call."""
+
+    def __init__(self, manager: ModelManager, metrics: Metrics) -> None:
+        self._manager = manager
+        self._metrics = metrics
+        self._observers: list[InferenceObserver] = []
+        self._metadata = ServerMetadata("tessera", __version__, EXTENSIONS)
+        self.accepting = True
+
+    @property
+    def manager(self) -> ModelManager:
+        return self._manager
+
+    def add_observer(self, observer: InferenceObserver) -> None:
+        self._observers.append(observer)
+
+    # -- health and metadata -------------------------------------------------------------------
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self.accepting and self._manager.all_ready()
+
+    def server_metadata(self) -> ServerMetadata:
+        return self._metadata
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        return self._manager.is_ready(name, version or None)
+
+    def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
+        return self._manager.get(name, version or None).metadata
+
+    def model_config(self, name: str, version: str | None = None) -> mc.ModelConfig:
+        return self._manager.get(name, version or None).spec.config
+
+    # -- inference -----------------------------------------------------------------------------
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Run one request through its model version's scheduler.
+
+        Raises ModelNotFound / ModelNotReady / InvalidInput / Overloaded / DeadlineExceeded /
+        ExecutionFailed; every failure after model resolution is counted against the model.
+        """
+        start = time.perf_counter_ns()
+        model = self._manager.get(request.model_name, request.model_version or None)
+        labels = model.labels
+        try:
+            feeds, rows = prepare_inputs(model.spec, request)
+            outputs, queue_ns = await model.scheduler.submit(feeds, rows, request.timeout_us)
+            selected = select_outputs(model.spec, request, outputs)
+        except Exception as exc:
+            elapsed = time.perf_counter_ns() - start
+            model.stats.record_failure(elapsed)
+            self._metrics.record_failure(labels, exc)
+            raise
+        elapsed = time.perf_counter_ns() - start
+        model.stats.record_success(rows, elapsed, queue_ns)
+        self._metrics.record_success(labels, elapsed)
+        for observer in self._observers:
+            observer.observe(model.spec.name, labels[1], feeds, outputs)
+        return InferResponse(
+            model_name=model.spec.name,
+            model_version=labels[1],
+            outputs=selected,
+            datatypes=model.output_datatypes,
+            id=request.id,
+        )
+
+    # -- statistics and repository -------------------------------------------------------------
+    def model_statistics(self, name: str = "", version: str = "") -> list[ModelStatistics]:
+        """Statistics of every loaded version, or of one model (and version)."""
+        if not name:
+            return [mv.stats for mv in self._manager.loaded_versions()]
+        if not self._manager.has_model(name):
+            raise ModelNotFound(f"unknown model: '{name}'")
+        found = [mv.stats for mv in self._manager.loaded_versions(name)
+                 if not version or mv.stats.version == version]
+        if version and not found:
+            raise ModelNotFound(f"unknown version '{version}' of model '{name}'")
+        return found
+
+    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+        return [e for e in self._manager.index() if not ready_only or e.state == "READY"]
+
+    async def load_model(self, name: str, config_json: str | None = None,
+                         files: dict[str, bytes] | None = None) -> None:
+        await self._manager.load(name, config_json=config_json, files=files or {})
+
+    async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+        await self._manager.unload(name)

@@ -1,0 +1,75 @@
+"""Every Prometheus metric Tessera exports, defined once on an explicit registry.
+
+Labels are `model` and `version` only (plus `reason` on failures, a small fixed set), so
+cardinality stays bounded. Histograms, unlike Triton's counters, aggregate across replicas.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .errors import TesseraError
+
+__all__ = ["CONTENT_TYPE_LATEST", "Labels", "Metrics"]
+
+Labels = tuple[str, str]
+
+# Seconds, from 100 us to 10 s: covers a tiny MLP on CPU up to a large batch on a slow model.
+_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = tuple(float(2**i) for i in range(11))  # 1 .. 1024 rows
+
+
+class Metrics:
+    """The metric families; one instance per App, each test gets a fresh registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        mv = ("model", "version")
+        self.request_success = Counter("tessera_request_success", "Successful inference requests.", mv,
+                                       registry=r)
+        self.request_failure = Counter("tessera_request_failure", "Failed inference requests by reason.",
+                                       (*mv, "reason"), registry=r)
+        self.inference_count = Counter("tessera_inference_count", "Rows inferred (a batch of N counts N).",
+                                       mv, registry=r)
+        self.execution_count = Counter("tessera_execution_count", "Model executions (batches run).", mv,
+                                       registry=r)
+        self.pending_requests = Gauge("tessera_pending_requests", "Requests queued or executing.", mv,
+                                      registry=r)
+        self.request_duration = Histogram("tessera_request_duration_seconds",
+                                          "End-to-end inference latency inside the server.", mv,
+                                          buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_duration = Histogram("tessera_queue_duration_seconds",
+                                        "Time a request waited in the batcher's queue.", mv,
+                                        buckets=_LATENCY_BUCKETS, registry=r)
+        self.compute_duration = Histogram("tessera_compute_duration_seconds",
+                                          "Model execution time per batch.", mv,
+                                          buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("tessera_batch_size", "Rows in each batch executed.", mv,
+                                    buckets=_BATCH_BUCKETS, registry=r)
+        self.model_state = Gauge("tessera_model_ready", "1 when the model version is READY.", mv,
+                                 registry=r)
+        self.model_load_failures = Counter("tessera_model_load_failures", "Failed model version loads.",
+                                           ("model",), registry=r)
+
+    def record_success(self, labels: Labels, elapsed_ns: int) -> None:
+        self.request_success.labels(*labels).inc()
+        self.request_duration.labels(*labels).observe(elapsed_ns / 1e9)
+
+    def record_failure(self, labels: Labels, error: BaseException) -> None:
+        reason = error.reason if isinstance(error, TesseraError) else "internal"
+        self.request_failure.labels(*labels, reason).inc()
+
+    def record_batch(self, labels: Labels, rows: int, compute_ns: int) -> None:
+        self.execution_count.labels(*labels).inc()
+        self.inference_count.labels(*labels).inc(rows)
+        self.batch_size.labels(*labels).observe(rows)
+        self.compute_duration.labels(*labels).observe(compute_ns / 1e9)
+
+    def record_queue(self, labels: Labels, queue_ns: int) -> None:
+        self.queue_duration.labels(*labels).observe(queue_ns / 1e9)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,96 @@
+"""Checks a decoded request against its model version and prepares the feeds for the scheduler.
+
+Messages name the tensor, what the model expects and what arrived, e.g.
+"input 'x': expected FP32[-1,4], got INT64[2,3]".
+"""
+
+from __future__ import annotations
+
+from ..errors import InvalidInput
+from ..repository.spec import ModelSpec, TensorSpec
+from ..tensors import InferRequest, Tensor
+
+__all__ = ["prepare_inputs", "select_outputs"]
+
+
+def _shape_text(datatype: str, shape: tuple[int, ...]) -> str:
+    return f"{datatype}[{','.join(str(d) for d in shape)}]"
+
+
+def _expected(spec: ModelSpec, tensor: TensorSpec) -> str:
+    dims = ((-1,) if spec.batched else ()) + tensor.dims
+    return _shape_text(tensor.datatype, dims)
+
+
+def _check_tensor(spec: ModelSpec, tensor: TensorSpec, array: Tensor, datatype: str) -> int:
+    """Validate one input; return its batch size (1 for unbatched models)."""
+    got = _shape_text(datatype, tuple(array.shape))
+    if datatype != tensor.datatype:
+        raise InvalidInput(f"input '{tensor.name}': expected {_expected(spec, tensor)}, got {got}")
+    shape = tuple(array.shape)
+    if spec.batched:
+        if len(shape) != len(tensor.dims) + 1 or not _dims_match(tensor.dims, shape[1:]):
+            raise InvalidInput(f"input '{tensor.name}': expected {_expected(spec, tensor)}, got {got}")
+        rows = shape[0]
+        if rows < 1:
+            raise InvalidInput(f"input '{tensor.name}': batch size must be at least 1, got {got}")
+        if rows > spec.max_batch_size:
+            raise InvalidInput(
+                f"input '{tensor.name}': batch size {rows} exceeds the model's max_batch_size "
+                f"{spec.max_batch_size}"
+            )
+        return rows
+    if len(shape) != len(tensor.dims) or not _dims_match(tensor.dims, shape):
+        raise InvalidInput(f"input '{tensor.name}': expected {_expected(spec, tensor)}, got {got}")
+    return 1
+
+
+def _dims_match(expected: tuple[int, ...], got: tuple[int, ...]) -> bool:
+    return all(e == -1 or e == g for e, g in zip(expected, got, strict=True))
+
+
+def prepare_inputs(spec: ModelSpec, request: InferRequest) -> tuple[dict[str, Tensor], int]:
+    """Validate inputs and requested outputs; return the feeds in model order and the row count."""
+    for name in request.inputs:
+        if spec.input(name) is None:
+            expected = ", ".join(t.name for t in spec.inputs)
+            raise InvalidInput(f"unexpected input '{name}' for model '{spec.name}'; it takes: {expected}")
+    for requested in request.outputs:
+        if spec.output(requested.name) is None:
+            expected = ", ".join(t.name for t in spec.outputs)
+            raise InvalidInput(
+                f"unknown output '{requested.name}' requested from model '{spec.name}'; it has: {expected}"
+            )
+    feeds: dict[str, Tensor] = {}
+    rows = -1
+    for tensor in spec.inputs:
+        array = request.inputs.get(tensor.name)
+        if array is None:
+            if tensor.optional:
+                continue
+            raise InvalidInput(f"missing input '{tensor.name}' ({_expected(spec, tensor)}) "
+                               f"for model '{spec.name}'")
+        batch = _check_tensor(spec, tensor, array, request.datatypes.get(tensor.name, ""))
+        if rows not in (-1, batch):
+            raise InvalidInput(
+                f"input '{tensor.name}': batch size {batch} differs from the other inputs' {rows}"
+            )
+        rows = batch
+        if tensor.reshape is not None:
+            array = array.reshape(((batch,) if spec.batched else ()) + tensor.reshape)
+        feeds[tensor.name] = array
+    return feeds, max(rows, 1)
+
+
+def select_outputs(spec: ModelSpec, request: InferRequest, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The outputs the client asked for (all, when it named none), reshaped to the config's dims."""
+    names = [o.name for o in request.outputs] or [t.name for t in spec.outputs]
+    selected: dict[str, Tensor] = {}
+    for name in names:
+        array = outputs[name]
+        tensor = spec.output(name)
+        if tensor is not None and tensor.reshape is not None:
+            lead = (array.shape[0],) if spec.batched else ()
+            array = array.reshape(lead + tuple(d if d != -1 else -1 for d in tensor.dims))
+        selected[name] = array
+    return selected

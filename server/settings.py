@@ -1,0 +1,68 @@
+"""ServerSettings: every knob of `tessera serve`, parsed once at the edge (CLI flags + TESSERA_* env).
+
+Units are in the field names. Nothing mutates settings after start; they are passed down explicitly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["ServerSettings"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerSettings:
+    model_repository: str
+    """Path (or fsspec URL) of the model repository in Triton's layout."""
+
+    host: str = "0.0.0.0"
+    """Address both servers bind."""
+
+    http_port: int = 8000
+    """HTTP port; 0 picks a free one (tests)."""
+
+    grpc_port: int = 8001
+    """gRPC port; 0 picks a free one (tests)."""
+
+    workers: int = 1
+    """Processes sharing the ports through SO_REUSEPORT, each with its own sessions."""
+
+    model_control_mode: str = "none"
+    """none: load everything at start; poll: also watch the repository; explicit: load on request."""
+
+    load_models: tuple[str, ...] = ()
+    """Models to load at start in explicit mode ("*" for all)."""
+
+    repository_poll_secs: float = 15.0
+    """Seconds between repository scans in poll mode."""
+
+    repository_cache_dir: Path | None = None
+    """Local cache for remote (fsspec) repositories; a temporary directory when None."""
+
+    allow_repository_admin: bool = True
+    """Serve RepositoryModelLoad / RepositoryModelUnload (admin operations)."""
+
+    grpc_max_message_bytes: int = 64 * 1024 * 1024
+    """Largest gRPC message accepted or sent."""
+
+    http_max_body_bytes: int = 64 * 1024 * 1024
+    """Largest HTTP request body accepted; larger bodies get 413."""
+
+    intra_op_threads: int = 1
+    """ONNX Runtime intra-op threads per session, unless the model's parameters override it."""
+
+    allow_spinning: bool = False
+    """Let ONNX Runtime's intra-op pool spin-wait between runs (burns cores; see BENCHMARKS.md)."""
+
+    drain_timeout_s: float = 30.0
+    """Seconds SIGTERM waits for in-flight requests before exiting."""
+
+    redis_url: str | None = None
+    """Redis for drift statistics (and shared rollout state); None keeps everything in-process."""
+
+    state_dir: Path = field(default_factory=lambda: Path(".tessera"))
+    """Directory for persisted server state (rollouts, audit log)."""
+
+    log_level: str = "INFO"
+    """Python logging level name."""

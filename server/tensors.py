@@ -1,0 +1,70 @@
+"""InferRequest and InferResponse: the numpy-backed request and answer shared by every layer.
+
+Transports decode into these once; nothing below the transports sees protobuf or JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["InferRequest", "InferResponse", "Parameters", "RequestedOutput", "Tensor"]
+
+Tensor = npt.NDArray[Any]
+Parameters = dict[str, bool | int | float | str]
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    """An output the client asked for; `binary` is the HTTP binary-data extension's choice."""
+
+    name: str
+    binary: bool | None = None
+    parameters: Parameters = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """One inference request, inputs already decoded to numpy arrays (views of the wire bytes).
+
+    `model_version` is None when the client left the version to the server.
+    `outputs` empty means every output of the model.
+    `timeout_us` is the client's `timeout` parameter, 0 when not given.
+    `datatypes` keeps the wire datatype of each input (BF16 travels as uint16 views).
+    """
+
+    model_name: str
+    inputs: dict[str, Tensor]
+    datatypes: dict[str, str]
+    model_version: str | None = None
+    id: str = ""
+    outputs: list[RequestedOutput] = field(default_factory=list)
+    parameters: Parameters = field(default_factory=dict)
+    timeout_us: int = 0
+    routing_key: str | None = None
+
+    def batch_rows(self) -> int:
+        """Rows along the first dimension of the first input (1 for a scalar-shaped input)."""
+        for array in self.inputs.values():
+            return int(array.shape[0]) if array.ndim else 1
+        return 0
+
+
+@dataclass(slots=True)
+class InferResponse:
+    """The answer to one InferRequest: outputs by name, in the order they are to be returned."""
+
+    model_name: str
+    model_version: str
+    outputs: dict[str, Tensor]
+    datatypes: dict[str, str]
+    id: str = ""
+    parameters: Parameters = field(default_factory=dict)
+
+
+def is_bytes_tensor(array: Tensor) -> bool:
+    """Whether an array holds BYTES elements (numpy object or bytes dtype)."""
+    return array.dtype == np.object_ or array.dtype.kind in ("S", "U")
