@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from . import __version__
 from ._generated import model_config_pb2 as mc
-from .errors import ModelNotFound
+from .errors import ModelNotFound, Unsupported
 from .metrics import Metrics
 from .protocol.validation import prepare_inputs, select_outputs
 from .repository.manager import IndexEntry, ModelManager, ModelMetadata
@@ -47,8 +47,9 @@ class InferenceObserver:
 class DataPlane:
     """The one place both transports call."""
 
-    def __init__(self, manager: ModelManager, metrics: Metrics) -> None:
+    def __init__(self, manager: ModelManager, metrics: Metrics, *, admin_enabled: bool = True) -> None:
         self._manager = manager
+        self._admin_enabled = admin_enabled
         self._metrics = metrics
         self._observers: list[InferenceObserver] = []
         self._metadata = ServerMetadata("tessera", __version__, EXTENSIONS)
@@ -128,9 +129,16 @@ class DataPlane:
     def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
         return [e for e in self._manager.index() if not ready_only or e.state == "READY"]
 
+    def _check_admin(self) -> None:
+        if not self._admin_enabled:
+            raise Unsupported("repository load/unload is disabled on this server "
+                              "(start it with --allow-repository-admin)")
+
     async def load_model(self, name: str, config_json: str | None = None,
                          files: dict[str, bytes] | None = None) -> None:
+        self._check_admin()
         await self._manager.load(name, config_json=config_json, files=files or {})
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+        self._check_admin()
         await self._manager.unload(name)

@@ -1,0 +1,228 @@
+"""One generator process: sends pre-encoded requests in an open or a closed loop, records HDR histograms.
+
+Runs on its own event loop (uvloop when installed). Latency in the open loop is measured from each
+request's intended send time, so a stalled server cannot hide its queue (coordinated omission);
+the service time from the actual send is kept beside it, and so is the send lag itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from . import histograms
+from .spec import LoadSpec, Target
+from .transports import HttpStatusError, InferClient, make_client
+
+__all__ = ["Sink", "WorkerJob", "WorkerReport", "run_worker", "worker_main"]
+
+Sink = Callable[[tuple[Any, ...]], None]
+TICK_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerJob:
+    index: int
+    target: Target
+    spec: LoadSpec
+    payloads: Sequence[bytes]
+
+
+@dataclass(slots=True)
+class WorkerReport:
+    """What one process measured; histograms are HdrHistogram encodings (microseconds)."""
+
+    index: int
+    latency: bytes
+    service: bytes
+    send_lag: bytes
+    ok: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    sent: int = 0
+    missed_sends: int = 0
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    first_error: str = ""
+
+
+class _Recorder:
+    """Counts and histograms for one process; `measured` decides what falls in the window."""
+
+    def __init__(self, spec: LoadSpec, start_at: float) -> None:
+        self.window = (start_at + spec.warmup_s, start_at + spec.warmup_s + spec.duration_s)
+        self.open = spec.mode == "open"
+        self.late_s = spec.late_send_ms / 1000.0
+        self.latency, self.service, self.lag = (histograms.new_histogram() for _ in range(3))
+        self.interval = histograms.new_histogram()
+        self.interval_ok = self.interval_err = self.ok = self.sent = self.missed = 0
+        self.errors: Counter[str] = Counter()
+        self.first_error = ""
+
+    def _measured(self, intended: float, done: float) -> bool:
+        t = intended if self.open else done
+        return self.window[0] <= t < self.window[1]
+
+    def sent_at(self, intended: float, sent: float) -> None:
+        self.sent += 1
+        if self.open and self._measured(intended, sent):
+            histograms.record_us(self.lag, sent - intended)
+            self.missed += sent - intended > self.late_s
+
+    def success(self, intended: float, sent: float, done: float) -> None:
+        histograms.record_us(self.interval, done - intended)
+        self.interval_ok += 1
+        if self._measured(intended, done):
+            self.ok += 1
+            histograms.record_us(self.latency, done - intended)
+            histograms.record_us(self.service, done - sent)
+
+    def failure(self, intended: float, done: float, error: BaseException) -> None:
+        self.interval_err += 1
+        if self._measured(intended, done):
+            self.errors[_error_kind(error)] += 1
+            self.first_error = self.first_error or f"{type(error).__name__}: {error}"[:300]
+
+
+def _error_kind(error: BaseException) -> str:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"grpc_{error.code().name}"
+    if isinstance(error, HttpStatusError):
+        return f"http_{error.status}"
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    if isinstance(error, OSError):
+        return "connection"
+    return type(error).__name__
+
+
+async def _one(client: InferClient, rec: _Recorder, index: int, intended: float) -> None:
+    sent = time.monotonic()
+    rec.sent_at(intended, sent)
+    try:
+        await client.infer(index)
+    except Exception as exc:
+        rec.failure(intended, time.monotonic(), exc)
+    else:
+        rec.success(intended, sent, time.monotonic())
+
+
+async def _open_loop(client: InferClient, rec: _Recorder, spec: LoadSpec, start_at: float) -> None:
+    rng = random.Random(spec.seed)
+    end = rec.window[1]
+    gap: Callable[[], float] = ((lambda: rng.expovariate(spec.rate_rps)) if spec.arrival == "poisson"
+                                else (lambda: 1.0 / spec.rate_rps))
+    in_flight: set[asyncio.Task[None]] = set()
+    intended = start_at + (rng.random() / spec.rate_rps if spec.arrival == "constant" else 0.0)
+    for index in range(spec.max_requests):
+        intended += gap()
+        if intended >= end:
+            break
+        delay = intended - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif index % 16 == 0:
+            await asyncio.sleep(0)  # behind schedule: still let answers in
+        while len(in_flight) >= spec.max_in_flight:
+            await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.create_task(_one(client, rec, index, intended))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+    await _drain(in_flight, spec)
+
+
+async def _closed_loop(client: InferClient, rec: _Recorder, spec: LoadSpec) -> None:
+    end = rec.window[1]
+    budget = iter(range(spec.max_requests))
+
+    async def user(offset: int) -> None:
+        for index in budget:
+            now = time.monotonic()
+            if now >= end:
+                return
+            await _one(client, rec, index * spec.concurrency + offset, now)
+
+    tasks = {asyncio.create_task(user(u)) for u in range(spec.concurrency)}
+    await _drain(tasks, spec)
+
+
+async def _drain(tasks: set[asyncio.Task[None]], spec: LoadSpec) -> None:
+    """Wait for the last requests, bounded: each has its own timeout, so this is a backstop."""
+    deadline = spec.warmup_s + spec.duration_s + 2 * 10.0 + 5.0
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=deadline)
+        for task in pending:
+            task.cancel()
+
+
+async def _ticker(rec: _Recorder, sink: Sink, index: int, start_at: float, stop: asyncio.Event) -> None:
+    for second in range(1, 100_000):
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=max(0.0, start_at + second * TICK_S - time.monotonic()))
+            return
+        except TimeoutError:
+            pass
+        sink(("tick", index, second, histograms.encode(rec.interval), rec.interval_ok, rec.interval_err))
+        rec.interval.reset()
+        rec.interval_ok = rec.interval_err = 0
+
+
+async def run_worker(job: WorkerJob, sink: Sink, wait_start: Callable[[], float]) -> WorkerReport:
+    """Connect, report ready, wait for the common start time, run the loop, return the report."""
+    spec = job.spec
+    client = make_client(job.target, job.payloads, channels=spec.grpc_channels,
+                         max_connections=spec.max_in_flight if spec.mode == "open" else spec.concurrency)
+    sink(("ready", job.index))
+    start_at = await asyncio.to_thread(wait_start)
+    rec = _Recorder(spec, start_at)
+    stop = asyncio.Event()
+    ticker = asyncio.create_task(_ticker(rec, sink, job.index, start_at, stop))
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    try:
+        if spec.mode == "open":
+            await _open_loop(client, rec, spec, start_at)
+        else:
+            await _closed_loop(client, rec, spec)
+    finally:
+        cpu_s, wall_s = time.process_time() - cpu0, time.monotonic() - wall0
+        stop.set()
+        await ticker
+        await client.close()
+    return WorkerReport(index=job.index, latency=histograms.encode(rec.latency),
+                        service=histograms.encode(rec.service), send_lag=histograms.encode(rec.lag),
+                        ok=rec.ok, errors=dict(rec.errors), sent=rec.sent, missed_sends=rec.missed,
+                        cpu_s=cpu_s, wall_s=wall_s, first_error=rec.first_error)
+
+
+def worker_main(job: WorkerJob, queue: Any, go: Any, start_value: Any) -> None:
+    """Entry point of a spawned generator process; everything it says goes through `queue`."""
+    if job.spec.cpus:
+        os.sched_setaffinity(0, job.spec.cpus)
+
+    def wait_start() -> float:
+        if not go.wait(timeout=120.0):
+            raise TimeoutError("no start signal from the parent within 120 s")
+        return float(start_value.value)
+
+    try:
+        report = _run(run_worker(job, queue.put, wait_start))
+    except BaseException as exc:
+        queue.put(("failed", job.index, f"{type(exc).__name__}: {exc}"))
+        raise
+    queue.put(("done", job.index, report))
+
+
+def _run(coro: Any) -> WorkerReport:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[no-any-return]
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)  # type: ignore[no-any-return]

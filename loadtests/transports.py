@@ -1,0 +1,185 @@
+"""The two wire clients the generator drives, both sending pre-encoded payloads.
+
+gRPC: raw `grpc.aio` unary calls with bytes in and bytes out (no protobuf work per request).
+HTTP: a minimal keep-alive HTTP/1.1 client on asyncio protocols, one request per connection at a
+time (as perf_analyzer and tritonclient do); only the status line and body length are parsed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Sequence
+from typing import Protocol
+
+import grpc
+
+from .spec import Target
+
+__all__ = ["GrpcClient", "HttpClient", "HttpStatusError", "InferClient", "make_client"]
+
+INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
+_UNBOUNDED = -1
+
+
+class HttpStatusError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+class InferClient(Protocol):
+    async def infer(self, index: int) -> None:
+        """Send payload `index % len(payloads)`; raise on any failure or after the timeout."""
+
+    async def close(self) -> None: ...
+
+
+def make_client(target: Target, payloads: Sequence[bytes], *, channels: int = 1,
+                max_connections: int = 1024) -> InferClient:
+    if target.protocol == "grpc":
+        return GrpcClient(target, payloads, channels=channels)
+    return HttpClient(target, payloads, max_connections=max_connections)
+
+
+class GrpcClient:
+    """Unary ModelInfer over `channels` HTTP/2 channels, round-robin."""
+
+    def __init__(self, target: Target, payloads: Sequence[bytes], *, channels: int = 1) -> None:
+        options = [("grpc.max_send_message_length", _UNBOUNDED),
+                   ("grpc.max_receive_message_length", _UNBOUNDED)]
+        address = f"{target.host}:{target.port}"
+        # A local subchannel pool gives each channel its own connection instead of a shared one.
+        options.append(("grpc.use_local_subchannel_pool", 1))
+        self._channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(max(1, channels))]
+        self._calls = [c.unary_unary(INFER_PATH) for c in self._channels]
+        self._next = itertools.cycle(self._calls)
+        self._payloads = payloads
+        self._timeout = target.request_timeout_s
+
+    async def infer(self, index: int) -> None:
+        await next(self._next)(self._payloads[index % len(self._payloads)], timeout=self._timeout)
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+
+
+class HttpClient:
+    """A pool of keep-alive connections; a request takes an idle one or opens a new one."""
+
+    def __init__(self, target: Target, payloads: Sequence[bytes], *, max_connections: int = 1024) -> None:
+        self._host, self._port = target.host, target.port
+        self._payloads = payloads
+        self._timeout = target.request_timeout_s
+        self._idle: list[_Connection] = []
+        self._slots = asyncio.Semaphore(max_connections)
+
+    async def infer(self, index: int) -> None:
+        async with self._slots:
+            connection = self._idle.pop() if self._idle else await self._connect()
+            status = await connection.send(self._payloads[index % len(self._payloads)], self._timeout)
+            if connection.reusable:
+                self._idle.append(connection)
+            if status != 200:
+                raise HttpStatusError(status)
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        _, connection = await asyncio.wait_for(
+            loop.create_connection(_Connection, self._host, self._port), self._timeout)
+        return connection
+
+    async def close(self) -> None:
+        for connection in self._idle:
+            connection.close()
+        self._idle.clear()
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection, one request at a time; parses Content-Length or chunked bodies."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._waiter: asyncio.Future[int] | None = None
+        self.reusable = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.reusable = False
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(ConnectionError(f"connection lost: {exc}"))
+
+    def close(self) -> None:
+        self.reusable = False
+        if self._transport is not None:
+            self._transport.close()
+
+    async def send(self, payload: bytes, timeout_s: float) -> int:
+        """Write one request, return the response status. Raises TimeoutError, ConnectionError."""
+        if self._transport is None or self._transport.is_closing():
+            raise ConnectionError("connection closed")
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        self._buffer.clear()
+        self._transport.write(payload)
+        timer = loop.call_later(timeout_s, self._expire, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _expire(self, waiter: asyncio.Future[int]) -> None:
+        if not waiter.done():
+            waiter.set_exception(TimeoutError("request timed out"))
+            self.close()  # a late answer must not be read as the next request's
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if self._waiter is None or self._waiter.done():
+            return
+        parsed = _parse_response(self._buffer)
+        if parsed is not None:
+            status, keep_alive = parsed
+            self.reusable = self.reusable and keep_alive
+            if not keep_alive:
+                self.close()
+            self._waiter.set_result(status)
+
+
+def _parse_response(buffer: bytearray) -> tuple[int, bool] | None:
+    """(status, keep-alive) once `buffer` holds a whole response, else None."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+    parts = head[0].split(" ", 2)
+    status = int(parts[1])
+    headers = {k.strip().lower(): v.strip().lower() for k, _, v in (line.partition(":") for line in head[1:])}
+    keep_alive = headers.get("connection", "") != "close" and parts[0] != "HTTP/1.0"
+    body_start = end + 4
+    if "content-length" in headers:
+        done = len(buffer) - body_start >= int(headers["content-length"])
+    elif headers.get("transfer-encoding") == "chunked":
+        done = _chunked_complete(buffer, body_start)
+    else:
+        done = status in (204, 304) or 100 <= status < 200
+    return (status, keep_alive) if done else None
+
+
+def _chunked_complete(buffer: bytearray, pos: int) -> bool:
+    while True:
+        line_end = buffer.find(b"\r\n", pos)
+        if line_end < 0:
+            return False
+        size = int(bytes(buffer[pos:line_end]).split(b";")[0], 16)
+        if size == 0:
+            return buffer.find(b"\r\n", line_end + 2) >= 0  # trailers end with an empty line
+        pos = line_end + 2 + size + 2
+        if pos > len(buffer):
+            return False

@@ -1,0 +1,114 @@
+"""App: the composition root. Builds every part from ServerSettings, starts them in order, drains on stop.
+
+One event loop serves both protocols; both share one scheduler per model version, so gRPC and
+HTTP requests batch together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from pathlib import Path
+
+import grpc
+import uvicorn
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from .dataplane import DataPlane
+from .grpc_api.service import SERVICE_NAME, InferenceService
+from .http_api import build_http_app
+from .metrics import Metrics
+from .repository.manager import ModelManager
+from .settings import ServerSettings
+
+__all__ = ["App"]
+
+logger = logging.getLogger(__name__)
+
+
+def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class App:
+    """A running Tessera server: model manager, DataPlane, gRPC and HTTP servers."""
+
+    def __init__(self, settings: ServerSettings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.manager = ModelManager(Path(settings.model_repository), settings, self.metrics)
+        self.dataplane = DataPlane(self.manager, self.metrics,
+                                   admin_enabled=settings.allow_repository_admin)
+        self._grpc: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._http: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self.grpc_port = 0
+        self.http_port = 0
+
+    async def start(self) -> None:
+        """Load models, then open both ports. Returns once both servers accept connections."""
+        s = self.settings
+        if s.model_control_mode == "explicit":
+            names = None if "*" in s.load_models else list(s.load_models)
+            await self.manager.load_all(names)
+        else:
+            await self.manager.load_all()
+        await self._start_grpc()
+        await self._start_http()
+        ready = [e for e in self.dataplane.repository_index() if e.state == "READY"]
+        logger.info("tessera listening: gRPC %s:%d, HTTP %s:%d; READY: %s", s.host, self.grpc_port, s.host,
+                    self.http_port, ", ".join(f"{e.name}/{e.version}" for e in ready) or "none")
+
+    async def _start_grpc(self) -> None:
+        s = self.settings
+        options = [
+            ("grpc.max_receive_message_length", s.grpc_max_message_bytes),
+            ("grpc.max_send_message_length", s.grpc_max_message_bytes),
+            ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
+        ]
+        server = grpc.aio.server(options=options)
+        server.add_generic_rpc_handlers((InferenceService(self.dataplane).handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        address = f"[{s.host}]:{s.grpc_port}" if ":" in s.host else f"{s.host}:{s.grpc_port}"
+        self.grpc_port = server.add_insecure_port(address)
+        await server.start()
+        self._grpc = server
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _start_http(self) -> None:
+        s = self.settings
+        app = build_http_app(self.dataplane, self.metrics, s.http_max_body_bytes)
+        config = uvicorn.Config(app, http="httptools", lifespan="off", access_log=False, log_config=None,
+                                timeout_graceful_shutdown=s.drain_timeout_s)
+        self._http = uvicorn.Server(config)
+        sock = _bind(s.host, s.http_port, reuse_port=s.workers > 1)
+        self.http_port = sock.getsockname()[1]
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        """Graceful drain: stop taking requests, finish the accepted ones, release the models."""
+        self.dataplane.accepting = False
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            await self._http_task
+        if self._grpc is not None:
+            await self._grpc.stop(self.settings.drain_timeout_s)
+        await self.manager.stop()
+        logger.info("tessera stopped")

@@ -1,0 +1,238 @@
+"""DynamicBatcher: one queue and one loop task per model version, with Triton's batching semantics.
+
+- `max_batch_size` counts rows; a request may carry several rows; a batch never exceeds it.
+- A batch is sent at once when it reaches the largest preferred size (or max_batch_size), otherwise
+  after `max_queue_delay_us` from its oldest request; with no delay, whatever is queued goes.
+- Requests whose non-batch dims or dtypes differ never share a batch.
+- The queue is bounded: a full queue raises Overloaded at once.
+- Timeouts fire from a timer while the request waits, even when every instance is busy; an
+  expired request is never computed. Cancelled requests (client gone) are skipped.
+- Without dynamic batching (or with max_batch_size 0) each request runs alone, through the same queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..errors import DeadlineExceeded, ModelNotReady, Overloaded
+from ..metrics import Labels, Metrics
+from ..repository.spec import ModelSpec
+from ..statistics import ModelStatistics
+from ..tensors import Tensor
+from .stacking import BatchKey, batch_key, split_outputs, stack_inputs
+
+__all__ = ["DEFAULT_QUEUE_LIMIT", "DynamicBatcher"]
+
+logger = logging.getLogger(__name__)
+
+# Bound on queued requests when the config sets no max_queue_size: memory must never grow unbounded.
+DEFAULT_QUEUE_LIMIT = 4096
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    feeds: dict[str, Tensor]
+    rows: int
+    key: BatchKey
+    future: asyncio.Future[tuple[dict[str, Tensor], int]]
+    enqueued_ns: int
+    timer: asyncio.TimerHandle | None = field(default=None)
+
+    @property
+    def live(self) -> bool:
+        return not self.future.done()
+
+
+class DynamicBatcher:
+    """Schedules one model version's requests onto its runner."""
+
+    def __init__(self, runner: object, spec: ModelSpec, stats: ModelStatistics, metrics: Metrics,
+                 labels: Labels) -> None:
+        from ..executor.runner import Runner
+
+        self._runner: Runner = runner  # type: ignore[assignment]
+        self._spec = spec
+        self._stats = stats
+        self._metrics = metrics
+        self._labels = labels
+        batching = spec.batching
+        self._merge = batching is not None and spec.batched
+        self._max_rows = max(spec.max_batch_size, 1)
+        self._target_rows = (
+            max(batching.preferred_batch_sizes) if batching and batching.preferred_batch_sizes else self._max_rows
+        )
+        self._delay_ns = (batching.max_queue_delay_us * 1000) if batching else 0
+        self._queue_limit = (batching.max_queue_size if batching and batching.max_queue_size else
+                             DEFAULT_QUEUE_LIMIT)
+        self._default_timeout_us = batching.default_timeout_us if batching else 0
+        self._allow_override = batching.allow_timeout_override if batching else True
+        self._queue: deque[_Pending] = deque()
+        self._arrived = asyncio.Event()
+        self._slots = asyncio.Semaphore(self._runner.instances)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._accepting = True
+        self._pending_gauge = metrics.pending_requests.labels(*labels)
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # -- public --------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self._labels}")
+
+    async def submit(self, feeds: dict[str, Tensor], rows: int, timeout_us: int = 0
+                     ) -> tuple[dict[str, Tensor], int]:
+        """Queue a validated request; return its outputs and the nanoseconds it waited in the queue.
+
+        Raises Overloaded (queue full), ModelNotReady (version draining), DeadlineExceeded,
+        ExecutionFailed. Runs on the event loop.
+        """
+        if not self._accepting:
+            raise ModelNotReady(f"model '{self._spec.name}' version {self._spec.version} is unloading")
+        if len(self._queue) >= self._queue_limit:
+            raise Overloaded(f"model '{self._spec.name}' version {self._spec.version}: queue is full "
+                             f"({self._queue_limit} requests); retry later")
+        loop = asyncio.get_running_loop()
+        pending = _Pending(feeds, rows, batch_key(feeds) if self._merge else (), loop.create_future(),
+                           time.perf_counter_ns())
+        timeout = self._effective_timeout_us(timeout_us)
+        if timeout:
+            pending.timer = loop.call_later(timeout / 1e6, self._expire, pending, timeout)
+        self._queue.append(pending)
+        self._pending_gauge.inc()
+        self._arrived.set()
+        try:
+            return await pending.future
+        finally:
+            self._pending_gauge.dec()
+            if pending.timer is not None:
+                pending.timer.cancel()
+
+    async def stop(self, drain_timeout_s: float = 30.0) -> None:
+        """Stop accepting, finish queued and in-flight requests, then end the loop."""
+        self._accepting = False
+        deadline = time.monotonic() + drain_timeout_s
+        while (self._queue or self._in_flight) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        for pending in self._queue:
+            if pending.live:
+                pending.future.set_exception(ModelNotReady(f"model '{self._spec.name}' was unloaded"))
+        self._queue.clear()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _effective_timeout_us(self, requested_us: int) -> int:
+        default = self._default_timeout_us
+        if not default:
+            return requested_us
+        if self._allow_override and 0 < requested_us < default:
+            return requested_us
+        return default
+
+    def _expire(self, pending: _Pending, timeout_us: int) -> None:
+        if pending.live:
+            pending.future.set_exception(DeadlineExceeded(
+                f"request to model '{self._spec.name}' timed out after {timeout_us} us in the queue"))
+
+    async def _run(self) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                batch = await self._collect()
+            except BaseException:
+                self._slots.release()
+                raise
+            task = asyncio.get_running_loop().create_task(self._execute(batch))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    def _drop_dead_head(self) -> None:
+        while self._queue and not self._queue[0].live:
+            self._queue.popleft()
+
+    async def _wait_for_work(self) -> None:
+        while True:
+            self._drop_dead_head()
+            if self._queue:
+                return
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    def _take(self) -> tuple[list[_Pending], int]:
+        """Take the head and every later request that can join it, up to max rows."""
+        head = self._queue[0]
+        if not self._merge:
+            self._queue.popleft()
+            return [head], head.rows
+        taken, rows, keep = [], 0, deque()
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.live:
+                continue
+            if item.key == head.key and rows + item.rows <= self._max_rows:
+                taken.append(item)
+                rows += item.rows
+            else:
+                keep.append(item)
+        keep.extend(self._queue)
+        self._queue = keep
+        return taken, rows
+
+    def _ready_rows(self) -> int:
+        head = self._queue[0]
+        return sum(p.rows for p in self._queue if p.live and p.key == head.key)
+
+    async def _collect(self) -> list[_Pending]:
+        await self._wait_for_work()
+        if self._merge and self._delay_ns:
+            deadline = self._queue[0].enqueued_ns + self._delay_ns
+            while self._ready_rows() < self._target_rows:
+                remaining = deadline - time.perf_counter_ns()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining / 1e9)
+                except TimeoutError:
+                    break
+                await self._wait_for_work()
+        taken, _ = self._take()
+        return taken
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        try:
+            batch = [p for p in batch if p.live]  # expired while the batch formed
+            if not batch:
+                return
+            dispatched = time.perf_counter_ns()
+            rows = [p.rows for p in batch]
+            t0 = time.perf_counter_ns()
+            feeds = stack_inputs([p.feeds for p in batch])
+            t1 = time.perf_counter_ns()
+            try:
+                outputs = await self._runner.run(feeds)
+            except Exception as exc:
+                for p in batch:
+                    if p.live:
+                        p.future.set_exception(exc)
+                return
+            t2 = time.perf_counter_ns()
+            pieces = split_outputs(outputs, rows) if self._merge else [outputs]
+            t3 = time.perf_counter_ns()
+            self._stats.record_execution(sum(rows), len(batch), t1 - t0, t2 - t1, t3 - t2)
+            self._metrics.record_batch(self._labels, sum(rows), t2 - t1)
+            for p, piece in zip(batch, pieces, strict=True):
+                queue_ns = dispatched - p.enqueued_ns
+                self._metrics.record_queue(self._labels, queue_ns)
+                if p.live:
+                    p.future.set_result((piece, queue_ns))
+        finally:
+            self._slots.release()

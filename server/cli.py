@@ -1,0 +1,144 @@
+"""`tessera serve | drift | profile | loadtest`: flags (each also a TESSERA_* environment variable) -> settings.
+
+Settings are built once here and passed down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .settings import ServerSettings
+
+__all__ = ["build_parser", "main", "serve_settings"]
+
+logger = logging.getLogger("tessera")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"TESSERA_{name.upper().replace('-', '_')}", default)
+
+
+def _bool(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="serve a model repository over gRPC and HTTP")
+    p.add_argument("--model-repository", default=_env("model-repository"),
+                   help="path or fsspec URL of the model repository (TESSERA_MODEL_REPOSITORY)")
+    p.add_argument("--host", default=_env("host", "0.0.0.0"))
+    p.add_argument("--http-port", type=int, default=int(_env("http-port", "8000") or 8000))
+    p.add_argument("--grpc-port", type=int, default=int(_env("grpc-port", "8001") or 8001))
+    p.add_argument("--workers", type=int, default=int(_env("workers", "1") or 1),
+                   help="processes sharing the ports (SO_REUSEPORT), each with its own sessions")
+    p.add_argument("--model-control-mode", choices=("none", "poll", "explicit"),
+                   default=_env("model-control-mode", "none"))
+    p.add_argument("--load-model", action="append", default=None,
+                   help="model to load at start in explicit mode; repeatable, '*' for all")
+    p.add_argument("--repository-poll-secs", type=float,
+                   default=float(_env("repository-poll-secs", "15") or 15))
+    p.add_argument("--allow-repository-admin", type=_bool,
+                   default=_bool(_env("allow-repository-admin", "true") or "true"),
+                   help="serve repository load/unload (true/false)")
+    p.add_argument("--grpc-max-message-bytes", type=int,
+                   default=int(_env("grpc-max-message-bytes", str(64 << 20)) or 0))
+    p.add_argument("--http-max-body-bytes", type=int,
+                   default=int(_env("http-max-body-bytes", str(64 << 20)) or 0))
+    p.add_argument("--intra-op-threads", type=int, default=int(_env("intra-op-threads", "1") or 1),
+                   help="ONNX Runtime intra-op threads per session (models may override)")
+    p.add_argument("--allow-spinning", type=_bool, default=_bool(_env("allow-spinning", "false") or "false"))
+    p.add_argument("--drain-timeout-s", type=float, default=float(_env("drain-timeout-s", "30") or 30))
+    p.add_argument("--redis-url", default=_env("redis-url"))
+    p.add_argument("--state-dir", default=_env("state-dir", ".tessera"))
+    p.add_argument("--log-level", default=_env("log-level", "INFO"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tessera", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve(sub)
+    return parser
+
+
+def serve_settings(args: argparse.Namespace) -> ServerSettings:
+    if not args.model_repository:
+        raise SystemExit("tessera serve: --model-repository (or TESSERA_MODEL_REPOSITORY) is required")
+    loads = tuple(args.load_model or [m for m in (_env("load-model") or "").split(",") if m])
+    return ServerSettings(
+        model_repository=args.model_repository, host=args.host, http_port=args.http_port,
+        grpc_port=args.grpc_port, workers=args.workers, model_control_mode=args.model_control_mode,
+        load_models=loads, repository_poll_secs=args.repository_poll_secs,
+        allow_repository_admin=args.allow_repository_admin,
+        grpc_max_message_bytes=args.grpc_max_message_bytes, http_max_body_bytes=args.http_max_body_bytes,
+        intra_op_threads=args.intra_op_threads, allow_spinning=args.allow_spinning,
+        drain_timeout_s=args.drain_timeout_s, redis_url=args.redis_url, state_dir=Path(args.state_dir),
+        log_level=args.log_level.upper(),
+    )
+
+
+async def _serve(settings: ServerSettings) -> None:
+    from .app import App
+
+    app = App(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    await stop.wait()
+    logger.info("signal received: draining")
+    await app.stop()
+
+
+def run_server(settings: ServerSettings) -> None:
+    """Run one server process on uvloop until SIGTERM/SIGINT, then drain and return."""
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(_serve(settings))
+
+
+def _run_workers(settings: ServerSettings) -> int:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=run_server, args=(settings,), name=f"tessera-{i}") for i in range(settings.workers)]
+    for proc in procs:
+        proc.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for proc in procs:
+            if proc.pid is not None:
+                os.kill(proc.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for proc in procs:
+        proc.join()
+    return max((proc.exitcode or 0) for proc in procs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        settings = serve_settings(args)
+        if settings.workers > 1:
+            return _run_workers(settings)
+        run_server(settings)
+        return 0
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

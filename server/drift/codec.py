@@ -1,0 +1,112 @@
+"""Arrow IPC encoding of a WindowSummary: one record batch, one row per feature, sketches as binary.
+
+The same bytes travel on the Redis Stream, sit in the drift service's bucket state, and (in the
+Arrow IPC file format) make a reference profile. Only aggregates are encoded, never raw values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+from datasketches import kll_floats_sketch
+
+from .stats import FeatureKey, FeatureSummary, WindowSummary
+
+__all__ = ["FORMAT_VERSION", "decode_window", "encode_window", "read_profile_file", "write_profile_file"]
+
+FORMAT_VERSION = "1"
+
+_SCHEMA = pa.schema([
+    ("input", pa.string()),
+    ("column", pa.int32()),
+    ("name", pa.string()),
+    ("kind", pa.string()),
+    ("count", pa.int64()),
+    ("missing", pa.int64()),
+    ("mean", pa.float64()),
+    ("m2", pa.float64()),
+    ("min", pa.float64()),
+    ("max", pa.float64()),
+    ("sketch", pa.binary()),
+    ("categories", pa.list_(pa.int64())),
+    ("frequencies", pa.list_(pa.int64())),
+    ("other", pa.int64()),
+])
+
+_META_INT = ("start_ms", "end_ms", "rows", "windows", "sketch_k", "max_categories")
+
+
+def _record_batch(window: WindowSummary) -> pa.RecordBatch:
+    keys: list[FeatureKey] = sorted(window.features)
+    feats = [window.features[k] for k in keys]
+    columns = {
+        "input": [k[0] for k in keys],
+        "column": [k[1] for k in keys],
+        "name": [window.name_of(k) for k in keys],
+        "kind": [f.kind for f in feats],
+        "count": [f.count for f in feats],
+        "missing": [f.missing for f in feats],
+        "mean": [f.mean for f in feats],
+        "m2": [f.m2 for f in feats],
+        "min": [f.min for f in feats],
+        "max": [f.max for f in feats],
+        "sketch": [f.sketch.serialize() for f in feats],
+        "categories": [None if f.frequencies is None else sorted(f.frequencies) for f in feats],
+        "frequencies": [None if f.frequencies is None else [f.frequencies[c] for c in sorted(f.frequencies)]
+                        for f in feats],
+        "other": [f.other for f in feats],
+    }
+    meta = {"format": FORMAT_VERSION, "model": window.model, "window_id": window.window_id,
+            "producer": window.producer}
+    meta.update({name: str(getattr(window, name)) for name in _META_INT})
+    schema = _SCHEMA.with_metadata(meta)
+    return pa.RecordBatch.from_pydict(columns, schema=schema)
+
+
+def _from_record_batch(batch: pa.RecordBatch) -> WindowSummary:
+    meta = {k.decode(): v.decode() for k, v in (batch.schema.metadata or {}).items()}
+    if meta.get("format") != FORMAT_VERSION:
+        raise ValueError(f"unsupported drift summary format {meta.get('format')!r}")
+    ints = {name: int(meta[name]) for name in _META_INT}
+    window = WindowSummary(model=meta["model"], window_id=meta["window_id"], producer=meta["producer"], **ints)
+    rows = batch.to_pylist()
+    for row in rows:
+        key = (str(row["input"]), int(row["column"]))
+        cats, freqs = row["categories"], row["frequencies"]
+        window.features[key] = FeatureSummary(
+            kind=row["kind"], count=row["count"], missing=row["missing"], mean=row["mean"], m2=row["m2"],
+            min=row["min"], max=row["max"], sketch=kll_floats_sketch.deserialize(row["sketch"]),
+            frequencies=None if cats is None else dict(zip(cats, freqs, strict=True)),
+            other=row["other"], max_categories=window.max_categories)
+        window.names[key] = row["name"]
+    return window
+
+
+def encode_window(window: WindowSummary) -> bytes:
+    """Arrow IPC stream bytes (schema + one record batch) of a window summary."""
+    batch = _record_batch(window)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def decode_window(payload: bytes) -> WindowSummary:
+    """Inverse of encode_window. Raises ValueError (or pyarrow.ArrowInvalid) on bad bytes."""
+    with pa.ipc.open_stream(pa.py_buffer(payload)) as reader:
+        return _from_record_batch(reader.read_next_batch())
+
+
+def write_profile_file(window: WindowSummary, path: Path) -> None:
+    """Write a reference profile as an Arrow IPC file (atomically: temp file, then rename)."""
+    batch = _record_batch(window)
+    tmp = path.with_name(path.name + ".tmp")
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    tmp.replace(path)
+
+
+def read_profile_file(path: Path) -> WindowSummary:
+    with pa.memory_map(str(path)) as source:
+        return _from_record_batch(pa.ipc.open_file(source).get_batch(0))

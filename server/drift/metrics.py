@@ -1,0 +1,70 @@
+"""Drift metrics, defined once on the registry the caller passes (the server's, or the service's).
+
+`TapMetrics` belong to the serving process (hot-path drops, publishing); `MonitorMetrics` to
+whatever evaluates drift (the drift service, or the embedded monitor of `tessera serve`).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+__all__ = ["STATE_VALUES", "MonitorMetrics", "TapMetrics"]
+
+STATE_VALUES = {"ok": 0, "warn": 1, "alert": 2}
+"""Gauge values of the alert states; `insufficient_data` and `no_reference` export as -1."""
+
+
+class TapMetrics:
+    """Statistics side path of a server process."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.dropped = Counter("tessera_drift_dropped", "Inference observations dropped because the drift "
+                               "queue was full.", ("model",), registry=r)
+        self.windows_closed = Counter("tessera_drift_windows_closed", "Statistics windows closed.",
+                                      ("model",), registry=r)
+        self.windows_published = Counter("tessera_drift_windows_published", "Windows written to the "
+                                         "drift stream (or the embedded monitor).", ("model",), registry=r)
+        self.windows_dropped = Counter("tessera_drift_windows_dropped", "Windows dropped because the "
+                                       "publisher's buffer was full or Redis refused them.", ("model",),
+                                       registry=r)
+        self.buffered = Gauge("tessera_drift_publisher_buffered_windows", "Windows waiting to be "
+                              "published.", registry=r)
+        self.connected = Gauge("tessera_drift_publisher_connected", "1 while the drift publisher reaches "
+                               "Redis.", registry=r)
+        self.publish_errors = Counter("tessera_drift_publish_errors", "Failed attempts to write windows "
+                                      "to Redis.", registry=r)
+        self.reconnects = Counter("tessera_drift_publisher_reconnects", "Times the drift publisher "
+                                  "reached Redis again after losing it.", registry=r)
+
+
+class MonitorMetrics:
+    """Drift evaluation: scores and alert states per model, feature and measure."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.score = Gauge("tessera_drift_score", "Latest drift measure of a feature against its "
+                           "reference.", ("model", "feature", "measure"), registry=r)
+        self.measure_state = Gauge("tessera_drift_alert_state", "Alert state per measure: 0 ok, 1 warn, "
+                                   "2 alert.", ("model", "feature", "measure"), registry=r)
+        self.feature_state = Gauge("tessera_drift_feature_state", "Worst alert state of a feature: 0 ok, "
+                                   "1 warn, 2 alert, -1 not evaluated.", ("model", "feature"), registry=r)
+        self.model_state = Gauge("tessera_drift_model_state", "Worst alert state of a model's features.",
+                                 ("model",), registry=r)
+        self.window_rows = Gauge("tessera_drift_window_rows", "Rows in the sliding window evaluated last.",
+                                 ("model",), registry=r)
+        self.evaluations = Counter("tessera_drift_evaluations", "Drift evaluations run.", ("model",),
+                                   registry=r)
+        self.windows_folded = Counter("tessera_drift_windows_folded", "Windows merged into the drift "
+                                      "state.", ("model",), registry=r)
+        self.windows_duplicate = Counter("tessera_drift_windows_duplicate", "Windows seen again and "
+                                         "ignored (redelivery or publisher retry).", ("model",), registry=r)
+        self.windows_stale = Counter("tessera_drift_windows_stale", "Windows older than the retained "
+                                     "state, acknowledged and ignored.", ("model",), registry=r)
+        self.windows_invalid = Counter("tessera_drift_windows_invalid", "Stream messages that could not "
+                                       "be decoded.", registry=r)
+        self.webhook_failures = Counter("tessera_drift_webhook_failures", "Alert webhook POSTs that "
+                                        "failed.", registry=r)
+
+    def state_value(self, state: str) -> int:
+        return STATE_VALUES.get(state, -1)

@@ -1,0 +1,139 @@
+"""The HTTP/REST routes of the Open Inference Protocol and Triton's extensions, on Starlette.
+
+Each handler decodes, makes one DataPlane call and encodes; errors are mapped in errors.py only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..dataplane import DataPlane
+from ..metrics import CONTENT_TYPE_LATEST, Metrics
+from ..protocol.http_codec import HEADER_LENGTH, decode_infer_request, encode_infer_response
+from . import documents
+from .body import read_body
+from .errors import HTTP_EXCEPTION_HANDLERS, ErrorMiddleware
+
+__all__ = ["ROUTING_KEY_HEADER", "build_http_app"]
+
+ROUTING_KEY_HEADER = "tessera-routing-key"
+"""Request header whose value pins a client to one side of a canary split (as gRPC metadata does)."""
+
+_OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+
+
+def _json(content: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
+
+
+def _status(ok: bool) -> Response:
+    # The protocol answers health and readiness with the status code alone: 200 true, 4xx false.
+    return Response(status_code=200 if ok else 400)
+
+
+def _model(request: Request) -> tuple[str, str]:
+    params = request.path_params
+    return params["name"], params.get("version", "")
+
+
+class HttpRoutes:
+    """The handlers, bound to one DataPlane."""
+
+    def __init__(self, dataplane: DataPlane, metrics: Metrics, max_body_bytes: int) -> None:
+        self._dp = dataplane
+        self._metrics = metrics
+        self._max_body_bytes = max_body_bytes
+        self._openapi = json.dumps(json.loads(_OPENAPI_PATH.read_text())).encode()
+
+    async def live(self, request: Request) -> Response:
+        return _status(self._dp.live())
+
+    async def ready(self, request: Request) -> Response:
+        return _status(self._dp.ready())
+
+    async def server_metadata(self, request: Request) -> Response:
+        return _json(documents.encode_server_metadata(self._dp.server_metadata()))
+
+    async def model_metadata(self, request: Request) -> Response:
+        return _json(documents.encode_model_metadata(self._dp.model_metadata(*_model(request))))
+
+    async def model_ready(self, request: Request) -> Response:
+        return _status(self._dp.model_ready(*_model(request)))
+
+    async def model_config(self, request: Request) -> Response:
+        return _json(documents.encode_model_config(self._dp.model_config(*_model(request))))
+
+    async def infer(self, request: Request) -> Response:
+        body = await read_body(request, self._max_body_bytes)
+        name, version = _model(request)
+        infer_request = decode_infer_request(body, request.headers.get(HEADER_LENGTH), name, version,
+                                             request.headers.get(ROUTING_KEY_HEADER))
+        encoded = encode_infer_response(await self._dp.infer(infer_request), infer_request)
+        headers = {} if encoded.header_length is None else {HEADER_LENGTH: str(encoded.header_length)}
+        return Response(encoded.body, headers=headers, media_type=encoded.media_type)
+
+    async def statistics(self, request: Request) -> Response:
+        params = request.path_params
+        stats = self._dp.model_statistics(params.get("name", ""), params.get("version", ""))
+        return _json(documents.encode_statistics(stats))
+
+    async def repository_index(self, request: Request) -> Response:
+        ready_only = documents.decode_index_request(await read_body(request, self._max_body_bytes))
+        return _json(documents.encode_index(self._dp.repository_index(ready_only)))
+
+    async def load(self, request: Request) -> Response:
+        config, files = documents.decode_load_request(await read_body(request, self._max_body_bytes))
+        await self._dp.load_model(request.path_params["name"], config, files)
+        return Response(status_code=200)
+
+    async def unload(self, request: Request) -> Response:
+        dependents = documents.decode_unload_request(await read_body(request, self._max_body_bytes))
+        await self._dp.unload_model(request.path_params["name"], dependents)
+        return Response(status_code=200)
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(self._metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi(self, request: Request) -> Response:
+        return Response(self._openapi, media_type="application/json")
+
+    def routes(self) -> list[Route]:
+        model = "/v2/models/{name}"
+        version = "/v2/models/{name}/versions/{version}"
+        # /v2/models/stats must come before /v2/models/{name}, which would also match it.
+        return [
+            Route("/v2/health/live", self.live, methods=["GET"]),
+            Route("/v2/health/ready", self.ready, methods=["GET"]),
+            Route("/v2", self.server_metadata, methods=["GET"]),
+            Route("/v2/models/stats", self.statistics, methods=["GET"]),
+            *(route for base in (model, version) for route in (
+                Route(base, self.model_metadata, methods=["GET"]),
+                Route(f"{base}/ready", self.model_ready, methods=["GET"]),
+                Route(f"{base}/config", self.model_config, methods=["GET"]),
+                Route(f"{base}/infer", self.infer, methods=["POST"]),
+                Route(f"{base}/stats", self.statistics, methods=["GET"]),
+            )),
+            Route("/v2/repository/index", self.repository_index, methods=["POST"]),
+            Route("/v2/repository/models/{name}/load", self.load, methods=["POST"]),
+            Route("/v2/repository/models/{name}/unload", self.unload, methods=["POST"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/v2/openapi.json", self.openapi, methods=["GET"]),
+        ]
+
+
+def build_http_app(dataplane: DataPlane, metrics: Metrics, max_body_bytes: int) -> Starlette:
+    """The ASGI app serving the V2 HTTP API over `dataplane`; bodies over `max_body_bytes` get 413."""
+    return Starlette(
+        routes=HttpRoutes(dataplane, metrics, max_body_bytes).routes(),
+        middleware=[Middleware(ErrorMiddleware)],
+        exception_handlers=HTTP_EXCEPTION_HANDLERS,
+    )
