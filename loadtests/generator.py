@@ -114,7 +114,8 @@ async def _one(client: InferClient, rec: _Recorder, index: int, intended: float)
         rec.success(intended, sent, time.monotonic())
 
 
-async def _open_loop(client: InferClient, rec: _Recorder, spec: LoadSpec, start_at: float) -> None:
+async def _open_loop(client: InferClient, rec: _Recorder, spec: LoadSpec, start_at: float,
+                     timeout_s: float) -> None:
     rng = random.Random(spec.seed)
     end = rec.window[1]
     gap: Callable[[], float] = ((lambda: rng.expovariate(spec.rate_rps)) if spec.arrival == "poisson"
@@ -135,29 +136,29 @@ async def _open_loop(client: InferClient, rec: _Recorder, spec: LoadSpec, start_
         task = asyncio.create_task(_one(client, rec, index, intended))
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
-    await _drain(in_flight, spec)
+    await _drain(in_flight, end, timeout_s)
 
 
-async def _closed_loop(client: InferClient, rec: _Recorder, spec: LoadSpec) -> None:
+async def _closed_loop(client: InferClient, rec: _Recorder, spec: LoadSpec, timeout_s: float) -> None:
     end = rec.window[1]
     budget = iter(range(spec.max_requests))
 
-    async def user(offset: int) -> None:
+    async def user() -> None:
         for index in budget:
             now = time.monotonic()
             if now >= end:
                 return
-            await _one(client, rec, index * spec.concurrency + offset, now)
+            await _one(client, rec, index, now)
 
-    tasks = {asyncio.create_task(user(u)) for u in range(spec.concurrency)}
-    await _drain(tasks, spec)
+    tasks = {asyncio.create_task(user()) for _ in range(spec.concurrency)}
+    await _drain(tasks, end, timeout_s)
 
 
-async def _drain(tasks: set[asyncio.Task[None]], spec: LoadSpec) -> None:
+async def _drain(tasks: set[asyncio.Task[None]], end: float, timeout_s: float) -> None:
     """Wait for the last requests, bounded: each has its own timeout, so this is a backstop."""
-    deadline = spec.warmup_s + spec.duration_s + 2 * 10.0 + 5.0
     if tasks:
-        _, pending = await asyncio.wait(tasks, timeout=deadline)
+        backstop = max(0.0, end - time.monotonic()) + timeout_s + 5.0
+        _, pending = await asyncio.wait(tasks, timeout=backstop)
         for task in pending:
             task.cancel()
 
@@ -187,9 +188,9 @@ async def run_worker(job: WorkerJob, sink: Sink, wait_start: Callable[[], float]
     cpu0, wall0 = time.process_time(), time.monotonic()
     try:
         if spec.mode == "open":
-            await _open_loop(client, rec, spec, start_at)
+            await _open_loop(client, rec, spec, start_at, job.target.request_timeout_s)
         else:
-            await _closed_loop(client, rec, spec)
+            await _closed_loop(client, rec, spec, job.target.request_timeout_s)
     finally:
         cpu_s, wall_s = time.process_time() - cpu0, time.monotonic() - wall0
         stop.set()

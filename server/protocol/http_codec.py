@@ -83,7 +83,8 @@ def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: 
     if value is not default and (not isinstance(value, kind) or (isinstance(value, bool)
                                                                  and bool not in _as_tuple(kind))):
         expected = " or ".join(_json_type(t()) for t in _as_tuple(kind))
-        raise InvalidInput(f"{where}: field '{key}' must be a {expected}, got {_json_type(value)}")
+        article = "an" if expected[0] in "aeiou" else "a"
+        raise InvalidInput(f"{where}: field '{key}' must be {article} {expected}, got {_json_type(value)}")
     return value
 
 
@@ -233,6 +234,9 @@ def _json_numbers(data: Any, dtype: np.dtype[Any], where: str) -> Tensor:
     except ValueError:
         raise InvalidInput(f"{where}: 'data' is a ragged nested list") from None
     if raw.size and raw.dtype.kind not in _JSON_KINDS[dtype.kind]:
+        if dtype.kind in "iu" and raw.dtype.kind in "fO":
+            # numpy infers float64 (or object) for integers beyond int64: check them one by one.
+            return _json_big_integers(data, dtype, where)
         wanted = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}[dtype.kind]
         raise InvalidInput(f"{where}: {dtype} 'data' must hold {wanted} only")
     if raw.size and dtype.kind in "iu":
@@ -242,19 +246,36 @@ def _json_numbers(data: Any, dtype: np.dtype[Any], where: str) -> Tensor:
     return raw.astype(dtype, copy=False)
 
 
-def _json_bytes(data: Any, where: str) -> Tensor:
-    items: list[bytes] = []
+def _json_big_integers(data: Any, dtype: np.dtype[Any], where: str) -> Tensor:
+    values = _leaves(data)
+    if not all(type(v) is int for v in values):
+        raise InvalidInput(f"{where}: {dtype} 'data' must hold integers only")
+    try:
+        return np.asarray(values, dtype=dtype)
+    except OverflowError:
+        raise InvalidInput(f"{where}: 'data' holds values outside the range of {dtype}") from None
+
+
+def _leaves(data: Any) -> list[Any]:
+    """The non-list values of a nested list, row-major."""
+    leaves: list[Any] = []
     pending = [data]
     while pending:
         value = pending.pop()
         if isinstance(value, list):
             pending.extend(reversed(value))
-        elif isinstance(value, str):
-            items.append(value.encode())
         else:
+            leaves.append(value)
+    return leaves
+
+
+def _json_bytes(data: Any, where: str) -> Tensor:
+    items = _leaves(data)
+    for value in items:
+        if not isinstance(value, str):
             raise InvalidInput(f"{where}: BYTES 'data' must hold strings, got {_json_type(value)}")
     array = np.empty(len(items), dtype=np.object_)
-    array[:] = items
+    array[:] = [value.encode() for value in items]
     return array
 
 
@@ -328,4 +349,4 @@ def _binary_data(array: Tensor, datatype: str) -> bytes | memoryview:
     if datatype == "BYTES":
         return serialize_bytes_tensor(array)
     contiguous = np.ascontiguousarray(array, dtype=V2_TO_WIRE_DTYPE[datatype])
-    return contiguous.data.cast("B")
+    return contiguous.reshape(-1).view(np.uint8).data

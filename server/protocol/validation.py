@@ -6,6 +6,8 @@ Messages name the tensor, what the model expects and what arrived, e.g.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..errors import InvalidInput
 from ..repository.spec import ModelSpec, TensorSpec
 from ..tensors import InferRequest, Tensor
@@ -49,6 +51,18 @@ def _dims_match(expected: tuple[int, ...], got: tuple[int, ...]) -> bool:
     return all(e == -1 or e == g for e, g in zip(expected, got, strict=True))
 
 
+def _as_onnx_strings(name: str, array: Tensor) -> Tensor:
+    """ONNX string tensors hold text: ORT would feed `bytes` items through str() (b'...')."""
+    flat = array.reshape(-1)
+    out = np.empty(flat.shape, dtype=np.object_)
+    try:
+        out[:] = [item.decode() if isinstance(item, bytes) else str(item) for item in flat]
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"input '{name}': BYTES element is not UTF-8 text, which ONNX string tensors "
+                           f"need ({exc.reason} at byte {exc.start})") from exc
+    return out.reshape(array.shape)
+
+
 def prepare_inputs(spec: ModelSpec, request: InferRequest) -> tuple[dict[str, Tensor], int]:
     """Validate inputs and requested outputs; return the feeds in model order and the row count."""
     for name in request.inputs:
@@ -78,6 +92,8 @@ def prepare_inputs(spec: ModelSpec, request: InferRequest) -> tuple[dict[str, Te
         rows = batch
         if tensor.reshape is not None:
             array = array.reshape(((batch,) if spec.batched else ()) + tensor.reshape)
+        if tensor.datatype == "BYTES":
+            array = _as_onnx_strings(tensor.name, array)
         feeds[tensor.name] = array
     return feeds, max(rows, 1)
 

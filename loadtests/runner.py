@@ -1,0 +1,203 @@
+"""Runs one load step over several generator processes and merges what they measured.
+
+The parent spawns the processes, starts them together, prints the live progress line from their
+one-second ticks, scrapes the server's /metrics at the edges of the measured window, and merges
+the processes' HDR histograms exactly. It never sends a request itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import queue as queue_module
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from . import histograms, server_metrics
+from .generator import WorkerJob, WorkerReport, run_worker, worker_main
+from .results import StepResult
+from .spec import LoadSpec, Target, ensure_loopback, split_spec
+
+__all__ = ["Progress", "run_step"]
+
+CPU_BUSY = 0.85
+MISSED_SENDS = 0.01
+START_TIMEOUT_S = 60.0
+
+
+class Progress:
+    """The live line: one update per second of load, merged over processes."""
+
+    def __init__(self, label: str, processes: int, warmup_s: float, stream: TextIO | None = None) -> None:
+        self.label, self.processes, self.warmup_s = label, processes, warmup_s
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self._seconds: dict[int, list[tuple[bytes, int, int]]] = {}
+
+    def tick(self, second: int, encoded: bytes, ok: int, errors: int) -> None:
+        parts = self._seconds.setdefault(second, [])
+        parts.append((encoded, ok, errors))
+        if len(parts) == self.processes:
+            self._print(second, self._seconds.pop(second))
+
+    def _print(self, second: int, parts: list[tuple[bytes, int, int]]) -> None:
+        merged = histograms.summarize(histograms.merge_encoded(p[0] for p in parts))
+        ok, errors = sum(p[1] for p in parts), sum(p[2] for p in parts)
+        phase = "warmup" if second <= self.warmup_s else "load"
+        line = (f"[{self.label}] {second:>3d}s {phase:<6} {ok:>8d} ok/s  p50 {merged.p50_ms:8.2f} ms  "
+                f"p99 {merged.p99_ms:8.2f} ms  errors {errors}")
+        if self.tty:
+            self.stream.write("\r" + line + "\033[K")
+        elif second % 5 == 0:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def run_step(target: Target, spec: LoadSpec, payloads: Sequence[bytes], *, progress: Progress | None = None,
+             inline: bool = False) -> StepResult:
+    """Run one step and return the merged result. Raises RuntimeError when a generator fails.
+
+    `inline` runs a single generator in this process (tests; no progress line, no server scrape
+    in between). Bounded by START_TIMEOUT_S + warmup + duration + request timeout + a margin.
+    """
+    ensure_loopback(target.host)
+    specs = split_spec(spec)
+    jobs = [WorkerJob(i, target, s, payloads) for i, s in enumerate(specs)]
+    before: server_metrics.Scrape | None = None
+    after: server_metrics.Scrape | None = None
+    if inline and len(jobs) == 1:
+        before = _scrape(target)
+        report = _run_inline(jobs[0])
+        after = _scrape(target)
+        reports = [report]
+    else:
+        reports, before, after = _run_processes(target, spec, jobs, progress)
+    return _merge(target, spec, reports, server_metrics.server_view(before, after))
+
+
+def _scrape(target: Target) -> server_metrics.Scrape | None:
+    return server_metrics.scrape(target.metrics_url, target.model) if target.metrics_url else None
+
+
+def _run_inline(job: WorkerJob) -> WorkerReport:
+    return asyncio.run(run_worker(job, lambda message: None, lambda: time.monotonic() + 0.05))
+
+
+def _run_processes(target: Target, spec: LoadSpec, jobs: list[WorkerJob], progress: Progress | None
+                   ) -> tuple[list[WorkerReport], server_metrics.Scrape | None, server_metrics.Scrape | None]:
+    ctx = mp.get_context("spawn")  # never fork a process that may hold grpc threads
+    messages: Any = ctx.Queue()
+    go, start_value = ctx.Event(), ctx.Value("d", 0.0)
+    procs = [ctx.Process(target=worker_main, args=(job, messages, go, start_value), daemon=True)
+             for job in jobs]
+    for proc in procs:
+        proc.start()
+    reports: dict[int, WorkerReport] = {}
+    before = after = None
+    scraped_before = scraped_after = False
+    try:
+        _await_ready(messages, procs)
+        start_at = time.monotonic() + 0.1
+        start_value.value = start_at
+        go.set()
+        window = (start_at + spec.warmup_s, start_at + spec.warmup_s + spec.duration_s)
+        deadline = window[1] + target.request_timeout_s + 30.0
+        while len(reports) < len(jobs):
+            now = time.monotonic()
+            if now > deadline:
+                raise RuntimeError("generator processes did not finish in time")
+            if not scraped_before and now >= window[0]:
+                before, scraped_before = _scrape(target), True
+            if not scraped_after and now >= window[1]:
+                after, scraped_after = _scrape(target), True
+            _handle(_get(messages, 0.1), reports, progress)
+    finally:
+        if progress is not None:
+            progress.close()
+        for proc in procs:
+            proc.join(timeout=5.0)
+            if proc.is_alive():
+                proc.terminate()
+    return [reports[i] for i in sorted(reports)], before, after
+
+
+def _await_ready(messages: Any, procs: list[Any]) -> None:
+    ready: set[int] = set()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while len(ready) < len(procs):
+        if time.monotonic() > deadline or any(p.exitcode not in (None, 0) for p in procs):
+            raise RuntimeError("generator processes failed to start")
+        message = _get(messages, 0.1)
+        if message is None:
+            continue
+        if message[0] == "failed":
+            raise RuntimeError(f"generator {message[1]} failed: {message[2]}")
+        if message[0] == "ready":
+            ready.add(message[1])
+
+
+def _get(messages: Any, timeout_s: float) -> tuple[Any, ...] | None:
+    try:
+        return messages.get(timeout=timeout_s)  # type: ignore[no-any-return]
+    except queue_module.Empty:
+        return None
+
+
+def _handle(message: tuple[Any, ...] | None, reports: dict[int, WorkerReport], progress: Progress | None) -> None:
+    if message is None:
+        return
+    kind = message[0]
+    if kind == "tick" and progress is not None:
+        progress.tick(message[2], message[3], message[4], message[5])
+    elif kind == "done":
+        reports[message[1]] = message[2]
+    elif kind == "failed":
+        raise RuntimeError(f"generator {message[1]} failed: {message[2]}")
+
+
+def _merge(target: Target, spec: LoadSpec, reports: list[WorkerReport],
+           server: server_metrics.ServerView | None) -> StepResult:
+    latency = histograms.merge_encoded(r.latency for r in reports)
+    service = histograms.merge_encoded(r.service for r in reports)
+    lag = histograms.summarize(histograms.merge_encoded(r.send_lag for r in reports))
+    ok = sum(r.ok for r in reports)
+    errors: dict[str, int] = {}
+    for report in reports:
+        for kind, n in report.errors.items():
+            errors[kind] = errors.get(kind, 0) + n
+    measured_sends = lag.count
+    missed = sum(r.missed_sends for r in reports) / measured_sends if measured_sends else 0.0
+    cpu = max((r.cpu_s / r.wall_s if r.wall_s else 0.0) for r in reports)
+    return StepResult(
+        protocol=target.protocol if target.protocol == "grpc" else f"http-{target.http_encoding}",
+        mode=spec.mode if spec.mode == "closed" else f"open-{spec.arrival}", level=spec.level,
+        duration_s=spec.duration_s, processes=len(reports), throughput_rps=ok / spec.duration_s,
+        offered_rps=(measured_sends if spec.mode == "open" else ok + sum(errors.values())) / spec.duration_s,
+        ok=ok, errors=errors, latency=histograms.summarize(latency), service=histograms.summarize(service),
+        send_lag_p99_ms=lag.p99_ms, missed_send_fraction=missed, generator_cpu=cpu, server=server,
+        warnings=_warnings(spec, reports, lag.p99_ms, missed, cpu), latency_hdr=histograms.encode(latency).decode(),
+        first_error=next((r.first_error for r in reports if r.first_error), ""),
+    )
+
+
+def _warnings(spec: LoadSpec, reports: list[WorkerReport], lag_p99_ms: float, missed: float,
+              cpu: float) -> tuple[str, ...]:
+    notes = []
+    if spec.mode == "open" and missed > MISSED_SENDS:
+        notes.append(f"generator missed {missed:.1%} of send times by > {spec.late_send_ms:g} ms "
+                     f"(p99 lag {lag_p99_ms:.1f} ms): the client is a bottleneck; add --processes or cores")
+    if cpu >= CPU_BUSY:
+        notes.append(f"a generator process used {cpu:.0%} of a core: the client may be the bottleneck; "
+                     "add --processes or cores")
+    usable = len(spec.cpus) if spec.cpus else len(os.sched_getaffinity(0))
+    if len(reports) > usable:
+        notes.append(f"{len(reports)} generator processes share {usable} cores")
+    return tuple(notes)
