@@ -114,12 +114,16 @@ async def _one(client: InferClient, rec: _Recorder, index: int, intended: float)
         rec.success(intended, sent, time.monotonic())
 
 
-async def _open_loop(client: InferClient, rec: _Recorder, spec: LoadSpec, start_at: float,
-                     timeout_s: float) -> None:
+async def _open_loop(
+    client: InferClient, rec: _Recorder, spec: LoadSpec, start_at: float, timeout_s: float
+) -> None:
     rng = random.Random(spec.seed)
     end = rec.window[1]
-    gap: Callable[[], float] = ((lambda: rng.expovariate(spec.rate_rps)) if spec.arrival == "poisson"
-                                else (lambda: 1.0 / spec.rate_rps))
+    gap: Callable[[], float] = (
+        (lambda: rng.expovariate(spec.rate_rps))
+        if spec.arrival == "poisson"
+        else (lambda: 1.0 / spec.rate_rps)
+    )
     in_flight: set[asyncio.Task[None]] = set()
     intended = start_at + (rng.random() / spec.rate_rps if spec.arrival == "constant" else 0.0)
     for index in range(spec.max_requests):
@@ -166,7 +170,9 @@ async def _drain(tasks: set[asyncio.Task[None]], end: float, timeout_s: float) -
 async def _ticker(rec: _Recorder, sink: Sink, index: int, start_at: float, stop: asyncio.Event) -> None:
     for second in range(1, 100_000):
         try:
-            await asyncio.wait_for(stop.wait(), timeout=max(0.0, start_at + second * TICK_S - time.monotonic()))
+            await asyncio.wait_for(
+                stop.wait(), timeout=max(0.0, start_at + second * TICK_S - time.monotonic())
+            )
             return
         except TimeoutError:
             pass
@@ -178,8 +184,12 @@ async def _ticker(rec: _Recorder, sink: Sink, index: int, start_at: float, stop:
 async def run_worker(job: WorkerJob, sink: Sink, wait_start: Callable[[], float]) -> WorkerReport:
     """Connect, report ready, wait for the common start time, run the loop, return the report."""
     spec = job.spec
-    client = make_client(job.target, job.payloads, channels=spec.grpc_channels,
-                         max_connections=spec.max_in_flight if spec.mode == "open" else spec.concurrency)
+    client = make_client(
+        job.target,
+        job.payloads,
+        channels=spec.grpc_channels,
+        max_connections=spec.max_in_flight if spec.mode == "open" else spec.concurrency,
+    )
     sink(("ready", job.index))
     start_at = await asyncio.to_thread(wait_start)
     rec = _Recorder(spec, start_at)
@@ -196,10 +206,19 @@ async def run_worker(job: WorkerJob, sink: Sink, wait_start: Callable[[], float]
         stop.set()
         await ticker
         await client.close()
-    return WorkerReport(index=job.index, latency=histograms.encode(rec.latency),
-                        service=histograms.encode(rec.service), send_lag=histograms.encode(rec.lag),
-                        ok=rec.ok, errors=dict(rec.errors), sent=rec.sent, missed_sends=rec.missed,
-                        cpu_s=cpu_s, wall_s=wall_s, first_error=rec.first_error)
+    return WorkerReport(
+        index=job.index,
+        latency=histograms.encode(rec.latency),
+        service=histograms.encode(rec.service),
+        send_lag=histograms.encode(rec.lag),
+        ok=rec.ok,
+        errors=dict(rec.errors),
+        sent=rec.sent,
+        missed_sends=rec.missed,
+        cpu_s=cpu_s,
+        wall_s=wall_s,
+        first_error=rec.first_error,
+    )
 
 
 def worker_main(job: WorkerJob, queue: Any, go: Any, start_value: Any) -> None:

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 from hdrh.histogram import HdrHistogram
 
-__all__ = ["LatencySummary", "decode", "encode", "merge_encoded", "new_histogram", "record_us",
-           "summarize"]
+__all__ = ["LatencySummary", "decode", "encode", "merge_encoded", "new_histogram", "record_us", "summarize"]
 
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000
@@ -73,6 +72,10 @@ def summarize(histogram: HdrHistogram) -> LatencySummary:
     return LatencySummary(
         count=count,
         mean_ms=float(histogram.get_mean_value()) / 1000.0,
-        p50_ms=at(50.0), p90_ms=at(90.0), p95_ms=at(95.0), p99_ms=at(99.0), p999_ms=at(99.9),
+        p50_ms=at(50.0),
+        p90_ms=at(90.0),
+        p95_ms=at(95.0),
+        p99_ms=at(99.0),
+        p999_ms=at(99.9),
         max_ms=float(histogram.get_max_value()) / 1000.0,
     )

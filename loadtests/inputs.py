@@ -21,16 +21,31 @@ from server._generated import grpc_service_pb2 as pb
 
 from .spec import Target
 
-__all__ = ["ModelInfo", "Sample", "TensorInfo", "V2_TO_NUMPY", "fetch_model_info", "random_samples",
-           "samples_from_file"]
+__all__ = [
+    "V2_TO_NUMPY",
+    "ModelInfo",
+    "Sample",
+    "TensorInfo",
+    "fetch_model_info",
+    "random_samples",
+    "samples_from_file",
+]
 
 Sample = dict[str, npt.NDArray[Any]]
 
 V2_TO_NUMPY: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
     "BYTES": np.dtype(np.object_),
 }
 METADATA_PATH = "/inference.GRPCInferenceService/ModelMetadata"
@@ -61,14 +76,23 @@ def fetch_model_info(target: Target, timeout_s: float = 10.0) -> ModelInfo:
         return ModelInfo(body["name"], _tensors(body.get("inputs", [])), _tensors(body.get("outputs", [])))
     request = pb.ModelMetadataRequest(name=target.model, version=target.model_version)
     with grpc.insecure_channel(f"{target.host}:{target.port}") as channel:
-        call = channel.unary_unary(METADATA_PATH, request_serializer=pb.ModelMetadataRequest.SerializeToString,
-                                   response_deserializer=pb.ModelMetadataResponse.FromString)
+        call = channel.unary_unary(
+            METADATA_PATH,
+            request_serializer=pb.ModelMetadataRequest.SerializeToString,
+            response_deserializer=pb.ModelMetadataResponse.FromString,
+        )
         reply = call(request, timeout=timeout_s)
     return ModelInfo(reply.name, _tensors_pb(reply.inputs), _tensors_pb(reply.outputs))
 
 
-def random_samples(info: ModelInfo, *, batch_size: int = 1, count: int = 64, seed: int = 0,
-                   shapes: Mapping[str, Sequence[int]] | None = None) -> list[Sample]:
+def random_samples(
+    info: ModelInfo,
+    *,
+    batch_size: int = 1,
+    count: int = 64,
+    seed: int = 0,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+) -> list[Sample]:
     """`count` requests of random data shaped by the metadata; -1 dims become `batch_size` (first)
     or 1 (others), unless `shapes` gives an input's full shape."""
     if not info.inputs:
@@ -78,8 +102,11 @@ def random_samples(info: ModelInfo, *, batch_size: int = 1, count: int = 64, see
     for _ in range(count):
         sample: Sample = {}
         for tensor in info.inputs:
-            shape = tuple(shapes[tensor.name]) if shapes and tensor.name in shapes else _concrete(
-                tensor.shape, batch_size)
+            shape = (
+                tuple(shapes[tensor.name])
+                if shapes and tensor.name in shapes
+                else _concrete(tensor.shape, batch_size)
+            )
             sample[tensor.name] = _random_array(rng, tensor.datatype, shape)
         samples.append(sample)
     return samples
@@ -118,14 +145,17 @@ def _rows_to_samples(columns: Mapping[str, Sequence[Any]], info: ModelInfo, batc
     elif len(info.inputs) == 1 and len(info.inputs[0].shape) == 2:
         only = info.inputs[0]
         if only.shape[1] not in (-1, len(columns)):
-            raise ValueError(f"input {only.name!r} takes {only.shape[1]} features, the file has "
-                             f"{len(columns)} columns")
+            raise ValueError(
+                f"input {only.name!r} takes {only.shape[1]} features, the file has {len(columns)} columns"
+            )
         matrix = np.column_stack([np.asarray(c, dtype=V2_TO_NUMPY[only.datatype]) for c in columns.values()])
         arrays = {only.name: matrix}
     else:
         raise ValueError(f"cannot map columns {sorted(columns)} to inputs {sorted(by_name)}")
-    return [{n: np.ascontiguousarray(a[i : i + batch_size]) for n, a in arrays.items()}
-            for i in range(0, n_rows - batch_size + 1, batch_size)]
+    return [
+        {n: np.ascontiguousarray(a[i : i + batch_size]) for n, a in arrays.items()}
+        for i in range(0, n_rows - batch_size + 1, batch_size)
+    ]
 
 
 def _v2_body_to_sample(body: Mapping[str, Any]) -> Sample:

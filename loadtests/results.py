@@ -9,7 +9,7 @@ from typing import Any
 from .histograms import LatencySummary
 from .server_metrics import ServerView
 
-__all__ = ["StepResult"]
+__all__ = ["CLIENT_CPU_BUSY", "CLIENT_MISSED_SENDS", "StepResult", "client_limited"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,8 +53,11 @@ class StepResult:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["error_rate"] = self.error_rate
-        data["server"] = None if self.server is None else {
-            k: (None if math.isnan(v) else v) for k, v in asdict(self.server).items()}
+        data["server"] = (
+            None
+            if self.server is None
+            else {k: (None if math.isnan(v) else v) for k, v in asdict(self.server).items()}
+        )
         return data
 
     @classmethod
@@ -64,6 +67,18 @@ class StepResult:
         fields["service"] = LatencySummary(**data["service"])
         fields["warnings"] = tuple(data.get("warnings", ()))
         server = data.get("server")
-        fields["server"] = None if server is None else ServerView(
-            **{k: (math.nan if v is None else v) for k, v in server.items()})
+        fields["server"] = (
+            None
+            if server is None
+            else ServerView(**{k: (math.nan if v is None else v) for k, v in server.items()})
+        )
         return cls(**fields)
+
+
+CLIENT_CPU_BUSY = 0.85
+CLIENT_MISSED_SENDS = 0.01
+
+
+def client_limited(step: StepResult) -> bool:
+    """True when the generator, not the server, may have set this step's numbers."""
+    return step.generator_cpu >= CLIENT_CPU_BUSY or step.missed_send_fraction > CLIENT_MISSED_SENDS

@@ -18,13 +18,11 @@ from typing import Any, TextIO
 
 from . import histograms, server_metrics
 from .generator import WorkerJob, WorkerReport, run_worker, worker_main
-from .results import StepResult
+from .results import CLIENT_CPU_BUSY, CLIENT_MISSED_SENDS, StepResult
 from .spec import LoadSpec, Target, ensure_loopback, split_spec
 
 __all__ = ["Progress", "run_step"]
 
-CPU_BUSY = 0.85
-MISSED_SENDS = 0.01
 START_TIMEOUT_S = 60.0
 
 
@@ -47,8 +45,10 @@ class Progress:
         merged = histograms.summarize(histograms.merge_encoded(p[0] for p in parts))
         ok, errors = sum(p[1] for p in parts), sum(p[2] for p in parts)
         phase = "warmup" if second <= self.warmup_s else "load"
-        line = (f"[{self.label}] {second:>3d}s {phase:<6} {ok:>8d} ok/s  p50 {merged.p50_ms:8.2f} ms  "
-                f"p99 {merged.p99_ms:8.2f} ms  errors {errors}")
+        line = (
+            f"[{self.label}] {second:>3d}s {phase:<6} {ok:>8d} ok/s  p50 {merged.p50_ms:8.2f} ms  "
+            f"p99 {merged.p99_ms:8.2f} ms  errors {errors}"
+        )
         if self.tty:
             self.stream.write("\r" + line + "\033[K")
         elif second % 5 == 0:
@@ -61,8 +61,14 @@ class Progress:
             self.stream.flush()
 
 
-def run_step(target: Target, spec: LoadSpec, payloads: Sequence[bytes], *, progress: Progress | None = None,
-             inline: bool = False) -> StepResult:
+def run_step(
+    target: Target,
+    spec: LoadSpec,
+    payloads: Sequence[bytes],
+    *,
+    progress: Progress | None = None,
+    inline: bool = False,
+) -> StepResult:
     """Run one step and return the merged result. Raises RuntimeError when a generator fails.
 
     `inline` runs a single generator in this process (tests; no progress line, no server scrape
@@ -91,13 +97,15 @@ def _run_inline(job: WorkerJob) -> WorkerReport:
     return asyncio.run(run_worker(job, lambda message: None, lambda: time.monotonic() + 0.05))
 
 
-def _run_processes(target: Target, spec: LoadSpec, jobs: list[WorkerJob], progress: Progress | None
-                   ) -> tuple[list[WorkerReport], server_metrics.Scrape | None, server_metrics.Scrape | None]:
+def _run_processes(
+    target: Target, spec: LoadSpec, jobs: list[WorkerJob], progress: Progress | None
+) -> tuple[list[WorkerReport], server_metrics.Scrape | None, server_metrics.Scrape | None]:
     ctx = mp.get_context("spawn")  # never fork a process that may hold grpc threads
     messages: Any = ctx.Queue()
     go, start_value = ctx.Event(), ctx.Value("d", 0.0)
-    procs = [ctx.Process(target=worker_main, args=(job, messages, go, start_value), daemon=True)
-             for job in jobs]
+    procs = [
+        ctx.Process(target=worker_main, args=(job, messages, go, start_value), daemon=True) for job in jobs
+    ]
     for proc in procs:
         proc.start()
     reports: dict[int, WorkerReport] = {}
@@ -151,7 +159,9 @@ def _get(messages: Any, timeout_s: float) -> tuple[Any, ...] | None:
         return None
 
 
-def _handle(message: tuple[Any, ...] | None, reports: dict[int, WorkerReport], progress: Progress | None) -> None:
+def _handle(
+    message: tuple[Any, ...] | None, reports: dict[int, WorkerReport], progress: Progress | None
+) -> None:
     if message is None:
         return
     kind = message[0]
@@ -163,8 +173,9 @@ def _handle(message: tuple[Any, ...] | None, reports: dict[int, WorkerReport], p
         raise RuntimeError(f"generator {message[1]} failed: {message[2]}")
 
 
-def _merge(target: Target, spec: LoadSpec, reports: list[WorkerReport],
-           server: server_metrics.ServerView | None) -> StepResult:
+def _merge(
+    target: Target, spec: LoadSpec, reports: list[WorkerReport], server: server_metrics.ServerView | None
+) -> StepResult:
     latency = histograms.merge_encoded(r.latency for r in reports)
     service = histograms.merge_encoded(r.service for r in reports)
     lag = histograms.summarize(histograms.merge_encoded(r.send_lag for r in reports))
@@ -178,25 +189,40 @@ def _merge(target: Target, spec: LoadSpec, reports: list[WorkerReport],
     cpu = max((r.cpu_s / r.wall_s if r.wall_s else 0.0) for r in reports)
     return StepResult(
         protocol=target.protocol if target.protocol == "grpc" else f"http-{target.http_encoding}",
-        mode=spec.mode if spec.mode == "closed" else f"open-{spec.arrival}", level=spec.level,
-        duration_s=spec.duration_s, processes=len(reports), throughput_rps=ok / spec.duration_s,
+        mode=spec.mode if spec.mode == "closed" else f"open-{spec.arrival}",
+        level=spec.level,
+        duration_s=spec.duration_s,
+        processes=len(reports),
+        throughput_rps=ok / spec.duration_s,
         offered_rps=(measured_sends if spec.mode == "open" else ok + sum(errors.values())) / spec.duration_s,
-        ok=ok, errors=errors, latency=histograms.summarize(latency), service=histograms.summarize(service),
-        send_lag_p99_ms=lag.p99_ms, missed_send_fraction=missed, generator_cpu=cpu, server=server,
-        warnings=_warnings(spec, reports, lag.p99_ms, missed, cpu), latency_hdr=histograms.encode(latency).decode(),
+        ok=ok,
+        errors=errors,
+        latency=histograms.summarize(latency),
+        service=histograms.summarize(service),
+        send_lag_p99_ms=lag.p99_ms,
+        missed_send_fraction=missed,
+        generator_cpu=cpu,
+        server=server,
+        warnings=_warnings(spec, reports, lag.p99_ms, missed, cpu),
+        latency_hdr=histograms.encode(latency).decode(),
         first_error=next((r.first_error for r in reports if r.first_error), ""),
     )
 
 
-def _warnings(spec: LoadSpec, reports: list[WorkerReport], lag_p99_ms: float, missed: float,
-              cpu: float) -> tuple[str, ...]:
+def _warnings(
+    spec: LoadSpec, reports: list[WorkerReport], lag_p99_ms: float, missed: float, cpu: float
+) -> tuple[str, ...]:
     notes = []
-    if spec.mode == "open" and missed > MISSED_SENDS:
-        notes.append(f"generator missed {missed:.1%} of send times by > {spec.late_send_ms:g} ms "
-                     f"(p99 lag {lag_p99_ms:.1f} ms): the client is a bottleneck; add --processes or cores")
-    if cpu >= CPU_BUSY:
-        notes.append(f"a generator process used {cpu:.0%} of a core: the client may be the bottleneck; "
-                     "add --processes or cores")
+    if spec.mode == "open" and missed > CLIENT_MISSED_SENDS:
+        notes.append(
+            f"generator missed {missed:.1%} of send times by > {spec.late_send_ms:g} ms "
+            f"(p99 lag {lag_p99_ms:.1f} ms): the client is a bottleneck; add --processes or cores"
+        )
+    if cpu >= CLIENT_CPU_BUSY:
+        notes.append(
+            f"a generator process used {cpu:.0%} of a core: the client may be the bottleneck; "
+            "add --processes or cores"
+        )
     usable = len(spec.cpus) if spec.cpus else len(os.sched_getaffinity(0))
     if len(reports) > usable:
         notes.append(f"{len(reports)} generator processes share {usable} cores")

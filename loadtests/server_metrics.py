@@ -38,8 +38,11 @@ class BucketCounts:
     def minus(self, earlier: BucketCounts | None) -> BucketCounts:
         if earlier is None or earlier.bounds != self.bounds:
             return self
-        return BucketCounts(self.bounds, tuple(a - b for a, b in zip(self.cumulative, earlier.cumulative,
-                                                                     strict=True)), self.total - earlier.total)
+        return BucketCounts(
+            self.bounds,
+            tuple(a - b for a, b in zip(self.cumulative, earlier.cumulative, strict=True)),
+            self.total - earlier.total,
+        )
 
     def quantile(self, q: float) -> float:
         """histogram_quantile(q): NaN when empty; the last finite bound when it falls in +Inf."""
@@ -99,8 +102,10 @@ def parse(text: str, model: str) -> Scrape:
                 per[bound] = per.get(bound, 0.0) + sample.value
             elif sample.name.endswith("_sum"):
                 sums[family.name] = sums.get(family.name, 0.0) + sample.value
-    return {name: BucketCounts(tuple(sorted(per)), tuple(per[b] for b in sorted(per)), sums.get(name, 0.0))
-            for name, per in buckets.items()}
+    return {
+        name: BucketCounts(tuple(sorted(per)), tuple(per[b] for b in sorted(per)), sums.get(name, 0.0))
+        for name, per in buckets.items()
+    }
 
 
 def server_view(before: Scrape | None, after: Scrape | None) -> ServerView | None:
@@ -122,8 +127,10 @@ def server_view(before: Scrape | None, after: Scrape | None) -> ServerView | Non
         batches=batches,
         batch_mean=batch.total / batches if batch is not None and batches else math.nan,
         batch_p99=batch.quantile(0.99) if batch is not None else math.nan,
-        queue_p50_ms=ms(QUEUE, 0.5), queue_p99_ms=ms(QUEUE, 0.99),
-        compute_p50_ms=ms(COMPUTE, 0.5), compute_p99_ms=ms(COMPUTE, 0.99),
+        queue_p50_ms=ms(QUEUE, 0.5),
+        queue_p99_ms=ms(QUEUE, 0.99),
+        compute_p50_ms=ms(COMPUTE, 0.5),
+        compute_p99_ms=ms(COMPUTE, 0.99),
         request_p99_ms=ms(REQUEST, 0.99),
     )
 

@@ -93,11 +93,21 @@ def split_spec(spec: LoadSpec) -> list[LoadSpec]:
     n = spec.processes if spec.mode == "open" else min(spec.processes, spec.concurrency)
     caps = [spec.max_requests // n + (1 if i < spec.max_requests % n else 0) for i in range(n)]
     if spec.mode == "open":
-        return [replace(spec, processes=1, rate_rps=spec.rate_rps / n, max_requests=max(1, c),
-                        seed=spec.seed * 1000 + i) for i, c in enumerate(caps)]
+        return [
+            replace(
+                spec,
+                processes=1,
+                rate_rps=spec.rate_rps / n,
+                max_requests=max(1, c),
+                seed=spec.seed * 1000 + i,
+            )
+            for i, c in enumerate(caps)
+        ]
     users = [spec.concurrency // n + (1 if i < spec.concurrency % n else 0) for i in range(n)]
-    return [replace(spec, processes=1, concurrency=u, max_requests=max(1, c), seed=spec.seed * 1000 + i)
-            for i, (u, c) in enumerate(zip(users, caps, strict=True))]
+    return [
+        replace(spec, processes=1, concurrency=u, max_requests=max(1, c), seed=spec.seed * 1000 + i)
+        for i, (u, c) in enumerate(zip(users, caps, strict=True))
+    ]
 
 
 def ensure_loopback(host: str) -> None:

@@ -35,8 +35,9 @@ class InferClient(Protocol):
     async def close(self) -> None: ...
 
 
-def make_client(target: Target, payloads: Sequence[bytes], *, channels: int = 1,
-                max_connections: int = 1024) -> InferClient:
+def make_client(
+    target: Target, payloads: Sequence[bytes], *, channels: int = 1, max_connections: int = 1024
+) -> InferClient:
     if target.protocol == "grpc":
         return GrpcClient(target, payloads, channels=channels)
     return HttpClient(target, payloads, max_connections=max_connections)
@@ -46,12 +47,16 @@ class GrpcClient:
     """Unary ModelInfer over `channels` HTTP/2 channels, round-robin."""
 
     def __init__(self, target: Target, payloads: Sequence[bytes], *, channels: int = 1) -> None:
-        options = [("grpc.max_send_message_length", _UNBOUNDED),
-                   ("grpc.max_receive_message_length", _UNBOUNDED)]
+        options = [
+            ("grpc.max_send_message_length", _UNBOUNDED),
+            ("grpc.max_receive_message_length", _UNBOUNDED),
+        ]
         address = f"{target.host}:{target.port}"
         # A local subchannel pool gives each channel its own connection instead of a shared one.
         options.append(("grpc.use_local_subchannel_pool", 1))
-        self._channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(max(1, channels))]
+        self._channels = [
+            grpc.aio.insecure_channel(address, options=options) for _ in range(max(1, channels))
+        ]
         self._calls = [c.unary_unary(INFER_PATH) for c in self._channels]
         self._next = itertools.cycle(self._calls)
         self._payloads = payloads
@@ -87,7 +92,8 @@ class HttpClient:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         _, connection = await asyncio.wait_for(
-            loop.create_connection(_Connection, self._host, self._port), self._timeout)
+            loop.create_connection(_Connection, self._host, self._port), self._timeout
+        )
         return connection
 
     async def close(self) -> None:

@@ -18,9 +18,17 @@ from server._generated import grpc_service_pb2 as pb
 __all__ = ["BareInferService", "serve"]
 
 SERVICE = "inference.GRPCInferenceService"
-_ORT_TO_V2 = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(int64)": "INT64",
-              "tensor(int32)": "INT32", "tensor(float16)": "FP16", "tensor(bool)": "BOOL",
-              "tensor(uint8)": "UINT8", "tensor(int8)": "INT8", "tensor(string)": "BYTES"}
+_ORT_TO_V2 = {
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(int64)": "INT64",
+    "tensor(int32)": "INT32",
+    "tensor(float16)": "FP16",
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(int8)": "INT8",
+    "tensor(string)": "BYTES",
+}
 _ITEM_SIZE = {"FP32": 4, "FP64": 8, "INT64": 8, "INT32": 4, "FP16": 2, "BOOL": 1, "UINT8": 1, "INT8": 1}
 
 
@@ -33,14 +41,23 @@ class BareInferService:
         session = ort.InferenceSession(model_file, providers=["CPUExecutionProvider"])
 
         def meta(args: Any) -> list[pb.ModelMetadataResponse.TensorMetadata]:
-            return [pb.ModelMetadataResponse.TensorMetadata(
-                name=a.name, datatype=_ORT_TO_V2[a.type],
-                shape=[d if isinstance(d, int) else -1 for d in a.shape]) for a in args]
+            return [
+                pb.ModelMetadataResponse.TensorMetadata(
+                    name=a.name,
+                    datatype=_ORT_TO_V2[a.type],
+                    shape=[d if isinstance(d, int) else -1 for d in a.shape],
+                )
+                for a in args
+            ]
 
         self.name = model_name
-        self.metadata = pb.ModelMetadataResponse(name=model_name, versions=["1"], platform="onnxruntime_onnx",
-                                                 inputs=meta(session.get_inputs()),
-                                                 outputs=meta(session.get_outputs()))
+        self.metadata = pb.ModelMetadataResponse(
+            name=model_name,
+            versions=["1"],
+            platform="onnxruntime_onnx",
+            inputs=meta(session.get_inputs()),
+            outputs=meta(session.get_outputs()),
+        )
         self._answers: dict[int, bytes] = {}
 
     def answer(self, rows: int) -> bytes:
@@ -58,7 +75,9 @@ class BareInferService:
         shape = request.inputs[0].shape if request.inputs else [1]
         return self.answer(shape[0] if shape else 1)
 
-    async def model_metadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+    async def model_metadata(
+        self, request: pb.ModelMetadataRequest, context: Any
+    ) -> pb.ModelMetadataResponse:
         return self.metadata
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -76,16 +95,22 @@ class BareInferService:
 
         def unary(fn: Any, req: Any, resp: Any = None) -> grpc.RpcMethodHandler:
             serializer = resp.SerializeToString if resp is not None else None
-            return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=req.FromString,
-                                                       response_serializer=serializer)
+            return grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=req.FromString, response_serializer=serializer
+            )
 
-        return grpc.method_handlers_generic_handler(SERVICE, {
-            "ModelInfer": unary(self.model_infer, pb.ModelInferRequest),
-            "ModelMetadata": unary(self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
-            "ServerLive": unary(live, pb.ServerLiveRequest, pb.ServerLiveResponse),
-            "ServerReady": unary(server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
-            "ModelReady": unary(model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
-        })
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "ModelInfer": unary(self.model_infer, pb.ModelInferRequest),
+                "ModelMetadata": unary(
+                    self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse
+                ),
+                "ServerLive": unary(live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+                "ServerReady": unary(server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+                "ModelReady": unary(model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
+            },
+        )
 
 
 async def serve(service: BareInferService, host: str, port: int) -> None:

@@ -7,6 +7,7 @@ plus a copy of the sample repository's `tabular` model when it exists.
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 from pathlib import Path
 
@@ -31,20 +32,26 @@ def build_mlp(path: Path, widths: tuple[int, ...] = (64, 256, 256, 10), seed: in
 
     rng = np.random.default_rng(seed)
     nodes, inits, current = [], [], "x"
-    for i, (a, b) in enumerate(zip(widths, widths[1:], strict=False)):
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
         w = numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32), f"w{i}")
         bias = numpy_helper.from_array(np.zeros(b, np.float32), f"b{i}")
         inits += [w, bias]
         out = "y" if i == len(widths) - 2 else f"h{i}"
         mm, add = f"mm{i}", (out if i == len(widths) - 2 else f"a{i}")
-        nodes += [helper.make_node("MatMul", [current, f"w{i}"], [mm]),
-                  helper.make_node("Add", [mm, f"b{i}"], [add])]
+        nodes += [
+            helper.make_node("MatMul", [current, f"w{i}"], [mm]),
+            helper.make_node("Add", [mm, f"b{i}"], [add]),
+        ]
         if i < len(widths) - 2:
             nodes.append(helper.make_node("Relu", [add], [out]))
         current = out
     graph = helper.make_graph(
-        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", widths[0]])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", widths[-1]])], inits)
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", widths[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", widths[-1]])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     path.parent.mkdir(parents=True, exist_ok=True)

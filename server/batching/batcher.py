@@ -190,6 +190,14 @@ class DynamicBatcher:
         head = self._queue[0]
         return sum(p.rows for p in self._queue if p.live and p.key == head.key)
 
+    @staticmethod
+    def _dispatch(taken: list[_Pending]) -> list[_Pending]:
+        """From here on a request is being computed: its timeout no longer applies."""
+        for item in taken:
+            if item.timer is not None:
+                item.timer.cancel()
+        return taken
+
     async def _collect(self) -> list[_Pending]:
         await self._wait_for_work()
         if self._merge and self._delay_ns:
@@ -205,7 +213,7 @@ class DynamicBatcher:
                     break
                 await self._wait_for_work()
         taken, _ = self._take()
-        return taken
+        return self._dispatch(taken)
 
     async def _execute(self, batch: list[_Pending]) -> None:
         try:

@@ -186,8 +186,12 @@ class WindowSummary:
         """Fold one request's (or a concatenation of requests') input tensors."""
         self.rows += rows
         for input_name, array in inputs.items():
-            for key, values in feature_columns(input_name, array):
-                self.fold_feature(key, values)
+            self.fold_array(input_name, array)
+
+    def fold_array(self, input_name: str, array: npt.NDArray[Any]) -> None:
+        """Fold one input tensor (rows are counted by the caller)."""
+        for key, values in feature_columns(input_name, array):
+            self.fold_feature(key, values)
 
     def fold_feature(self, key: FeatureKey, values: npt.NDArray[Any], nulls: int = 0) -> None:
         summary = self.features.get(key)

@@ -178,7 +178,10 @@ class ModelManager:
     async def load_all(self, names: list[str] | None = None) -> None:
         """Load the named models (all in the repository when None)."""
         for name in names if names is not None else list_models(self.repository):
-            await self.load(name)
+            try:
+                await self.load(name)
+            except ModelLoadError:
+                pass  # recorded in the index, the log and the metric; the other models still load
 
     async def load(self, name: str, *, config_json: str | None = None, files: dict[str, bytes] | None = None
                    ) -> None:

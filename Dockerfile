@@ -1,0 +1,37 @@
+# Tessera image. CPU by default:
+#   docker build -t tessera .
+# GPU (onnxruntime-gpu on a CUDA runtime base):
+#   docker build -t tessera:gpu --build-arg RUNTIME=gpu \
+#     --build-arg BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 .
+# Run:
+#   docker run -p 8000:8000 -p 8001:8001 -v $PWD/model_repository:/models tessera
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+
+ARG RUNTIME=cpu
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    TESSERA_MODEL_REPOSITORY=/models TESSERA_HOST=0.0.0.0
+
+# CUDA base images carry no Python: bring one (the slim Python image already has it).
+RUN if ! command -v python3 >/dev/null 2>&1; then \
+      apt-get update && apt-get install -y --no-install-recommends python3 python3-venv && \
+      rm -rf /var/lib/apt/lists/*; \
+    fi && python3 -m venv /opt/tessera
+ENV PATH=/opt/tessera/bin:$PATH
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY protos ./protos
+COPY server ./server
+COPY loadtests ./loadtests
+RUN pip install --upgrade pip && pip install ".[${RUNTIME}]" && rm -rf /src
+
+COPY model_repository /models
+RUN useradd --system --uid 10001 tessera
+USER tessera
+WORKDIR /home/tessera
+EXPOSE 8000 8001
+HEALTHCHECK --interval=10s --timeout=3s CMD python3 -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready').status == 200 else 1)"
+# SIGTERM drains in-flight requests, then exits 0.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["tessera", "serve"]

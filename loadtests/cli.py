@@ -1,0 +1,275 @@
+"""`python -m loadtests run | sweep | plan` (also `tessera loadtest ...`).
+
+    python -m loadtests run   --protocol grpc --port 8001 --model tabular --mode open --rate 500
+    python -m loadtests sweep --protocol http --port 8000 --model tabular --mode closed \\
+        --levels 1,2,4,8,16,32 --slo-p99 25 --out .bench/sweep
+    python -m loadtests plan  --target-rps 20000 --slo-p99 25 --from .bench/sweep/results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .encoding import encode_payloads
+from .inputs import fetch_model_info, random_samples, samples_from_file
+from .plan import CapacityPlan, plan_capacity
+from .plot import plot_latency
+from .report import load_steps, table, write_csv, write_json
+from .results import StepResult
+from .runner import Progress, run_step
+from .spec import LoadSpec, Target, ensure_loopback
+from .sweep import Slo, SweepResult, best_of, geometric_levels, run_sweep
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"loadtests: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(required=True, dest="command")
+    run = commands.add_parser("run", help="one load step")
+    _load_args(run)
+    run.set_defaults(func=_cmd_run)
+    sweep = commands.add_parser("sweep", help="step the load up, find the best throughput within an SLO")
+    _load_args(sweep)
+    _sweep_args(sweep)
+    sweep.set_defaults(func=_cmd_sweep)
+    plan = commands.add_parser("plan", help="replicas for a target rate, from a sweep (run or read)")
+    _load_args(plan, required=False)
+    _sweep_args(plan)
+    plan.add_argument("--target-rps", type=float, required=True)
+    plan.add_argument("--headroom", type=float, default=0.3, help="capacity kept free (default 0.3)")
+    plan.add_argument("--from", dest="from_file", type=Path, help="a results.json from `sweep`")
+    plan.set_defaults(func=_cmd_plan)
+    return parser
+
+
+def _load_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("target (loopback only)")
+    g.add_argument("--host", default="127.0.0.1")
+    g.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    g.add_argument("--port", type=int, help="default 8001 for gRPC, 8000 for HTTP")
+    g.add_argument("--model", required=required)
+    g.add_argument("--model-version", default="")
+    g.add_argument("--http-encoding", choices=("binary", "json"), default="binary")
+    g.add_argument("--timeout", type=float, default=10.0, help="per-request timeout, s")
+    g.add_argument("--metrics-url", help="default http://HOST:8000/metrics (HTTP: the same port)")
+    g.add_argument("--no-metrics", action="store_true", help="don't scrape the server's /metrics")
+    i = p.add_argument_group("inputs")
+    i.add_argument("--input-file", type=Path, help="JSON or Parquet rows / V2 request bodies")
+    i.add_argument("--batch-size", type=int, default=1, help="rows per request")
+    i.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="NAME:D1,D2",
+        help="full shape for an input with variable dims",
+    )
+    i.add_argument("--distinct", type=int, default=64, help="distinct requests to cycle through")
+    i.add_argument("--outputs", default="", help="comma-separated outputs to request (default all)")
+    load = p.add_argument_group("load")
+    load.add_argument("--mode", choices=("open", "closed"), default="closed")
+    load.add_argument("--rate", type=float, default=0.0, help="open loop: req/s")
+    load.add_argument("--arrival", choices=("poisson", "constant"), default="poisson")
+    load.add_argument("--concurrency", type=int, default=1, help="closed loop: requests in flight")
+    load.add_argument("--duration", type=float, default=10.0, help="measured seconds per step")
+    load.add_argument("--warmup", type=float, default=2.0, help="seconds sent but not recorded")
+    load.add_argument("--processes", type=int, default=1, help="generator processes")
+    load.add_argument("--max-requests", type=int, default=5_000_000, help="hard cap per step")
+    load.add_argument("--max-in-flight", type=int, default=2048, help="open loop, per process")
+    load.add_argument("--grpc-channels", type=int, default=1, help="per process")
+    load.add_argument("--cpus", default="", help="generator CPU affinity, e.g. 1 or 2,3")
+    load.add_argument("--seed", type=int, default=0)
+    out = p.add_argument_group("output")
+    out.add_argument("--out", type=Path, help="directory for results.json, results.csv, latency.png")
+    out.add_argument("--label", default="", help="title of the plot and progress line")
+
+
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sweep and SLO")
+    g.add_argument("--levels", default="", help="rates (open) or concurrencies (closed), comma-separated")
+    g.add_argument("--start", type=float, default=1.0, help="first level when --levels is not given")
+    g.add_argument("--factor", type=float, default=2.0, help="each level is the last times this")
+    g.add_argument("--steps", type=int, default=8, help="number of levels")
+    g.add_argument("--slo-p99", type=float, help="ms")
+    g.add_argument("--slo-p95", type=float, help="ms")
+    g.add_argument("--max-error-rate", type=float, default=0.001)
+    g.add_argument("--stop-after-failures", type=int, default=2)
+
+
+def _target(args: argparse.Namespace) -> Target:
+    ensure_loopback(args.host)
+    port = args.port or (8001 if args.protocol == "grpc" else 8000)
+    metrics = (
+        None
+        if args.no_metrics
+        else (args.metrics_url or f"http://{args.host}:{port if args.protocol == 'http' else 8000}/metrics")
+    )
+    return Target(
+        host=args.host,
+        port=port,
+        protocol=args.protocol,
+        model=args.model,
+        model_version=args.model_version,
+        http_encoding=args.http_encoding,
+        request_timeout_s=args.timeout,
+        metrics_url=metrics,
+    )
+
+
+def _spec(args: argparse.Namespace, level: float | None = None) -> LoadSpec:
+    """The step the flags describe; `level` (a sweep's) replaces --rate or --concurrency."""
+    is_open = args.mode == "open"
+    rate = (level if level is not None else args.rate) if is_open else 0.0
+    concurrency = 0 if is_open else max(1, round(level if level is not None else args.concurrency))
+    return LoadSpec(
+        mode=args.mode,
+        rate_rps=rate,
+        arrival=args.arrival,
+        concurrency=concurrency,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        processes=args.processes,
+        max_requests=args.max_requests,
+        max_in_flight=args.max_in_flight,
+        grpc_channels=args.grpc_channels,
+        seed=args.seed,
+        cpus=tuple(int(c) for c in args.cpus.split(",") if c.strip()),
+    )
+
+
+def _payloads(args: argparse.Namespace, target: Target) -> list[bytes]:
+    info = fetch_model_info(target)
+    if args.input_file is not None:
+        samples = samples_from_file(args.input_file, info, batch_size=args.batch_size, limit=args.distinct)
+    else:
+        shapes = {}
+        for item in args.shape:
+            name, _, dims = item.partition(":")
+            shapes[name] = [int(d) for d in dims.split(",")]
+        samples = random_samples(
+            info, batch_size=args.batch_size, count=args.distinct, seed=args.seed, shapes=shapes
+        )
+    return encode_payloads(target, samples, [o for o in args.outputs.split(",") if o])
+
+
+def _label(args: argparse.Namespace, target: Target) -> str:
+    return args.label or f"{target.model} over {target.protocol}, {args.mode} loop"
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    target = _target(args)
+    spec = _spec(args)
+    payloads = _payloads(args, target)
+    step = run_step(
+        target, spec, payloads, progress=Progress(_label(args, target), spec.processes, spec.warmup_s)
+    )
+    _print_step_notes(step)
+    print(table([step]))
+    if args.out is not None:
+        _write(args, [step], None, None, None, target)
+    return 0 if step.ok else 1
+
+
+def _run_sweep(args: argparse.Namespace) -> tuple[SweepResult, Target]:
+    target = _target(args)
+    payloads = _payloads(args, target)
+    levels = (
+        [float(v) for v in args.levels.split(",") if v.strip()]
+        if args.levels
+        else geometric_levels(args.start, args.factor, args.steps, integer=args.mode == "closed")
+    )
+    slo = Slo(p99_ms=args.slo_p99, p95_ms=args.slo_p95, max_error_rate=args.max_error_rate)
+
+    def run_level(level: float) -> StepResult:
+        spec = _spec(args, level)
+        label = f"{_label(args, target)} @ {level:g}"
+        return run_step(target, spec, payloads, progress=Progress(label, spec.processes, spec.warmup_s))
+
+    def on_step(step: StepResult, met: bool, reason: str) -> None:
+        _print_step_notes(step)
+        print(
+            f"  level {step.level:g}: {step.throughput_rps:.1f} req/s, p99 {step.latency.p99_ms:.2f} ms, "
+            f"errors {step.error_rate:.2%} -> {'SLO met' if met else 'FAIL: ' + reason}",
+            flush=True,
+        )
+
+    return run_sweep(
+        levels, run_level, slo, stop_after_failures=args.stop_after_failures, on_step=on_step
+    ), target
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    sweep, target = _run_sweep(args)
+    print(table(sweep.steps, sweep.verdicts, sweep.best_index))
+    best = sweep.best
+    print(
+        "best within SLO: " + (f"{best.throughput_rps:.1f} req/s at level {best.level:g}" if best else "none")
+    )
+    if args.out is not None:
+        _write(args, list(sweep.steps), sweep, None, args.slo_p99, target)
+    return 0 if best is not None else 1
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    if args.from_file is not None:
+        steps, verdicts = load_steps(args.from_file)
+        slo = Slo(p99_ms=args.slo_p99, p95_ms=args.slo_p95, max_error_rate=args.max_error_rate)
+        verdicts = (
+            [slo.check(s) for s in steps] if args.slo_p99 or args.slo_p95 or verdicts is None else verdicts
+        )
+        sweep = SweepResult(tuple(steps), tuple(verdicts), best_of(steps, verdicts))
+        target = None
+    else:
+        if args.model is None:
+            raise ValueError("plan needs --from results.json, or --model (and the sweep flags) to run one")
+        sweep, target = _run_sweep(args)
+    plan = plan_capacity(sweep, args.target_rps, args.headroom)
+    print(table(sweep.steps, sweep.verdicts, sweep.best_index))
+    print(plan.describe())
+    if args.out is not None:
+        _write(args, list(sweep.steps), sweep, plan, args.slo_p99, target)
+    return 0 if plan.replicas is not None else 1
+
+
+def _print_step_notes(step: StepResult) -> None:
+    for note in step.warnings:
+        print(f"  warning: {note}", file=sys.stderr)
+    if step.first_error:
+        print(f"  first error: {step.first_error}", file=sys.stderr)
+
+
+def _write(
+    args: argparse.Namespace,
+    steps: list[StepResult],
+    sweep: SweepResult | None,
+    plan: CapacityPlan | None,
+    slo_p99: float | None,
+    target: Target | None,
+) -> None:
+    out: Path = args.out
+    meta = {"argv": sys.argv[1:], "model": args.model, "protocol": args.protocol, "mode": args.mode}
+    write_json(out / "results.json", steps, sweep=sweep, plan=plan, meta=meta)
+    write_csv(out / "results.csv", steps, list(sweep.verdicts) if sweep else None)
+    title = args.label or (f"{args.model} over {steps[0].protocol}, {steps[0].mode} loop" if steps else "")
+    plot_latency(
+        out / "latency.png",
+        steps,
+        title=title,
+        slo_p99_ms=slo_p99,
+        best_index=sweep.best_index if sweep else None,
+    )
+    print(f"wrote {out / 'results.json'}, {out / 'results.csv'}, {out / 'latency.png'}")

@@ -1,0 +1,76 @@
+"""The PNG: client latency percentiles against delivered throughput, with the server's batch sizes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from .results import StepResult
+
+__all__ = ["plot_latency"]
+
+
+def plot_latency(
+    path: Path,
+    steps: Sequence[StepResult],
+    *,
+    title: str,
+    slo_p99_ms: float | None = None,
+    best_index: int | None = None,
+) -> None:
+    """Left: p50/p95/p99 (and the server's queue p99) vs throughput, log latency axis.
+    Right: the server's mean batch size vs throughput, when /metrics was scraped."""
+    order = sorted(range(len(steps)), key=lambda i: steps[i].throughput_rps)
+    xs = [steps[i].throughput_rps for i in order]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [2, 1]})
+    for label, attr, style in (("p50", "p50_ms", "o-"), ("p95", "p95_ms", "s-"), ("p99", "p99_ms", "^-")):
+        left.plot(
+            xs, [max(getattr(steps[i].latency, attr), 1e-3) for i in order], style, label=f"client {label}"
+        )
+    queue = [steps[i].server.queue_p99_ms if steps[i].server else math.nan for i in order]
+    if any(not math.isnan(q) for q in queue):
+        left.plot(xs, [max(q, 1e-3) for q in queue], "x:", color="grey", label="server queue p99")
+    if slo_p99_ms is not None:
+        left.axhline(slo_p99_ms, color="red", linestyle="--", label=f"SLO p99 {slo_p99_ms:g} ms")
+    if best_index is not None:
+        best = steps[best_index]
+        left.annotate(
+            f"best within SLO\n{best.throughput_rps:.0f} req/s",
+            (best.throughput_rps, best.latency.p99_ms),
+            textcoords="offset points",
+            xytext=(-60, 25),
+            arrowprops={"arrowstyle": "->"},
+        )
+    for i in order:
+        left.annotate(
+            f"{steps[i].level:g}",
+            (steps[i].throughput_rps, steps[i].latency.p99_ms),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=7,
+            color="dimgrey",
+        )
+    left.set_yscale("log")
+    left.set_xlabel("delivered throughput (successful requests / s)")
+    left.set_ylabel("latency (ms, log scale)")
+    left.set_title(title)
+    left.grid(True, which="both", alpha=0.3)
+    left.legend(loc="upper left", fontsize=8)
+    batch = [steps[i].server.batch_mean if steps[i].server else math.nan for i in order]
+    right.plot(xs, batch, "o-", color="tab:purple")
+    right.set_xlabel("delivered throughput (successful requests / s)")
+    right.set_ylabel("server mean batch size (rows)")
+    right.set_title("server batching (/metrics)")
+    right.grid(True, alpha=0.3)
+    if all(math.isnan(b) for b in batch):
+        right.text(0.5, 0.5, "server /metrics not scraped", ha="center", transform=right.transAxes)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

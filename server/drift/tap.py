@@ -1,0 +1,216 @@
+"""DriftTap: the inference observer that feeds drift statistics, and its off-path folding task.
+
+`observe` (on the request path) only does a bounded `put_nowait`; a background task drains the
+queue, folds the inputs into each model's open window, and hands closed windows to a Publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..dataplane import InferenceObserver
+from .background import spawn
+from .metrics import TapMetrics
+from .publishers import Publisher
+from .stats import DEFAULT_MAX_CATEGORIES, DEFAULT_SKETCH_K, FeatureKey, WindowSummary
+
+__all__ = ["DriftTap", "TapConfig"]
+
+logger = logging.getLogger(__name__)
+
+Arrays = Mapping[str, npt.NDArray[Any]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TapConfig:
+    window_s: float = 60.0
+    """Seconds per statistics window, aligned to the wall clock so replicas' windows line up; 0: rows only."""
+
+    window_rows: int = 0
+    """Close a window early once it holds at least this many rows; 0: by time only."""
+
+    queue_size: int = 4096
+    """Observations waiting to be folded; beyond this they are dropped and counted."""
+
+    models: frozenset[str] | None = None
+    """Models watched; None watches every model."""
+
+    sketch_k: int = DEFAULT_SKETCH_K
+    """KLL accuracy parameter (200: about 1.3% rank error)."""
+
+    max_categories: int = DEFAULT_MAX_CATEGORIES
+    """Distinct values counted per integer feature."""
+
+    max_drain: int = 1024
+    """Observations folded per turn of the background task (bounds its time on the event loop)."""
+
+    def __post_init__(self) -> None:
+        if self.window_s <= 0 and self.window_rows <= 0:
+            raise ValueError("drift windows need window_s > 0 or window_rows > 0")
+
+
+@dataclass(slots=True)
+class _Open:
+    summary: WindowSummary
+    deadline: float  # seconds (clock), inf when windows close by rows only
+
+
+class DriftTap(InferenceObserver):
+    """Hot-path side of drift monitoring; one per server process.
+
+    `names(model)` may give display names of features (from the model config); it is called on
+    the background task, once per window. `clock` returns Unix seconds (tests may pass their own).
+    """
+
+    def __init__(self, publisher: Publisher, metrics: TapMetrics, config: TapConfig | None = None, *,
+                 names: Callable[[str], Mapping[FeatureKey, str]] | None = None,
+                 clock: Callable[[], float] = time.time, producer: str | None = None) -> None:
+        self._publisher = publisher
+        self._metrics = metrics
+        self._config = config or TapConfig()
+        self._models = self._config.models
+        self._names = names
+        self._clock = clock
+        self.producer = producer or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._queue: asyncio.Queue[tuple[str, Arrays]] = asyncio.Queue(self._config.queue_size)
+        self._open: dict[str, _Open] = {}
+        self._seq = 0
+        self._task: asyncio.Task[None] | None = None
+
+    # -- request path --------------------------------------------------------------------------
+    def observe(self, model: str, version: str, inputs: dict[str, npt.NDArray[Any]],
+                outputs: dict[str, npt.NDArray[Any]]) -> None:
+        """Hand one request's inputs over; never blocks or raises (a full queue drops and counts)."""
+        if self._models is not None and model not in self._models:
+            return
+        try:
+            self._queue.put_nowait((model, inputs))
+        except asyncio.QueueFull:
+            self._metrics.dropped.labels(model).inc()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the folding task on the running loop (the publisher is started separately)."""
+        if self._task is None:
+            self._task = spawn(self._run(), "drift-tap")
+
+    async def stop(self) -> None:
+        """Stop folding, fold what is queued and publish every open window (partial ones too)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.flush(close_all=True)
+
+    def flush(self, close_all: bool = False) -> None:
+        """Fold everything queued now and close windows that are due (all of them if close_all)."""
+        while not self._queue.empty():
+            self._fold_queued(None)
+        now = self._clock()
+        for model in [m for m, w in self._open.items() if close_all or now >= w.deadline]:
+            self._close(model, now)
+
+    # -- background task -----------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            first: tuple[str, Arrays] | None = None
+            try:
+                async with asyncio.timeout(self._seconds_to_deadline()):
+                    first = await self._queue.get()
+            except TimeoutError:
+                pass
+            try:
+                self._fold_queued(first)
+                self.flush()
+            except Exception:  # one bad request must not stop drift statistics
+                logger.exception("drift statistics: folding failed")
+            await asyncio.sleep(0)
+
+    def _seconds_to_deadline(self) -> float | None:
+        deadlines = [w.deadline for w in self._open.values() if w.deadline != math.inf]
+        return max(0.0, min(deadlines) - self._clock()) if deadlines else None
+
+    def _fold_queued(self, first: tuple[str, Arrays] | None) -> None:
+        batch: dict[str, list[Arrays]] = {}
+        if first is not None:
+            batch.setdefault(first[0], []).append(first[1])
+        for _ in range(self._config.max_drain):
+            try:
+                model, inputs = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            batch.setdefault(model, []).append(inputs)
+        now = self._clock()
+        for model, observations in batch.items():
+            window = self._window(model, now)
+            window.summary.rows += sum(_rows(o) for o in observations)
+            for name, array in _stack(observations):
+                window.summary.fold_array(name, array)
+            if self._config.window_rows and window.summary.rows >= self._config.window_rows:
+                self._close(model, now)
+
+    def _window(self, model: str, now: float) -> _Open:
+        window = self._open.get(model)
+        if window is not None and now >= window.deadline:
+            self._close(model, now)
+            window = None
+        if window is None:
+            length = self._config.window_s
+            start = math.floor(now / length) * length if length > 0 else now
+            self._seq += 1
+            summary = WindowSummary(
+                model=model, window_id=f"{self.producer}:{self._seq}", producer=self.producer,
+                start_ms=int(start * 1000), end_ms=0, rows=0, windows=1,
+                names=dict(self._names(model)) if self._names else {},
+                sketch_k=self._config.sketch_k, max_categories=self._config.max_categories)
+            window = _Open(summary, start + length if length > 0 else math.inf)
+            self._open[model] = window
+        return window
+
+    def _close(self, model: str, now: float) -> None:
+        window = self._open.pop(model)
+        window.summary.end_ms = int(min(now, window.deadline) * 1000)
+        self._metrics.windows_closed.labels(model).inc()
+        try:
+            self._publisher.publish(window.summary)
+        except Exception:
+            logger.exception("drift statistics: publisher refused window %s", window.summary.window_id)
+
+
+def _rows(inputs: Arrays) -> int:
+    for array in inputs.values():
+        return int(array.shape[0]) if array.ndim else 1
+    return 0
+
+
+def _stack(observations: list[Arrays]) -> Iterator[tuple[str, npt.NDArray[Any]]]:
+    """Each input's arrays, stacked along the batch dimension where shapes and dtypes agree."""
+    if len(observations) == 1:
+        yield from observations[0].items()
+        return
+    by_input: dict[str, list[npt.NDArray[Any]]] = {}
+    for inputs in observations:
+        for name, array in inputs.items():
+            by_input.setdefault(name, []).append(array)
+    for name, arrays in by_input.items():
+        first = arrays[0]
+        if all(a.ndim == first.ndim > 0 and a.shape[1:] == first.shape[1:] and a.dtype == first.dtype
+               for a in arrays):
+            yield name, np.concatenate(arrays)
+        else:
+            for array in arrays:
+                yield name, array

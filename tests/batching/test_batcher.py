@@ -1,0 +1,215 @@
+"""DynamicBatcher semantics, driven directly with a runner whose timing the test controls."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server._generated import model_config_pb2 as mc
+from server.batching.batcher import DynamicBatcher
+from server.errors import DeadlineExceeded, ModelNotReady, Overloaded
+from server.metrics import Metrics
+from server.repository.spec import BatchingSpec, DeviceKind, InstanceGroupSpec, ModelSpec, TensorSpec, VersionPolicy
+from server.statistics import ModelStatistics
+
+
+class GatedRunner:
+    """Doubles its input; each run waits until the test opens the gate. Records batch sizes."""
+
+    def __init__(self, instances: int = 1) -> None:
+        self.instances = instances
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.batches: list[int] = []
+        self.running = 0
+
+    async def run(self, feeds):
+        self.running += 1
+        try:
+            await self.gate.wait()
+            x = feeds["x"]
+            self.batches.append(int(x.shape[0]))
+            return {"y": x * 2}
+        finally:
+            self.running -= 1
+
+    def close(self) -> None:
+        pass
+
+
+def make_spec(max_batch_size=8, batching: BatchingSpec | None = BatchingSpec()) -> ModelSpec:
+    return ModelSpec(
+        name="m", version=1, model_path=Path("/dev/null"), max_batch_size=max_batch_size,
+        inputs=(TensorSpec("x", "FP32", (-1,)),), outputs=(TensorSpec("y", "FP32", (-1,)),),
+        instance_groups=(InstanceGroupSpec(DeviceKind.CPU, 1),), batching=batching,
+        version_policy=VersionPolicy(), config=mc.ModelConfig(),
+    )
+
+
+def make_batcher(runner: GatedRunner, spec: ModelSpec) -> DynamicBatcher:
+    batcher = DynamicBatcher(runner, spec, ModelStatistics("m", "1"), Metrics(), ("m", "1"))
+    batcher.start()
+    return batcher
+
+
+def rows(values: list[float], width: int = 2) -> np.ndarray:
+    return np.array([[v] * width for v in values], dtype=np.float32)
+
+
+async def test_queued_requests_are_merged_and_each_gets_its_own_rows():
+    runner = GatedRunner()
+    runner.gate.clear()
+    batcher = make_batcher(runner, make_spec())
+    first = asyncio.create_task(batcher.submit({"x": rows([0])}, 1))
+    await asyncio.sleep(0.01)  # first batch is running; the rest queue up behind it
+    rest = [asyncio.create_task(batcher.submit({"x": rows([i, i + 0.5])}, 2)) for i in range(1, 4)]
+    await asyncio.sleep(0.01)
+    runner.gate.set()
+    results = await asyncio.gather(first, *rest)
+    assert runner.batches == [1, 6]
+    for i, (outputs, _) in enumerate(results[1:], start=1):
+        np.testing.assert_array_equal(outputs["y"], rows([i, i + 0.5]) * 2)
+    await batcher.stop()
+
+
+async def test_a_batch_never_exceeds_max_batch_size():
+    runner = GatedRunner()
+    runner.gate.clear()
+    batcher = make_batcher(runner, make_spec(max_batch_size=4))
+    tasks = [asyncio.create_task(batcher.submit({"x": rows([i] * 3)}, 3)) for i in range(5)]
+    await asyncio.sleep(0.01)
+    runner.gate.set()
+    await asyncio.gather(*tasks)
+    assert max(runner.batches) <= 4 and sum(runner.batches) == 15
+    await batcher.stop()
+
+
+async def test_requests_with_different_non_batch_dims_are_never_merged():
+    runner = GatedRunner()
+    runner.gate.clear()
+    batcher = make_batcher(runner, make_spec())
+    blocker = asyncio.create_task(batcher.submit({"x": rows([0])}, 1))
+    await asyncio.sleep(0.01)
+    narrow = [asyncio.create_task(batcher.submit({"x": rows([1], width=2)}, 1)) for _ in range(2)]
+    wide = [asyncio.create_task(batcher.submit({"x": rows([2], width=3)}, 1)) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    runner.gate.set()
+    await asyncio.gather(blocker, *narrow, *wide)
+    assert runner.batches == [1, 2, 2]
+    await batcher.stop()
+
+
+async def test_max_queue_delay_waits_for_the_preferred_batch_size():
+    runner = GatedRunner()
+    spec = make_spec(batching=BatchingSpec(preferred_batch_sizes=(4,), max_queue_delay_us=200_000))
+    batcher = make_batcher(runner, spec)
+    tasks = []
+    for i in range(4):
+        tasks.append(asyncio.create_task(batcher.submit({"x": rows([i])}, 1)))
+        await asyncio.sleep(0.005)
+    await asyncio.gather(*tasks)
+    assert runner.batches == [4]
+    await batcher.stop()
+
+
+async def test_without_dynamic_batching_each_request_runs_alone():
+    runner = GatedRunner()
+    runner.gate.clear()
+    batcher = make_batcher(runner, make_spec(batching=None))
+    tasks = [asyncio.create_task(batcher.submit({"x": rows([i])}, 1)) for i in range(3)]
+    await asyncio.sleep(0.01)
+    runner.gate.set()
+    await asyncio.gather(*tasks)
+    assert runner.batches == [1, 1, 1]
+    await batcher.stop()
+
+
+async def test_full_queue_rejects_at_once():
+    runner = GatedRunner()
+    runner.gate.clear()
+    batcher = make_batcher(runner, make_spec(batching=BatchingSpec(max_queue_size=2)))
+    running = asyncio.create_task(batcher.submit({"x": rows([0])}, 1))
+    await asyncio.sleep(0.01)
+    queued = [asyncio.create_task(batcher.submit({"x": rows([1])}, 1)) for _ in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded, match="queue is full"):
+        await batcher.submit({"x": rows([3])}, 1)
+    runner.gate.set()
+    await asyncio.gather(running, *queued)
+    await batcher.stop()
+
+
+async def test_timeout_fires_while_the_executor_is_busy_and_the_request_is_never_computed():
+    runner = GatedRunner()
+    runner.gate.clear()
+    batcher = make_batcher(runner, make_spec())
+    busy = asyncio.create_task(batcher.submit({"x": rows([0])}, 1))
+    await asyncio.sleep(0.01)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(DeadlineExceeded, match="timed out after 20000 us"):
+        await batcher.submit({"x": rows([7])}, 1, timeout_us=20_000)
+    assert asyncio.get_running_loop().time() - started < 0.5  # fired while the executor was still busy
+    runner.gate.set()
+    await busy
+    await asyncio.sleep(0.01)
+    assert runner.batches == [1]  # the expired request was never run
+    await batcher.stop()
+
+
+async def test_queue_policy_default_timeout_applies_without_a_request_timeout():
+    runner = GatedRunner()
+    runner.gate.clear()
+    batcher = make_batcher(runner, make_spec(batching=BatchingSpec(default_timeout_us=10_000)))
+    busy = asyncio.create_task(batcher.submit({"x": rows([0])}, 1))
+    await asyncio.sleep(0.001)
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit({"x": rows([1])}, 1)
+    runner.gate.set()
+    await busy
+    await batcher.stop()
+
+
+async def test_cancelled_requests_are_skipped():
+    runner = GatedRunner()
+    runner.gate.clear()
+    batcher = make_batcher(runner, make_spec())
+    busy = asyncio.create_task(batcher.submit({"x": rows([0])}, 1))
+    await asyncio.sleep(0.01)
+    gone = asyncio.create_task(batcher.submit({"x": rows([1])}, 1))
+    kept = asyncio.create_task(batcher.submit({"x": rows([2])}, 1))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    runner.gate.set()
+    await asyncio.gather(busy, kept)
+    assert runner.batches == [1, 1]
+    await batcher.stop()
+
+
+async def test_stop_drains_queued_requests_then_refuses_new_ones():
+    runner = GatedRunner()
+    runner.gate.clear()
+    batcher = make_batcher(runner, make_spec())
+    tasks = [asyncio.create_task(batcher.submit({"x": rows([i])}, 1)) for i in range(3)]
+    await asyncio.sleep(0.01)
+    stopping = asyncio.create_task(batcher.stop())
+    await asyncio.sleep(0.01)
+    with pytest.raises(ModelNotReady):
+        await batcher.submit({"x": rows([9])}, 1)
+    runner.gate.set()
+    await stopping
+    assert all(t.done() and not t.exception() for t in tasks)
+
+
+async def test_instances_run_batches_in_parallel():
+    runner = GatedRunner(instances=2)
+    runner.gate.clear()
+    batcher = make_batcher(runner, make_spec(batching=None))
+    tasks = [asyncio.create_task(batcher.submit({"x": rows([i])}, 1)) for i in range(3)]
+    await asyncio.sleep(0.02)
+    assert runner.running == 2
+    runner.gate.set()
+    await asyncio.gather(*tasks)
+    await batcher.stop()
