@@ -90,7 +90,7 @@ class App:
         s = self.settings
         app = build_http_app(self.dataplane, self.metrics, s.http_max_body_bytes)
         config = uvicorn.Config(app, http="httptools", lifespan="off", access_log=False, log_config=None,
-                                timeout_graceful_shutdown=s.drain_timeout_s)
+                                timeout_graceful_shutdown=max(1, round(s.drain_timeout_s)))
         self._http = uvicorn.Server(config)
         sock = _bind(s.host, s.http_port, reuse_port=s.workers > 1)
         self.http_port = sock.getsockname()[1]

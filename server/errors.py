@@ -131,7 +131,7 @@ _REASONS: dict[type[TesseraError], str] = {
 def status_for(error: TesseraError) -> tuple[str, HTTPStatus]:
     """The (gRPC code name, HTTP status) for an error, by its most specific class."""
     for cls in type(error).__mro__:
-        row = STATUS_TABLE.get(cls)  # type: ignore[call-overload]
+        row = STATUS_TABLE.get(cls)
         if row is not None:
             return row
     return STATUS_TABLE[TesseraError]

@@ -23,7 +23,7 @@ from server.app import App
 from server.settings import ServerSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model_repository"))
-import make_models  # noqa: E402
+import make_models
 
 # Identity models for every datatype the protocol carries (name, ONNX type, V2 datatype).
 IDENTITY_TYPES = [

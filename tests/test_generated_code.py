@@ -15,4 +15,5 @@ def test_generated_code_is_up_to_date(tmp_path):
                    env={"PATH": f"{env_path}:/usr/bin:/bin"})
     committed = ROOT / "server" / "_generated"
     for fresh in sorted(tmp_path.iterdir()):
-        assert (committed / fresh.name).read_text() == fresh.read_text(), f"{fresh.name} is stale: run protos/generate.sh"
+        stale = f"{fresh.name} is stale: run protos/generate.sh"
+        assert (committed / fresh.name).read_text() == fresh.read_text(), stale

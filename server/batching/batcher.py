@@ -172,7 +172,9 @@ class DynamicBatcher:
         if not self._merge:
             self._queue.popleft()
             return [head], head.rows
-        taken, rows, keep = [], 0, deque()
+        taken: list[_Pending] = []
+        rows = 0
+        keep: deque[_Pending] = deque()
         while self._queue:
             item = self._queue.popleft()
             if not item.live:

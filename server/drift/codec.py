@@ -68,8 +68,10 @@ def _from_record_batch(batch: pa.RecordBatch) -> WindowSummary:
     meta = {k.decode(): v.decode() for k, v in (batch.schema.metadata or {}).items()}
     if meta.get("format") != FORMAT_VERSION:
         raise ValueError(f"unsupported drift summary format {meta.get('format')!r}")
-    ints = {name: int(meta[name]) for name in _META_INT}
-    window = WindowSummary(model=meta["model"], window_id=meta["window_id"], producer=meta["producer"], **ints)
+    window = WindowSummary(model=meta["model"], window_id=meta["window_id"], producer=meta["producer"],
+                           start_ms=0, end_ms=0)
+    for name in _META_INT:
+        setattr(window, name, int(meta[name]))
     rows = batch.to_pylist()
     for row in rows:
         key = (str(row["input"]), int(row["column"]))
@@ -92,9 +94,13 @@ def encode_window(window: WindowSummary) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
-def decode_window(payload: bytes) -> WindowSummary:
-    """Inverse of encode_window. Raises ValueError (or pyarrow.ArrowInvalid) on bad bytes."""
-    with pa.ipc.open_stream(pa.py_buffer(payload)) as reader:
+def decode_window(payload: bytes | str) -> WindowSummary:
+    """Inverse of encode_window. Raises ValueError (or pyarrow.ArrowInvalid) on bad bytes.
+
+    Accepts `str` only because redis-py types replies as `bytes | str`; ours are always bytes.
+    """
+    raw = payload if isinstance(payload, bytes) else payload.encode("utf-8", "surrogateescape")
+    with pa.ipc.open_stream(pa.py_buffer(raw)) as reader:
         return _from_record_batch(reader.read_next_batch())
 
 

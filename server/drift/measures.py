@@ -17,6 +17,7 @@ import numpy.typing as npt
 from .stats import FeatureSummary
 
 __all__ = [
+    "categorical_measures",
     "chi2_sf",
     "chi_squared",
     "js_distance",
@@ -24,7 +25,6 @@ __all__ = [
     "ks_test",
     "mean_shift",
     "numeric_measures",
-    "categorical_measures",
     "psi",
     "quantile_bins",
     "wasserstein",

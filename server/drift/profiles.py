@@ -41,7 +41,7 @@ def input_widths(config: mc.ModelConfig) -> dict[str, int | None]:
     widths: dict[str, int | None] = {}
     for tensor in config.input:
         dims = list(tensor.dims)
-        full = ([-1] + dims) if config.max_batch_size > 0 else dims
+        full = [-1, *dims] if config.max_batch_size > 0 else dims
         widths[tensor.name] = int(full[1]) if len(full) == 2 else None
     return widths
 
@@ -54,7 +54,9 @@ def config_feature_names(parameters: Mapping[str, str], inputs: Sequence[str]) -
     """
     names: dict[FeatureKey, str] = {}
     for i, name in enumerate(inputs):
-        text = parameters.get(f"feature_names.{name}") or (parameters.get("feature_names") if i == 0 else None)
+        text = parameters.get(f"feature_names.{name}")
+        if text is None and i == 0:
+            text = parameters.get("feature_names")
         for j, feature in enumerate(f.strip() for f in (text or "").split(",")):
             if feature:
                 names[(name, j)] = feature
@@ -146,7 +148,8 @@ def _fold_named(profile: WindowSummary, name: str, column: pa.Array, width: int 
 class ProfileStore:
     """Finds a model's reference profile in Redis, then beside the model; cached for `ttl_s` seconds."""
 
-    def __init__(self, repository: Path | None = None, redis: Redis | None = None, ttl_s: float = 30.0) -> None:
+    def __init__(self, repository: Path | None = None, redis: Redis | None = None,
+                 ttl_s: float = 30.0) -> None:
         self._repository = repository
         self._redis = redis
         self._ttl_s = ttl_s

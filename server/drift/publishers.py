@@ -119,7 +119,8 @@ class RedisStreamPublisher:
         """Try to send what is buffered (for at most stop_timeout_s), then close the connection."""
         if self._task is not None:
             deadline = time.monotonic() + self._stop_timeout_s
-            while (self._buffer or self._sending) and time.monotonic() < deadline and self._down_since is None:
+            while ((self._buffer or self._sending) and time.monotonic() < deadline
+                   and self._down_since is None):
                 await asyncio.sleep(0.01)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -158,9 +159,9 @@ class RedisStreamPublisher:
             async with asyncio.timeout(self._timeout_s):
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for item in sending:
-                        pipe.xadd(stream_key(item.model),
-                                  {"window": item.window_id, "producer": item.producer, "payload": item.payload},
-                                  maxlen=self._maxlen, approximate=True)
+                        fields: dict[Any, Any] = {"window": item.window_id, "producer": item.producer,
+                                                  "payload": item.payload}
+                        pipe.xadd(stream_key(item.model), fields, maxlen=self._maxlen, approximate=True)
                     await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             self._requeue(sending)

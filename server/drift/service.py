@@ -100,7 +100,10 @@ class DriftService:
                 delay = min(delay * 2, 10.0)
 
     async def step(self) -> int:
-        """Discover streams, claim abandoned messages, read and fold new ones, evaluate. Returns messages handled."""
+        """One round: discover streams, claim abandoned messages, fold new ones, evaluate.
+
+        Returns how many messages it handled.
+        """
         now = time.monotonic()
         if now - self._discovered_at >= self._config.discover_every_s:
             await self._discover()
@@ -206,4 +209,5 @@ class DriftService:
 
 def _flatten(reply: Any) -> list[tuple[bytes, Entry]]:
     """XREADGROUP's reply ([[stream, [(id, fields), ...]], ...]) as (stream, (id, fields)) pairs."""
-    return [(stream, (message_id, fields)) for stream, messages in reply or [] for message_id, fields in messages]
+    return [(stream, (message_id, fields)) for stream, messages in reply or []
+            for message_id, fields in messages]

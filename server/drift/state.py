@@ -85,9 +85,10 @@ class RedisDriftState:
                         parts = [decode_window(stored)] if stored is not None else []
                         merged = merge_windows(window.model, [*parts, window], f"bucket:{bucket}")
                         assert merged is not None
-                    pipe.multi()
+                        payload = encode_window(merged)
+                    pipe.multi()  # type: ignore[no-untyped-call]
                     if outcome is FoldOutcome.FOLDED:
-                        pipe.set(bucket_key, encode_window(merged), px=self._ttl_ms)
+                        pipe.set(bucket_key, payload, px=self._ttl_ms)
                         pipe.zadd(keys.seen, {window.window_id: bucket})
                         pipe.zremrangebyscore(keys.seen, "-inf", f"({self._config.oldest_kept(latest)}")
                         pipe.pexpire(keys.seen, self._ttl_ms)

@@ -217,7 +217,8 @@ class WindowSummary:
             self.names.setdefault(key, name)
 
 
-def merge_windows(model: str, windows: Iterable[WindowSummary], window_id: str = "merged") -> WindowSummary | None:
+def merge_windows(model: str, windows: Iterable[WindowSummary],
+                  window_id: str = "merged") -> WindowSummary | None:
     """Merge windows into a new summary (inputs untouched); None when there are none."""
     merged: WindowSummary | None = None
     for window in windows:

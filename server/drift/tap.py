@@ -175,11 +175,19 @@ class DriftTap(InferenceObserver):
             summary = WindowSummary(
                 model=model, window_id=f"{self.producer}:{self._seq}", producer=self.producer,
                 start_ms=int(start * 1000), end_ms=0, rows=0, windows=1,
-                names=dict(self._names(model)) if self._names else {},
+                names=self._feature_names(model),
                 sketch_k=self._config.sketch_k, max_categories=self._config.max_categories)
             window = _Open(summary, start + length if length > 0 else math.inf)
             self._open[model] = window
         return window
+
+    def _feature_names(self, model: str) -> dict[FeatureKey, str]:
+        if self._names is None:
+            return {}
+        try:
+            return dict(self._names(model))
+        except Exception:  # e.g. the model was unloaded meanwhile: default names will do
+            return {}
 
     def _close(self, model: str, now: float) -> None:
         window = self._open.pop(model)

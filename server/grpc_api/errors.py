@@ -33,7 +33,7 @@ def guarded(handler: Callable[[Req, grpc.aio.ServicerContext], Awaitable[Resp]]
     async def wrapper(request: Req, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await handler(request, context)
-        except Exception as exc:  # noqa: BLE001 - mapped, and logged when unknown
+        except Exception as exc:
             code, message = abort_status(exc)
         await context.abort(code, message)
 

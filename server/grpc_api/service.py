@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -23,7 +23,7 @@ __all__ = ["ROUTING_KEY_METADATA", "SERVICE_NAME", "InferenceService"]
 logger = logging.getLogger(__name__)
 SERVICE_NAME = "inference.GRPCInferenceService"
 ROUTING_KEY_METADATA = "tessera-routing-key"
-Ctx = grpc.aio.ServicerContext
+Ctx: TypeAlias = grpc.aio.ServicerContext
 
 
 def _routing_key(context: Ctx) -> str | None:
@@ -80,7 +80,7 @@ class InferenceService:
             try:
                 response = await self._dp.infer(decode_infer_request(request, key))
                 await results.put(pb.ModelStreamInferResponse(infer_response=encode_infer_response(response)))
-            except Exception as exc:  # noqa: BLE001 - reported in-band, the stream survives
+            except Exception as exc:
                 _, message = abort_status(exc)
                 await results.put(pb.ModelStreamInferResponse(
                     error_message=message, infer_response=pb.ModelInferResponse(id=request.id)))

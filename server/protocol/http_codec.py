@@ -74,22 +74,22 @@ def _json_type(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str,
-           default: Any = ...) -> Any:
-    """obj[key] checked against a JSON type; missing fields raise unless a default is given."""
-    value = obj.get(key, default)
-    if value is ...:
-        raise InvalidInput(f"{where}: missing required field '{key}'")
-    if value is not default and (not isinstance(value, kind) or (isinstance(value, bool)
-                                                                 and bool not in _as_tuple(kind))):
-        expected = " or ".join(_json_type(t()) for t in _as_tuple(kind))
+_REQUIRED: Any = object()
+_EXAMPLES: dict[type, object] = {str: "", list: [], dict: {}}
+
+
+def _field(obj: dict[str, Any], key: str, kind: type, where: str, default: Any = _REQUIRED) -> Any:
+    """obj[key] checked against a JSON type (str, list or dict); missing fields raise unless defaulted."""
+    if key not in obj:
+        if default is _REQUIRED:
+            raise InvalidInput(f"{where}: missing required field '{key}'")
+        return default
+    value = obj[key]
+    if not isinstance(value, kind):
+        expected = _json_type(_EXAMPLES[kind])
         article = "an" if expected[0] in "aeiou" else "a"
         raise InvalidInput(f"{where}: field '{key}' must be {article} {expected}, got {_json_type(value)}")
     return value
-
-
-def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
 
 
 def _parameters(obj: dict[str, Any], where: str) -> Parameters:

@@ -33,7 +33,7 @@ def _check_tensor(spec: ModelSpec, tensor: TensorSpec, array: Tensor, datatype: 
     if spec.batched:
         if len(shape) != len(tensor.dims) + 1 or not _dims_match(tensor.dims, shape[1:]):
             raise InvalidInput(f"input '{tensor.name}': expected {_expected(spec, tensor)}, got {got}")
-        rows = shape[0]
+        rows = int(shape[0])
         if rows < 1:
             raise InvalidInput(f"input '{tensor.name}': batch size must be at least 1, got {got}")
         if rows > spec.max_batch_size:

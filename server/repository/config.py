@@ -75,7 +75,9 @@ def parse_config_json(text: str) -> mc.ModelConfig:
     import orjson
 
     try:
-        return ParseDict(orjson.loads(text), mc.ModelConfig())
+        config = mc.ModelConfig()
+        ParseDict(orjson.loads(text), config)
+        return config
     except (orjson.JSONDecodeError, ParseError, TypeError) as exc:
         raise ModelLoadError(f"config override: {exc}") from exc
 

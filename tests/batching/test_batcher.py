@@ -12,7 +12,14 @@ from server._generated import model_config_pb2 as mc
 from server.batching.batcher import DynamicBatcher
 from server.errors import DeadlineExceeded, ModelNotReady, Overloaded
 from server.metrics import Metrics
-from server.repository.spec import BatchingSpec, DeviceKind, InstanceGroupSpec, ModelSpec, TensorSpec, VersionPolicy
+from server.repository.spec import (
+    BatchingSpec,
+    DeviceKind,
+    InstanceGroupSpec,
+    ModelSpec,
+    TensorSpec,
+    VersionPolicy,
+)
 from server.statistics import ModelStatistics
 
 
@@ -40,7 +47,10 @@ class GatedRunner:
         pass
 
 
-def make_spec(max_batch_size=8, batching: BatchingSpec | None = BatchingSpec()) -> ModelSpec:
+DEFAULT_BATCHING = BatchingSpec()
+
+
+def make_spec(max_batch_size=8, batching: BatchingSpec | None = DEFAULT_BATCHING) -> ModelSpec:
     return ModelSpec(
         name="m", version=1, model_path=Path("/dev/null"), max_batch_size=max_batch_size,
         inputs=(TensorSpec("x", "FP32", (-1,)),), outputs=(TensorSpec("y", "FP32", (-1,)),),

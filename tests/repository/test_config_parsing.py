@@ -14,7 +14,7 @@ from server.repository.manager import ModelManager
 from server.settings import ServerSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "model_repository"))
-import make_models  # noqa: E402
+import make_models
 
 
 def _manager(root: Path) -> ModelManager:
