@@ -134,6 +134,11 @@ def _run_processes(
             proc.join(timeout=5.0)
             if proc.is_alive():
                 proc.terminate()
+                proc.join(timeout=5.0)
+            if not proc.is_alive():
+                proc.close()
+        messages.close()
+        messages.join_thread()
     return [reports[i] for i in sorted(reports)], before, after
 
 

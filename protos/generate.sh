@@ -9,7 +9,7 @@ out=${1:-$root/server/_generated}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 (cd "$root" && python -m grpc_tools.protoc -I. --python_out="$tmp" --pyi_out="$tmp" \
-  protos/model_config.proto protos/grpc_service.proto)
+  protos/model_config.proto protos/grpc_service.proto protos/rollout.proto)
 mkdir -p "$out"
 cp "$tmp"/protos/*_pb2.py "$tmp"/protos/*_pb2.pyi "$out"/
 # protoc emits absolute imports (protobuf issue 1491); make them package-relative.

@@ -9,17 +9,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from pathlib import Path
 
 import grpc
 import uvicorn
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .dataplane import DataPlane
+from .audit import AuditLog
+from .grpc_api.rollout_service import RolloutService
 from .grpc_api.service import SERVICE_NAME, InferenceService
 from .http_api import build_http_app
 from .metrics import Metrics
 from .repository.manager import ModelManager
+from .repository.watcher import RepositoryWatcher
+from .routing import FileStateStore, RedisStateStore, RolloutController, StateStore
 from .settings import ServerSettings
 
 __all__ = ["App"]
@@ -45,9 +48,15 @@ class App:
     def __init__(self, settings: ServerSettings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.manager = ModelManager(Path(settings.model_repository), settings, self.metrics)
-        self.dataplane = DataPlane(self.manager, self.metrics,
-                                   admin_enabled=settings.allow_repository_admin)
+        self.manager = ModelManager(settings.model_repository, settings, self.metrics)
+        self._watcher: RepositoryWatcher | None = None
+        store: StateStore = (RedisStateStore(settings.redis_url) if settings.redis_url
+                             else FileStateStore(settings.state_dir))
+        self.audit = AuditLog(settings.state_dir / "audit.jsonl")
+        self.rollouts = RolloutController(self.manager, self.metrics, store, self.audit,
+                                          tick_s=settings.rollout_tick_s)
+        self.dataplane = DataPlane(self.manager, self.metrics, admin_enabled=settings.allow_repository_admin,
+                                   rollouts=self.rollouts)
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._http: uvicorn.Server | None = None
@@ -58,11 +67,15 @@ class App:
     async def start(self) -> None:
         """Load models, then open both ports. Returns once both servers accept connections."""
         s = self.settings
-        if s.model_control_mode == "explicit":
+        if s.model_control_mode == "explicit":  # only the --load-model names; the rest on request
             names = None if "*" in s.load_models else list(s.load_models)
             await self.manager.load_all(names)
         else:
             await self.manager.load_all()
+        if s.model_control_mode == "poll":
+            self._watcher = RepositoryWatcher(self.manager, s.repository_poll_secs)
+            self._watcher.start()
+        await self.rollouts.start()
         await self._start_grpc()
         await self._start_http()
         ready = [e for e in self.dataplane.repository_index() if e.state == "READY"]
@@ -77,7 +90,8 @@ class App:
             ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
         ]
         server = grpc.aio.server(options=options)
-        server.add_generic_rpc_handlers((InferenceService(self.dataplane).handler(),))
+        server.add_generic_rpc_handlers((InferenceService(self.dataplane).handler(),
+                                         RolloutService(self.dataplane).handler()))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = f"[{s.host}]:{s.grpc_port}" if ":" in s.host else f"{s.host}:{s.grpc_port}"
         self.grpc_port = server.add_insecure_port(address)
@@ -110,5 +124,8 @@ class App:
             await self._http_task
         if self._grpc is not None:
             await self._grpc.stop(self.settings.drain_timeout_s)
+        if self._watcher is not None:
+            await self._watcher.stop()
+        await self.rollouts.stop()
         await self.manager.stop()
         logger.info("tessera stopped")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import multiprocessing
 import os
@@ -14,6 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .settings import ServerSettings
 
@@ -30,6 +32,16 @@ def _bool(text: str) -> bool:
     return text.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="serve a model repository over gRPC and HTTP")
     p.add_argument("--model-repository", default=_env("model-repository"),
@@ -44,7 +56,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--load-model", action="append", default=None,
                    help="model to load at start in explicit mode; repeatable, '*' for all")
     p.add_argument("--repository-poll-secs", type=float,
-                   default=float(_env("repository-poll-secs", "15") or 15))
+                   default=float(_env("repository-poll-secs", "15") or 15),
+                   help="seconds between repository scans in poll mode")
+    p.add_argument("--repository-cache-dir", default=_env("repository-cache-dir"),
+                   help="local mirror of a remote (fsspec URL) repository; a temporary directory if unset")
+    p.add_argument("--repository-storage-options", type=_json_object,
+                   default=_json_object(_env("repository-storage-options", "{}") or "{}"),
+                   help='fsspec options for a remote repository, as JSON: \'{"endpoint_url": "http://..."}\'')
     p.add_argument("--allow-repository-admin", type=_bool,
                    default=_bool(_env("allow-repository-admin", "true") or "true"),
                    help="serve repository load/unload (true/false)")
@@ -72,10 +90,14 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
     if not args.model_repository:
         raise SystemExit("tessera serve: --model-repository (or TESSERA_MODEL_REPOSITORY) is required")
     loads = tuple(args.load_model or [m for m in (_env("load-model") or "").split(",") if m])
+    if args.model_control_mode == "poll" and args.repository_poll_secs <= 0:
+        raise SystemExit("tessera serve: --model-control-mode poll needs --repository-poll-secs > 0")
     return ServerSettings(
         model_repository=args.model_repository, host=args.host, http_port=args.http_port,
         grpc_port=args.grpc_port, workers=args.workers, model_control_mode=args.model_control_mode,
         load_models=loads, repository_poll_secs=args.repository_poll_secs,
+        repository_cache_dir=Path(args.repository_cache_dir) if args.repository_cache_dir else None,
+        repository_storage_options=args.repository_storage_options,
         allow_repository_admin=args.allow_repository_admin,
         grpc_max_message_bytes=args.grpc_max_message_bytes, http_max_body_bytes=args.http_max_body_bytes,
         intra_op_threads=args.intra_op_threads, allow_spinning=args.allow_spinning,

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 from . import __version__
 from ._generated import model_config_pb2 as mc
-from .errors import ModelNotFound, Unsupported
+from .errors import InvalidInput, ModelNotFound, Unsupported
 from .metrics import Metrics
 from .protocol.validation import prepare_inputs, select_outputs
 from .repository.manager import IndexEntry, ModelManager, ModelMetadata
+from .routing import RolloutController, RolloutSpec, RolloutState, Router
 from .statistics import ModelStatistics
 from .tensors import InferRequest, InferResponse, Tensor
 
@@ -47,8 +48,11 @@ class InferenceObserver:
 class DataPlane:
     """The one place both transports call."""
 
-    def __init__(self, manager: ModelManager, metrics: Metrics, *, admin_enabled: bool = True) -> None:
+    def __init__(self, manager: ModelManager, metrics: Metrics, *, admin_enabled: bool = True,
+                 rollouts: RolloutController | None = None) -> None:
         self._manager = manager
+        self._rollouts = rollouts
+        self._router = Router(manager, rollouts) if rollouts is not None else None
         self._admin_enabled = admin_enabled
         self._metrics = metrics
         self._observers: list[InferenceObserver] = []
@@ -89,7 +93,11 @@ class DataPlane:
         ExecutionFailed; every failure after model resolution is counted against the model.
         """
         start = time.perf_counter_ns()
-        model = self._manager.get(request.model_name, request.model_version or None)
+        if self._router is not None:
+            route = self._router.route(request)
+            model, rollout, arm = route.version, route.rollout, route.arm
+        else:
+            model, rollout, arm = self._manager.get(request.model_name, request.model_version or None), None, ""
         labels = model.labels
         try:
             feeds, rows = prepare_inputs(model.spec, request)
@@ -99,10 +107,14 @@ class DataPlane:
             elapsed = time.perf_counter_ns() - start
             model.stats.record_failure(elapsed)
             self._metrics.record_failure(labels, exc)
+            if rollout is not None and not isinstance(exc, InvalidInput):  # the client's mistakes are not evidence
+                rollout.observe(arm, False, elapsed / 1e9)
             raise
         elapsed = time.perf_counter_ns() - start
         model.stats.record_success(rows, elapsed, queue_ns)
         self._metrics.record_success(labels, elapsed)
+        if rollout is not None:
+            rollout.observe(arm, True, elapsed / 1e9, feeds, rows, outputs)
         for observer in self._observers:
             observer.observe(model.spec.name, labels[1], feeds, outputs)
         return InferResponse(
@@ -142,3 +154,24 @@ class DataPlane:
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         self._check_admin()
         await self._manager.unload(name)
+
+    # -- rollouts ------------------------------------------------------------------------------
+    def _controller(self) -> RolloutController:
+        if self._rollouts is None:
+            raise Unsupported("rollouts are not enabled on this server")
+        return self._rollouts
+
+    async def start_rollout(self, name: str, spec: RolloutSpec, actor: str = "api") -> RolloutState:
+        self._check_admin()
+        return await self._controller().start_rollout(name, spec, actor)
+
+    def rollout_status(self, name: str) -> RolloutState | None:
+        return self._controller().status(name)
+
+    async def promote_rollout(self, name: str, actor: str = "api", reason: str = "") -> RolloutState:
+        self._check_admin()
+        return await self._controller().promote(name, actor, reason or "manual promote")
+
+    async def abort_rollout(self, name: str, actor: str = "api", reason: str = "") -> RolloutState:
+        self._check_admin()
+        return await self._controller().abort(name, actor, reason or "manual abort")

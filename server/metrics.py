@@ -54,6 +54,16 @@ class Metrics:
         self.model_load_failures = Counter("tessera_model_load_failures", "Failed model version loads.",
                                            ("model",), registry=r)
 
+        self.rollout_weight = Gauge("tessera_rollout_weight", "Canary traffic share of a candidate, percent.",
+                                    mv, registry=r)
+        self.shadow_agreement = Gauge("tessera_shadow_agreement",
+                                      "Share of shadow pairs whose outputs agree, current step.", mv, registry=r)
+        self.shadow_compared = Counter("tessera_shadow_compared", "Shadow pairs compared.", mv, registry=r)
+        self.shadow_dropped = Counter("tessera_shadow_dropped", "Shadow copies dropped: candidate behind.", mv,
+                                      registry=r)
+        self.rollout_analysis = Counter("tessera_rollout_analysis", "Rollout step analyses by outcome.",
+                                        (*mv, "outcome"), registry=r)
+
     def record_success(self, labels: Labels, elapsed_ns: int) -> None:
         self.request_success.labels(*labels).inc()
         self.request_duration.labels(*labels).observe(elapsed_ns / 1e9)

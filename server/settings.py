@@ -5,8 +5,10 @@ Units are in the field names. Nothing mutates settings after start; they are pas
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = ["ServerSettings"]
 
@@ -40,6 +42,9 @@ class ServerSettings:
     repository_cache_dir: Path | None = None
     """Local cache for remote (fsspec) repositories; a temporary directory when None."""
 
+    repository_storage_options: Mapping[str, Any] = field(default_factory=dict)
+    """fsspec storage options for a remote repository (e.g. endpoint_url, key, secret, anon)."""
+
     allow_repository_admin: bool = True
     """Serve RepositoryModelLoad / RepositoryModelUnload (admin operations)."""
 
@@ -63,6 +68,9 @@ class ServerSettings:
 
     state_dir: Path = field(default_factory=lambda: Path(".tessera"))
     """Directory for persisted server state (rollouts, audit log)."""
+
+    rollout_tick_s: float = 0.5
+    """Seconds between checks of each active rollout's step."""
 
     log_level: str = "INFO"
     """Python logging level name."""

@@ -40,9 +40,6 @@ COMMANDS = ("profile", "drift")
 
 logger = logging.getLogger("tessera.drift")
 
-SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
-
-
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"TESSERA_{name.upper().replace('-', '_')}", default)
 
@@ -51,7 +48,7 @@ def _csv(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
-def add_subcommands(sub: SubParsers) -> None:
+def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `profile` and `drift` to tessera's subcommands."""
     p = sub.add_parser("profile", help="build a model's drift reference profile from training data (Parquet)")
     p.add_argument("--model", required=True, help="model name")

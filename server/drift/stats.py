@@ -104,7 +104,10 @@ class FeatureSummary:
         mean = float(wide.mean())
         m2 = float(np.square(wide - mean).sum())
         self._merge_moments(int(values.size), mean, m2, float(wide.min()), float(wide.max()))
-        self.sketch.update(values.astype(np.float32, copy=False))
+        single = np.ascontiguousarray(values, dtype=np.float32)
+        if not single.flags.writeable:  # the sketch's binding refuses read-only views (wire buffers)
+            single = single.copy()
+        self.sketch.update(single)
         if self.frequencies is not None:
             keys, counts = np.unique(values, return_counts=True)
             self._add_frequencies(zip(keys.tolist(), counts.tolist(), strict=True))

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..dataplane import InferenceObserver
 from .background import spawn
 from .metrics import TapMetrics
 from .publishers import Publisher
@@ -68,8 +67,10 @@ class _Open:
     deadline: float  # seconds (clock), inf when windows close by rows only
 
 
-class DriftTap(InferenceObserver):
-    """Hot-path side of drift monitoring; one per server process.
+class DriftTap:
+    """Hot-path side of drift monitoring; one per server process: a `dataplane.InferenceObserver`.
+
+    (It does not import the dataplane, so that `tessera drift` loads none of the serving core.)
 
     `names(model)` may give display names of features (from the model config); it is called on
     the background task, once per window. `clock` returns Unix seconds (tests may pass their own).
@@ -156,12 +157,29 @@ class DriftTap(InferenceObserver):
             batch.setdefault(model, []).append(inputs)
         now = self._clock()
         for model, observations in batch.items():
-            window = self._window(model, now)
-            window.summary.rows += sum(_rows(o) for o in observations)
-            for name, array in _stack(observations):
-                window.summary.fold_array(name, array)
-            if self._config.window_rows and window.summary.rows >= self._config.window_rows:
+            self._fold_model(model, observations, now)
+
+    def _fold_model(self, model: str, observations: list[Arrays], now: float) -> None:
+        """Fold in arrival order; a window closes right after the request that fills its rows."""
+        limit = self._config.window_rows
+        open_window = self._open.get(model)
+        rows = open_window.summary.rows if open_window is not None and now < open_window.deadline else 0
+        chunk: list[Arrays] = []
+        for inputs in observations:
+            chunk.append(inputs)
+            rows += _rows(inputs)
+            if limit and rows >= limit:
+                self._fold_chunk(model, chunk, now)
                 self._close(model, now)
+                chunk, rows = [], 0
+        if chunk:
+            self._fold_chunk(model, chunk, now)
+
+    def _fold_chunk(self, model: str, chunk: list[Arrays], now: float) -> None:
+        summary = self._window(model, now).summary
+        summary.rows += sum(_rows(o) for o in chunk)
+        for name, array in _stack(chunk):
+            summary.fold_array(name, array)
 
     def _window(self, model: str, now: float) -> _Open:
         window = self._open.get(model)

@@ -17,6 +17,7 @@ from ..dataplane import ServerMetadata
 from ..errors import InvalidInput
 from ..protocol.http_codec import parse_json_object
 from ..repository.manager import IndexEntry, ModelMetadata, TensorMetadata
+from ..routing.spec import RolloutSpec
 from ..statistics import BatchStatistics, Duration, ModelStatistics
 
 __all__ = [
@@ -141,3 +142,18 @@ def decode_unload_request(body: bytes) -> bool:
     if not isinstance(dependents, bool):
         raise InvalidInput("model unload request: parameter 'unload_dependents' must be a boolean")
     return dependents
+
+
+def decode_rollout_spec(body: bytes) -> RolloutSpec:
+    """A RolloutSpec in protobuf JSON (candidate_version, shadow, canary, analysis)."""
+    return RolloutSpec.from_dict(parse_json_object(body, "rollout spec"))
+
+
+def decode_reason(body: bytes) -> str:
+    """The optional `reason` of a promote or abort request."""
+    if not body.strip():
+        return ""
+    reason = parse_json_object(body, "rollout request").get("reason", "")
+    if not isinstance(reason, str):
+        raise InvalidInput("rollout request: 'reason' must be a string")
+    return reason

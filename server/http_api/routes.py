@@ -99,6 +99,23 @@ class HttpRoutes:
         await self._dp.unload_model(request.path_params["name"], dependents)
         return Response(status_code=200)
 
+    async def rollout_status(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        state = self._dp.rollout_status(name)
+        return _json(state.to_json() if state else {"model": name, "phase": "NONE"})
+
+    async def rollout_start(self, request: Request) -> Response:
+        spec = documents.decode_rollout_spec(await read_body(request, self._max_body_bytes))
+        return _json((await self._dp.start_rollout(request.path_params["name"], spec, "http")).to_json())
+
+    async def rollout_promote(self, request: Request) -> Response:
+        reason = documents.decode_reason(await read_body(request, self._max_body_bytes))
+        return _json((await self._dp.promote_rollout(request.path_params["name"], "http", reason)).to_json())
+
+    async def rollout_abort(self, request: Request) -> Response:
+        reason = documents.decode_reason(await read_body(request, self._max_body_bytes))
+        return _json((await self._dp.abort_rollout(request.path_params["name"], "http", reason)).to_json())
+
     async def metrics(self, request: Request) -> Response:
         return Response(self._metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -124,6 +141,10 @@ class HttpRoutes:
             Route("/v2/repository/index", self.repository_index, methods=["POST"]),
             Route("/v2/repository/models/{name}/load", self.load, methods=["POST"]),
             Route("/v2/repository/models/{name}/unload", self.unload, methods=["POST"]),
+            Route(f"{model}/rollout", self.rollout_status, methods=["GET"]),
+            Route(f"{model}/rollout", self.rollout_start, methods=["POST"]),
+            Route(f"{model}/rollout/promote", self.rollout_promote, methods=["POST"]),
+            Route(f"{model}/rollout/abort", self.rollout_abort, methods=["POST"]),
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/v2/openapi.json", self.openapi, methods=["GET"]),
         ]

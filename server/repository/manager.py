@@ -1,120 +1,82 @@
 """ModelManager: owns every model version's lifecycle (LOADING -> READY -> UNLOADING -> gone, or FAILED).
 
-A broken model or version fails alone: its state and reason show in the repository index, the
-others keep serving. Versions are swapped atomically: a new version takes traffic only once READY,
-and a leaving version drains its queued and in-flight requests before its sessions are released.
+Loading a model reconciles what serves with what the repository holds: new or changed versions are
+built beside the serving ones and swapped in atomically once READY; versions that leave drain their
+queued and in-flight requests first. A failure marks only what failed: whatever already serves keeps
+serving, and the reason shows in the index, the log and `tessera_model_load_failures`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
-from .._generated import model_config_pb2 as mc
-from ..batching.batcher import DynamicBatcher
-from ..errors import ModelLoadError, ModelNotFound, ModelNotReady, TesseraError
-from ..executor.runner import OrtRunner
-from ..executor.session import gpu_available, graph_tensors
-from ..executor.warmup import warm_up
-from ..metrics import Labels, Metrics
+from ..errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady, TesseraError, Unsupported
+from ..executor.session import gpu_available
+from ..metrics import Metrics
 from ..settings import ServerSettings
-from ..statistics import ModelStatistics
-from .config import (
-    DEFAULT_MODEL_FILENAME,
-    build_spec,
-    complete_config,
-    parse_config_json,
-    read_config,
-    version_policy,
+from .config import parse_config_json
+from .fingerprint import DigestCache, ModelFingerprint, fingerprint_model, scan_repository
+from .layout import list_models
+from .overrides import OverrideArea
+from .source import ModelSource, VersionKey, read_source
+from .store import open_store
+from .versions import (
+    IndexEntry,
+    ModelMetadata,
+    ModelVersion,
+    TensorMetadata,
+    VersionState,
+    build_version,
+    release_version,
 )
-from .layout import list_models, list_versions, write_override_files
-from .spec import ModelSpec
 
 __all__ = ["IndexEntry", "ModelManager", "ModelMetadata", "ModelVersion", "TensorMetadata", "VersionState"]
 
 logger = logging.getLogger(__name__)
 
-
-class VersionState(Enum):
-    LOADING = "LOADING"
-    READY = "READY"
-    UNLOADING = "UNLOADING"
-    FAILED = "FAILED"
-
-
-@dataclass(frozen=True, slots=True)
-class TensorMetadata:
-    name: str
-    datatype: str
-    shape: list[int]
-
-
-@dataclass(frozen=True, slots=True)
-class ModelMetadata:
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[TensorMetadata]
-    outputs: list[TensorMetadata]
-
-
-@dataclass(frozen=True, slots=True)
-class IndexEntry:
-    name: str
-    version: str
-    state: str
-    reason: str = ""
-
-
-@dataclass(slots=True, eq=False)
-class ModelVersion:
-    """One loaded (or failed) version; everything the hot path needs is precomputed here."""
-
-    spec: ModelSpec
-    runner: OrtRunner
-    scheduler: DynamicBatcher
-    stats: ModelStatistics
-    metadata: ModelMetadata
-    labels: Labels
-    output_datatypes: dict[str, str]
-    state: VersionState = VersionState.LOADING
+MODEL_LEVEL = -1  # key in `failures` for what fails the whole model (its config, its directory)
 
 
 @dataclass(slots=True)
 class _Model:
     name: str
     versions: dict[int, ModelVersion] = field(default_factory=dict)
-    failures: dict[int, str] = field(default_factory=dict)  # version (-1: the model itself) -> reason
+    loading: set[int] = field(default_factory=set)
+    failures: dict[int, str] = field(default_factory=dict)
+    failed_keys: dict[int, VersionKey] = field(default_factory=dict)  # what each failed version was
+    retired: set[int] = field(default_factory=set)  # unloaded by the policy, still on disk
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     newest_ready: ModelVersion | None = None
+    fingerprint: ModelFingerprint | None = None  # what the last load attempt saw
+    directory: Path | None = None
 
     def refresh(self) -> None:
-        ready = [v for n, v in sorted(self.versions.items()) if v.state is VersionState.READY]
+        ready = [v for _, v in sorted(self.versions.items()) if v.state is VersionState.READY]
         self.newest_ready = ready[-1] if ready else None
 
-
-def _metadata(spec: ModelSpec, versions: list[str]) -> ModelMetadata:
-    lead = [-1] if spec.batched else []
-    return ModelMetadata(
-        name=spec.name,
-        versions=versions,
-        platform=spec.platform,
-        inputs=[TensorMetadata(t.name, t.datatype, [*lead, *t.dims]) for t in spec.inputs],
-        outputs=[TensorMetadata(t.name, t.datatype, [*lead, *t.dims]) for t in spec.outputs],
-    )
+    def serving(self, number: int) -> bool:
+        found = self.versions.get(number)
+        return found is not None and found.state is VersionState.READY
 
 
 class ModelManager:
-    """Loads, serves and unloads the models of one repository."""
+    """Loads, serves, reloads and unloads the models of one repository (local or mirrored)."""
 
-    def __init__(self, repository: Path, settings: ServerSettings, metrics: Metrics) -> None:
-        self.repository = repository
+    def __init__(self, repository: Path | str, settings: ServerSettings, metrics: Metrics) -> None:
+        self._store = open_store(str(repository), settings.repository_cache_dir,
+                                 settings.repository_storage_options)
+        self.repository = self._store.root
         self._settings = settings
         self._metrics = metrics
         self._models: dict[str, _Model] = {}
+        self._unloaded: dict[str, list[int]] = {}
+        self._digests = DigestCache()
+        self._overrides = OverrideArea(settings.repository_cache_dir)
+        self._previous_scan: dict[str, ModelFingerprint] = {}
         self._gpu = gpu_available()
 
     # -- lookups on the hot path ---------------------------------------------------------------
@@ -135,6 +97,8 @@ class ModelManager:
         if found is None:
             if number in model.failures:
                 raise ModelNotReady(f"model '{name}' version {number} failed to load: {model.failures[number]}")
+            if number in model.loading:
+                raise ModelNotReady(f"model '{name}' version {number} is LOADING")
             raise ModelNotFound(f"unknown version '{version}' of model '{name}'")
         if found.state is not VersionState.READY:
             raise ModelNotReady(f"model '{name}' version {number} is {found.state.value}")
@@ -155,124 +119,222 @@ class ModelManager:
         return name in self._models
 
     def all_ready(self) -> bool:
-        return all(v.state is VersionState.READY for m in self._models.values() for v in m.versions.values())
+        """Every model with loaded versions has one READY (a swap in progress does not count against it)."""
+        return all(m.newest_ready is not None for m in self._models.values() if m.versions)
 
     def loaded_versions(self, name: str | None = None) -> list[ModelVersion]:
         models = [self._models[name]] if name else list(self._models.values())
         return [v for m in models for _, v in sorted(m.versions.items())]
 
     def index(self) -> list[IndexEntry]:
-        entries = []
-        for name in sorted(set(self._models) | set(list_models(self.repository))):
+        """Triton's repository index: every model in the repository or loaded, per version."""
+        entries: list[IndexEntry] = []
+        for name in sorted(set(self._models) | set(self._unloaded) | set(list_models(self.repository))):
             model = self._models.get(name)
-            if model is None:
-                entries.append(IndexEntry(name, "", "UNAVAILABLE", "unloaded"))
-                continue
-            for number, mv in sorted(model.versions.items()):
-                entries.append(IndexEntry(name, str(number), mv.state.value))
-            for number, reason in sorted(model.failures.items()):
-                entries.append(IndexEntry(name, "" if number < 0 else str(number), "FAILED", reason))
+            if model is not None:
+                entries.extend(self._entries(model))
+            elif name in self._unloaded:
+                entries.extend(IndexEntry(name, str(n), "UNAVAILABLE", "unloaded") for n in self._unloaded[name])
+            else:
+                entries.append(IndexEntry(name, "", "", ""))  # never loaded: Triton lists it bare
         return entries
 
-    # -- lifecycle -----------------------------------------------------------------------------
+    @staticmethod
+    def _entries(model: _Model) -> list[IndexEntry]:
+        entries = []
+        if MODEL_LEVEL in model.failures:
+            entries.append(IndexEntry(model.name, "", "FAILED", model.failures[MODEL_LEVEL]))
+        numbers = set(model.versions) | model.loading | model.retired | set(model.failures) - {MODEL_LEVEL}
+        for number in sorted(numbers):
+            mv, reason = model.versions.get(number), model.failures.get(number, "")
+            if mv is not None:  # a failed reload leaves the loaded version serving: say why it is old
+                entries.append(IndexEntry(model.name, str(number), mv.state.value,
+                                          f"reload failed: {reason}" if reason else ""))
+            elif number in model.loading:
+                entries.append(IndexEntry(model.name, str(number), VersionState.LOADING.value))
+            elif reason:
+                entries.append(IndexEntry(model.name, str(number), VersionState.FAILED.value, reason))
+            else:
+                entries.append(IndexEntry(model.name, str(number), "UNAVAILABLE", "unloaded"))
+        return entries
+
+    # -- control -------------------------------------------------------------------------------
     async def load_all(self, names: list[str] | None = None) -> None:
-        """Load the named models (all in the repository when None)."""
+        """Mirror the repository if remote, then load the named models (all when None).
+
+        A model that fails is recorded (index, log, metric); the others still load.
+        """
+        await asyncio.to_thread(self._store.sync)
         for name in names if names is not None else list_models(self.repository):
             try:
-                await self.load(name)
+                await self._load(name, self.repository / name, None, retry_failed=True)
             except ModelLoadError:
-                pass  # recorded in the index, the log and the metric; the other models still load
+                pass
+            except ModelNotFound as exc:
+                logger.error("%s", exc)
+
+    def _check_control(self) -> None:
+        if self._settings.model_control_mode == "poll":
+            raise Unsupported("repository load/unload is not available in poll mode: the repository "
+                              "watcher owns the models (use --model-control-mode explicit)")
 
     async def load(self, name: str, *, config_json: str | None = None, files: dict[str, bytes] | None = None
                    ) -> None:
-        """Load or reload a model: bring its served versions to what the policy selects.
+        """Load or reload a model (the repository extension's load), optionally with an inline config
+        (JSON) and `file:<version>/<path>` contents, which are written to a temporary directory.
 
-        Raises ModelLoadError when nothing of the model could be loaded; partial failures are in the index.
+        Only what changed is reloaded; a failed reload leaves the serving versions unchanged.
+        Raises ModelNotFound, InvalidInput, Unsupported (poll mode), or ModelLoadError with the reasons.
         """
+        self._check_control()
         if files:
-            write_override_files(self.repository, name, files)
-        model = self._models.setdefault(name, _Model(name))
-        async with model.lock:
-            await self._sync(model, config_json)
-        if model.failures and model.newest_ready is None:
-            raise ModelLoadError(f"failed to load '{name}': {'; '.join(model.failures.values())}")
+            if config_json is None:
+                raise InvalidInput("model load request: file overrides need the 'config' parameter too")
+            config = parse_config_json(config_json)
+            directory = await asyncio.to_thread(self._overrides.create, name, config, files)
+            await self._load(name, directory, None, retry_failed=True)
+            return
+        await asyncio.to_thread(self._store.sync)
+        await self._load(name, self.repository / name, config_json, retry_failed=True)
 
-    async def unload(self, name: str) -> None:
+    async def _load(self, name: str, directory: Path, config_json: str | None, *, retry_failed: bool) -> None:
+        if not directory.is_dir():
+            raise ModelNotFound(f"unknown model: '{name}' is not in the model repository")
+        while True:
+            model = self._models.setdefault(name, _Model(name))
+            self._unloaded.pop(name, None)
+            async with model.lock:
+                if self._models.get(name) is not model:
+                    continue  # unloaded while this load waited for the lock: start again
+                errors = await self._reconcile(model, directory, config_json, retry_failed)
+                break
+        if errors:
+            raise ModelLoadError(f"failed to load '{name}': {'; '.join(errors)}")
+
+    async def unload(self, name: str, *, unload_dependents: bool = False) -> None:
+        """Drain and release every version of a model. Tessera serves no ensembles, so a model has no
+        dependents and `unload_dependents` changes nothing. Unloading a model that is not loaded but
+        is in the repository succeeds, as in Triton. Raises ModelNotFound, Unsupported (poll mode)."""
+        self._check_control()
         model = self._models.get(name)
         if model is None:
+            if name in self._unloaded or (self.repository / name).is_dir():
+                return
             raise ModelNotFound(f"unknown model: '{name}'")
+        await self._unload(model)
+
+    async def _unload(self, model: _Model) -> None:
         async with model.lock:
-            await asyncio.gather(*(self._retire(model, n) for n in list(model.versions)))
-            self._models.pop(name, None)
+            numbers = sorted(model.versions)
+            await asyncio.gather(*(self._retire(model, n) for n in numbers))
+            if self._models.get(model.name) is model:
+                del self._models[model.name]
+            self._unloaded[model.name] = numbers
+            if model.directory is not None:
+                await asyncio.to_thread(self._overrides.discard, model.directory)
+        logger.info("model %s unloaded", model.name)
+
+    async def poll(self) -> None:
+        """One look at the repository (poll mode): load added models, reload changed ones, unload removed
+        ones. A change is acted on once two scans in a row agree, so a file still being copied in is
+        not loaded half-written. The scan runs on a worker thread and only stats files."""
+        try:
+            await asyncio.to_thread(self._store.sync)
+        except Exception:
+            logger.exception("model repository: sync failed; serving the last synced copy")
+        scan = await asyncio.to_thread(scan_repository, self.repository, self._digests)
+        previous, self._previous_scan = self._previous_scan, scan
+        for name, fingerprint in scan.items():
+            model = self._models.get(name)
+            if (model is not None and model.fingerprint == fingerprint) or previous.get(name) != fingerprint:
+                continue
+            with contextlib.suppress(ModelLoadError, ModelNotFound):  # recorded: index, log, metric
+                await self._load(name, self.repository / name, None, retry_failed=False)
+        for name in [n for n in self._models if n not in scan and n not in previous]:
+            await self._unload(self._models[name])
 
     async def stop(self) -> None:
-        """Drain and release every version (graceful shutdown)."""
-        await asyncio.gather(*(self.unload(name) for name in list(self._models)))
+        """Drain and release every version (graceful shutdown), then drop temporary directories."""
+        await asyncio.gather(*(self._unload(m) for m in list(self._models.values())))
+        await asyncio.to_thread(self._overrides.close)
+        await asyncio.to_thread(self._store.close)
 
-    async def _sync(self, model: _Model, config_json: str | None) -> None:
-        model_dir = self.repository / model.name
+    # -- reconciliation (under the model's lock) -----------------------------------------------
+    async def _reconcile(self, model: _Model, directory: Path, config_json: str | None, retry_failed: bool
+                         ) -> list[str]:
+        """Bring the model's serving versions to what `directory` and its policy select.
+
+        A version that failed is tried again when its files or config changed, or when `retry_failed`
+        (an explicit load). Returns the reasons of what failed in this attempt (already recorded).
+        """
+        previous_directory, model.directory = model.directory, directory
+        fingerprint = await asyncio.to_thread(fingerprint_model, directory, self._digests)
+        model.fingerprint = fingerprint
         try:
-            config = parse_config_json(config_json) if config_json else read_config(model_dir)
-            available = list_versions(model_dir)
-            if not available:
-                raise ModelLoadError(f"model '{model.name}': no numeric version directory in {model_dir}")
+            source = await asyncio.to_thread(read_source, model.name, directory, fingerprint, config_json)
         except ModelLoadError as exc:
-            self._fail(model, -1, str(exc))
-            return
-        model.failures.pop(-1, None)
-        wanted = version_policy(config).select(available)
+            return [self._fail(model, MODEL_LEVEL, str(exc))]
+        model.failures.pop(MODEL_LEVEL, None)
+        errors = []
+        if not source.on_disk:
+            errors.append(self._fail(model, MODEL_LEVEL, f"model '{model.name}': no version directory in "
+                                                          f"{directory}"))
+        wanted = source.policy.select(source.on_disk)
         for number in wanted:
-            await self._load_version(model, number, config)
-        for number in [n for n in model.versions if n not in wanted]:
-            await self._retire(model, number)
-        for number in [n for n in model.failures if n >= 0 and n not in wanted]:
-            model.failures.pop(number)
+            errors.extend(await self._refresh(model, number, source, retry_failed))
+        # A wanted version that failed keeps an older one serving in its place: a failed load never
+        # takes capacity away. Fallbacks pick up config changes too (or keep serving as they are).
+        shortfall = sum(1 for n in wanted if not model.serving(n))
+        fallback = [n for n in sorted(model.versions, reverse=True)
+                    if n not in wanted and n in fingerprint.versions and model.serving(n)][:shortfall]
+        for number in fallback:
+            errors.extend(await self._refresh(model, number, source, retry_failed))
+        keep = set(wanted) | set(fallback)
+        leaving = [n for n in model.versions if n not in keep]
+        for number in [n for n in model.failures if n != MODEL_LEVEL and n not in keep]:
+            del model.failures[number]
+            model.failed_keys.pop(number, None)
+        await asyncio.gather(*(self._retire(model, n) for n in leaving))
+        model.retired = {n for n in model.retired | set(leaving) if n in fingerprint.versions and n not in keep}
+        if previous_directory is not None and previous_directory != directory:
+            await asyncio.to_thread(self._overrides.discard, previous_directory)
+        return errors
 
-    async def _load_version(self, model: _Model, number: int, config: mc.ModelConfig) -> None:
+    async def _refresh(self, model: _Model, number: int, source: ModelSource, retry_failed: bool
+                       ) -> list[str]:
+        """Load `number` unless the loaded one is current; swap atomically; drain the one it replaces."""
+        key = source.version_key(number)
+        current = model.versions.get(number)
+        if current is not None and current.state is VersionState.READY and current.key == key:
+            current.adopt_policy(source.config)
+            model.failures.pop(number, None)
+            return []
+        if not retry_failed and number in model.failures and model.failed_keys.get(number) == key:
+            return []  # failed as it is now: tried again once it changes
+        model.loading.add(number)
         try:
-            loaded = await self._build(model.name, number, config)
+            loaded = await build_version(source, number, self._settings, self._metrics, self._gpu)
         except ModelLoadError as exc:
-            self._fail(model, number, str(exc))
-            return
-        old = model.versions.get(number)
+            model.failed_keys[number] = key
+            return [self._fail(model, number, str(exc))]
+        finally:
+            model.loading.discard(number)
         model.versions[number] = loaded
         model.failures.pop(number, None)
-        loaded.state = VersionState.READY
-        self._metrics.model_state.labels(*loaded.labels).set(1)
+        model.failed_keys.pop(number, None)
+        model.retired.discard(number)
         model.refresh()
-        logger.info("model %s version %d READY", model.name, number)
-        if old is not None:
-            await self._drain(old)
+        self._metrics.model_state.labels(*loaded.labels).set(1)
+        logger.info("model %s version %d READY%s", model.name, number, " (reloaded)" if current else "")
+        if current is not None:
+            await self._release(current)
+        return []
 
-    async def _build(self, name: str, number: int, config: mc.ModelConfig) -> ModelVersion:
-        model_file = self.repository / name / str(number) / (config.default_model_filename or DEFAULT_MODEL_FILENAME)
-        if not model_file.is_file():
-            raise ModelLoadError(f"model '{name}' version {number}: missing model file {model_file}")
-        inputs, outputs = await asyncio.to_thread(graph_tensors, str(model_file))
-        completed = complete_config(config, name, inputs, outputs)
-        spec = build_spec(completed, number, model_file, gpu_available=self._gpu,
-                          intra_op_threads=self._settings.intra_op_threads,
-                          allow_spinning=self._settings.allow_spinning)
-        runner = await asyncio.to_thread(OrtRunner.create, spec)
-        try:
-            await warm_up(spec, runner)
-        except ModelLoadError:
-            await asyncio.to_thread(runner.close)
-            raise
-        labels = (name, str(number))
-        stats = ModelStatistics(name, str(number))
-        scheduler = DynamicBatcher(runner, spec, stats, self._metrics, labels)
-        scheduler.start()
-        return ModelVersion(
-            spec=spec, runner=runner, scheduler=scheduler, stats=stats,
-            metadata=_metadata(spec, [str(number)]), labels=labels,
-            output_datatypes={t.name: t.datatype for t in spec.outputs},
-        )
-
-    def _fail(self, model: _Model, number: int, reason: str) -> None:
+    def _fail(self, model: _Model, number: int, reason: str) -> str:
         model.failures[number] = reason
         self._metrics.model_load_failures.labels(model.name).inc()
         logger.error("model %s%s FAILED: %s", model.name, "" if number < 0 else f" version {number}", reason)
+        return reason
 
     async def _retire(self, model: _Model, number: int) -> None:
         mv = model.versions.get(number)
@@ -280,13 +342,12 @@ class ModelManager:
             return
         mv.state = VersionState.UNLOADING
         model.refresh()
-        await self._drain(mv)
-        model.versions.pop(number, None)
+        await self._release(mv)
+        if model.versions.get(number) is mv:
+            del model.versions[number]
         model.refresh()
         logger.info("model %s version %d unloaded", model.name, number)
 
-    async def _drain(self, mv: ModelVersion) -> None:
-        mv.state = VersionState.UNLOADING
+    async def _release(self, mv: ModelVersion) -> None:
         self._metrics.model_state.labels(*mv.labels).set(0)
-        await mv.scheduler.stop(self._settings.drain_timeout_s)
-        await asyncio.to_thread(mv.runner.close)
+        await release_version(mv, self._settings.drain_timeout_s)

@@ -1,1 +1,21 @@
-"""routing."""
+"""Routing: which version serves a request, and the rollouts (shadow, canary) that move traffic."""
+
+from __future__ import annotations
+
+from .controller import RolloutController
+from .router import Route, Router
+from .spec import RolloutSpec
+from .state import Phase, RolloutState
+from .store import FileStateStore, RedisStateStore, StateStore
+
+__all__ = [
+    "FileStateStore",
+    "Phase",
+    "RedisStateStore",
+    "RolloutController",
+    "RolloutSpec",
+    "RolloutState",
+    "Route",
+    "Router",
+    "StateStore",
+]

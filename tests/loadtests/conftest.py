@@ -26,3 +26,5 @@ def stall_server_port() -> Iterator[int]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()

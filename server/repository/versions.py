@@ -1,0 +1,167 @@
+"""One model version: built (graph checked against the config, sessions created, warmed up) before it
+is READY, and released (queue drained, sessions and thread pool freed) when it leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+from .._generated import model_config_pb2 as mc
+from ..batching.batcher import DynamicBatcher
+from ..errors import ModelLoadError
+from ..executor.runner import OrtRunner
+from ..executor.session import graph_tensors
+from ..executor.warmup import warm_up
+from ..metrics import Labels, Metrics
+from ..settings import ServerSettings
+from ..statistics import ModelStatistics
+from .config import DEFAULT_MODEL_FILENAME, build_spec, complete_config, version_policy
+from .source import ModelSource, VersionKey, with_policy
+from .spec import ModelSpec
+
+__all__ = [
+    "IndexEntry",
+    "ModelMetadata",
+    "ModelVersion",
+    "TensorMetadata",
+    "VersionState",
+    "build_version",
+    "release_version",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class VersionState(Enum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True, slots=True)
+class TensorMetadata:
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    name: str
+    version: str
+    state: str
+    reason: str = ""
+
+
+@dataclass(slots=True, eq=False)
+class ModelVersion:
+    """One loaded version; everything the hot path needs is precomputed here."""
+
+    spec: ModelSpec
+    runner: OrtRunner
+    scheduler: DynamicBatcher
+    stats: ModelStatistics
+    metadata: ModelMetadata
+    labels: Labels
+    output_datatypes: dict[str, str]
+    key: VersionKey
+    state: VersionState = VersionState.LOADING
+    warmup_runs: int = 0
+
+    def adopt_policy(self, config: mc.ModelConfig) -> None:
+        """Take a new version policy without reloading (nothing the sessions use changed)."""
+        updated = with_policy(self.spec.config, config)
+        self.spec = dataclasses.replace(self.spec, config=updated, version_policy=version_policy(updated))
+
+
+def _metadata(spec: ModelSpec) -> ModelMetadata:
+    lead = [-1] if spec.batched else []
+    return ModelMetadata(
+        name=spec.name,
+        versions=[str(spec.version)],
+        platform=spec.platform,
+        inputs=[TensorMetadata(t.name, t.datatype, [*lead, *t.dims]) for t in spec.inputs],
+        outputs=[TensorMetadata(t.name, t.datatype, [*lead, *t.dims]) for t in spec.outputs],
+    )
+
+
+async def _spec(source: ModelSource, number: int, settings: ServerSettings, gpu: bool) -> ModelSpec:
+    config = source.config
+    model_file = source.directory / str(number) / (config.default_model_filename or DEFAULT_MODEL_FILENAME)
+    if not model_file.is_file():
+        raise ModelLoadError(f"model '{source.name}' version {number}: missing model file {model_file}")
+    inputs, outputs = await asyncio.to_thread(graph_tensors, str(model_file))
+    completed = complete_config(config, source.name, inputs, outputs)
+    return build_spec(completed, number, model_file, gpu_available=gpu,
+                      intra_op_threads=settings.intra_op_threads, allow_spinning=settings.allow_spinning)
+
+
+async def build_version(source: ModelSource, number: int, settings: ServerSettings, metrics: Metrics,
+                        gpu: bool) -> ModelVersion:
+    """Check, create and warm up one version; it comes back READY to take traffic.
+
+    Raises ModelLoadError naming the cause (missing or corrupt file, config that contradicts the
+    graph, unsupported opset or field, failed warmup); nothing is left allocated then.
+    """
+    started = time.perf_counter()
+    spec = await _spec(source, number, settings, gpu)
+    runner = await asyncio.to_thread(OrtRunner.create, spec)
+    try:
+        runs = await warm_up(spec, runner)
+    except ModelLoadError:
+        await asyncio.to_thread(runner.close)
+        raise
+    logger.info("model %s version %d warmed up: %d runs, loaded in %.0f ms", source.name, number, runs,
+                (time.perf_counter() - started) * 1000)
+    labels = (source.name, str(number))
+    stats = ModelStatistics(source.name, str(number))
+    scheduler = DynamicBatcher(runner, spec, stats, metrics, labels)
+    scheduler.start()
+    return ModelVersion(
+        spec=spec, runner=runner, scheduler=scheduler, stats=stats, metadata=_metadata(spec), labels=labels,
+        output_datatypes={t.name: t.datatype for t in spec.outputs}, key=source.version_key(number),
+        state=VersionState.READY, warmup_runs=runs,
+    )
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:  # pragma: no cover - no C library to load
+        return None
+
+
+_LIBC = _load_libc()
+
+
+def _release_memory(runner: OrtRunner) -> None:
+    runner.close()
+    # glibc keeps freed arenas mapped; hand them back so an unloaded model's RSS really goes.
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+async def release_version(version: ModelVersion, drain_timeout_s: float) -> None:
+    """Finish the version's queued and in-flight requests, then free its sessions and thread pool."""
+    version.state = VersionState.UNLOADING
+    await version.scheduler.stop(drain_timeout_s)
+    await asyncio.to_thread(_release_memory, version.runner)

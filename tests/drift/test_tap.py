@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from server.drift.codec import write_profile_file
+from server.drift.metrics import TapMetrics
+from server.drift.profiles import profile_path
+from server.drift.sidepath import DriftSidePath
+from server.drift.stats import WindowSummary
+from server.drift.tap import DriftTap, TapConfig
+
+from .data import StepClock, assert_summary_matches, requests, stacked
+
+
+class Collected:
+    """A Publisher that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.windows: list[WindowSummary] = []
+
+    def publish(self, window: WindowSummary) -> None:
+        self.windows.append(window)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+def _value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    value = registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def test_a_full_queue_drops_and_counts_instead_of_blocking(registry: CollectorRegistry) -> None:
+    tap = DriftTap(Collected(), TapMetrics(registry), TapConfig(queue_size=3))
+    x = {"x": np.zeros((2, 4), dtype=np.float32)}
+    for _ in range(10):
+        tap.observe("m", "1", x, {})
+    assert _value(registry, "tessera_drift_dropped_total", model="m") == 7
+    tap.flush(close_all=True)
+
+
+async def test_models_not_watched_are_ignored(registry: CollectorRegistry) -> None:
+    sink = Collected()
+    tap = DriftTap(sink, TapMetrics(registry), TapConfig(models=frozenset({"a"})))
+    tap.observe("b", "1", {"x": np.zeros((2, 4), dtype=np.float32)}, {})
+    tap.flush(close_all=True)
+    assert sink.windows == []
+
+
+async def test_windows_close_by_rows_and_by_time_aligned_to_the_clock(registry: CollectorRegistry) -> None:
+    sink, clock = Collected(), StepClock(1_000_000.0 + 5)
+    tap = DriftTap(sink, TapMetrics(registry), TapConfig(window_s=60, window_rows=1000), clock=clock,
+                   producer="p")
+    reqs = requests(seed=1, count=6, rows=400)
+    for r in reqs[:3]:
+        tap.observe("m", "1", r, {})
+        tap.flush()
+    assert [w.rows for w in sink.windows] == [1200]  # closed by the request that passed 1000 rows
+    tap.observe("m", "1", reqs[3], {})
+    tap.flush()
+    clock.now += 60
+    tap.flush()
+    assert [w.rows for w in sink.windows] == [1200, 400]
+    assert sink.windows[1].start_ms == 999_960_000 and sink.windows[1].end_ms == 1_000_020_000
+    assert [w.window_id for w in sink.windows] == ["p:1", "p:2"]
+    tap.observe("m", "1", reqs[4], {})
+    await tap.stop()
+    assert [w.rows for w in sink.windows] == [1200, 400, 400]
+    assert sink.windows[2].start_ms == 1_000_020_000
+
+
+async def test_the_background_task_folds_requests_of_varying_sizes(registry: CollectorRegistry) -> None:
+    sink = Collected()
+    tap = DriftTap(sink, TapMetrics(registry), TapConfig(window_s=3600))
+    await tap.start()
+    reqs = [r for n in (1, 7, 64, 3) for r in requests(seed=n, count=5, rows=n, nan_fraction=0.1)]
+    for r in reqs:
+        tap.observe("m", "1", r, {})
+    await asyncio.sleep(0.05)
+    await tap.stop()
+    merged = sink.windows[0]
+    for w in sink.windows[1:]:
+        merged.merge(w)
+    assert merged.rows == sum(r["x"].shape[0] for r in reqs)
+    for j in range(4):
+        assert_summary_matches(merged.features[("x", j)], stacked(reqs, "x")[:, j])
+
+
+async def test_embedded_monitor_shows_drift_without_redis(tmp_path: Path, registry: CollectorRegistry) -> None:
+    reference = WindowSummary(model="m", window_id="ref", producer="t", start_ms=0, end_ms=0,
+                              names={("x", 1): "income"})
+    for r in requests(seed=20, count=10, rows=1000):
+        reference.fold_inputs(r, rows=1000)
+    profile_path(tmp_path, "m").parent.mkdir()
+    write_profile_file(reference, profile_path(tmp_path, "m"))
+    side = DriftSidePath.create(registry=registry, repository=tmp_path, redis_url=None,
+                                tap_config=TapConfig(window_s=0, window_rows=2000))
+    await side.start()
+    for r in requests(seed=21, count=4, rows=500) + requests(seed=22, count=8, rows=500, shift={1: 1.5}):
+        side.tap.observe("m", "1", r, {})
+        await asyncio.sleep(0)
+    await side.stop()
+    assert side.monitor is not None
+    report = side.monitor.latest_reports()["m"]
+    assert [n for n, f in report["features"].items() if f["state"] == "alert"] == ["income"]
+    assert _value(registry, "tessera_drift_feature_state", model="m", feature="income") == 2
+    assert _value(registry, "tessera_drift_feature_state", model="m", feature="x[0]") == 0
+    assert _value(registry, "tessera_drift_windows_published_total", model="m") == 3

@@ -1,0 +1,79 @@
+"""Memory check for issue 3: an unloaded version releases its sessions and buffers.
+
+    .venv/bin/python tests/repository/rss_cycles.py [--cycles 20] [--sizes 256,2048,2048,10]
+
+Loads a ~19 MB MLP, runs a few batched requests through it, unloads it, and repeats; prints the
+process RSS after each cycle. Exits 1 when RSS after the last cycle is more than 10% above RSS
+after the first. A leak of the model's weights per cycle would show as +19 MB per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "model_repository")]
+
+import make_models  # noqa: E402
+
+from server.metrics import Metrics  # noqa: E402
+from server.repository.manager import ModelManager  # noqa: E402
+from server.settings import ServerSettings  # noqa: E402
+
+TOLERANCE = 0.10
+
+
+def rss_mib() -> float:
+    """Resident set size of this process now (not the peak), from /proc."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+async def _one_cycle(manager: ModelManager, sizes: list[int]) -> None:
+    await manager.load("big")
+    version = manager.get("big")
+    rows = np.random.default_rng(0).standard_normal((8, sizes[0])).astype(np.float32)
+    await asyncio.gather(*(version.scheduler.submit({"input": rows[i : i + 1]}, 1) for i in range(8)))
+    await manager.unload("big")
+
+
+async def run(cycles: int, sizes: list[int]) -> list[float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        make_models.make_mlp(root, "big", sizes, max_batch_size=8)
+        manager = ModelManager(root, ServerSettings(model_repository=tmp, model_control_mode="explicit"),
+                               Metrics())
+        figures = []
+        for _ in range(cycles):
+            await _one_cycle(manager, sizes)
+            figures.append(rss_mib())
+        await manager.stop()
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cycles", type=int, default=20)
+    parser.add_argument("--sizes", default="256,2048,2048,10", help="MLP layer widths")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    weights_mib = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True)) * 4 / 2**20
+    figures = asyncio.run(run(args.cycles, sizes))
+    for cycle, mib in enumerate(figures, 1):
+        print(f"cycle {cycle:3d}: RSS {mib:8.1f} MiB")
+    growth = figures[-1] / figures[0] - 1
+    print(f"model weights {weights_mib:.1f} MiB; RSS after cycle 1 {figures[0]:.1f} MiB, after cycle "
+          f"{len(figures)} {figures[-1]:.1f} MiB: {growth:+.1%} (limit +{TOLERANCE:.0%})")
+    return 0 if growth <= TOLERANCE else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
