@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 
 from server._generated import grpc_service_pb2 as pb
+from server._generated import model_config_pb2 as mc
 
 __all__ = ["BareInferService", "serve"]
 
@@ -58,6 +59,7 @@ class BareInferService:
             inputs=meta(session.get_inputs()),
             outputs=meta(session.get_outputs()),
         )
+        self.config = _config(self.metadata)
         self._answers: dict[int, bytes] = {}
 
     def answer(self, rows: int) -> bytes:
@@ -93,6 +95,12 @@ class BareInferService:
         async def model_ready(request: Any, context: Any) -> pb.ModelReadyResponse:
             return pb.ModelReadyResponse(ready=True)
 
+        async def server_metadata(request: Any, context: Any) -> pb.ServerMetadataResponse:
+            return pb.ServerMetadataResponse(name="bare", version="0")
+
+        async def model_config(request: Any, context: Any) -> pb.ModelConfigResponse:
+            return pb.ModelConfigResponse(config=self.config)
+
         def unary(fn: Any, req: Any, resp: Any = None) -> grpc.RpcMethodHandler:
             serializer = resp.SerializeToString if resp is not None else None
             return grpc.unary_unary_rpc_method_handler(
@@ -108,9 +116,27 @@ class BareInferService:
                 ),
                 "ServerLive": unary(live, pb.ServerLiveRequest, pb.ServerLiveResponse),
                 "ServerReady": unary(server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+            "ServerMetadata": unary(server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+            "ModelConfig": unary(model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
                 "ModelReady": unary(model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
             },
         )
+
+
+def _config(metadata: pb.ModelMetadataResponse) -> mc.ModelConfig:
+    """A Triton ModelConfig for perf_analyzer: batched when every first dim is variable."""
+    tensors = [*metadata.inputs, *metadata.outputs]
+    batched = all(t.shape and t.shape[0] < 0 for t in tensors)
+    config = mc.ModelConfig(name=metadata.name, platform=metadata.platform, max_batch_size=64 if batched else 0)
+
+    def dims(t: pb.ModelMetadataResponse.TensorMetadata) -> list[int]:
+        return list(t.shape[1:] if batched else t.shape)
+
+    for t in metadata.inputs:
+        config.input.add(name=t.name, data_type=mc.DataType.Value(f"TYPE_{t.datatype}"), dims=dims(t))
+    for t in metadata.outputs:
+        config.output.add(name=t.name, data_type=mc.DataType.Value(f"TYPE_{t.datatype}"), dims=dims(t))
+    return config
 
 
 async def serve(service: BareInferService, host: str, port: int) -> None:

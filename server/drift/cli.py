@@ -79,7 +79,7 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     d.add_argument("--sliding-buckets", type=int, default=5, help="buckets per evaluated sliding window")
     d.add_argument("--retention-buckets", type=int, default=0, help="buckets kept for late windows")
     d.add_argument("--thresholds", type=Path, help="JSON file of threshold overrides")
-    d.add_argument("--min-rows", type=int, default=50, help="fewer values in the window: not judged")
+    d.add_argument("--min-rows", type=int, default=500, help="fewer values in the window: not judged")
     d.add_argument("--psi-bins", type=int, default=10, help="reference quantile bins for PSI / JS")
     d.add_argument("--claim-idle-ms", type=int, default=60_000,
                    help="take over messages a dead service left pending this long")

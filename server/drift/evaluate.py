@@ -2,6 +2,10 @@
 
 Thresholds default to what the established tools use (PSI 0.1 warn / 0.25 alert; KS and
 chi-squared p-value 0.05) and can be overridden per model and per feature from a JSON file.
+By default p-values only warn: on windows of thousands of rows evaluated every minute, a 5%
+test fires on a stable feature several times an hour, while the effect sizes (PSI, Jensen-Shannon,
+Wasserstein, mean shift) are both stable and meaningful; set `"ks_pvalue": {"alert": 0.05}` to
+alert on significance as well.
 """
 
 from __future__ import annotations
@@ -30,25 +34,26 @@ def worst(states: list[str]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Threshold:
-    """Warn and alert levels of one measure. `lower_is_worse` for p-values."""
+    """Warn and alert levels of one measure (None: never that state). `lower_is_worse` for p-values."""
 
-    warn: float
-    alert: float
+    warn: float | None
+    alert: float | None
     lower_is_worse: bool = False
 
     def state(self, value: float) -> str:
         if math.isnan(value):
             return "ok"
-        if self.lower_is_worse:
-            return "alert" if value < self.alert else "warn" if value < self.warn else "ok"
-        return "alert" if value >= self.alert else "warn" if value >= self.warn else "ok"
+        for state, level in (("alert", self.alert), ("warn", self.warn)):
+            if level is not None and (value < level if self.lower_is_worse else value >= level):
+                return state
+        return "ok"
 
 
 DEFAULT_THRESHOLDS: Mapping[str, Threshold] = {
     "psi": Threshold(warn=0.1, alert=0.25),
     "js_distance": Threshold(warn=0.1, alert=0.2),
-    "ks_pvalue": Threshold(warn=0.1, alert=0.05, lower_is_worse=True),
-    "chi2_pvalue": Threshold(warn=0.1, alert=0.05, lower_is_worse=True),
+    "ks_pvalue": Threshold(warn=0.05, alert=None, lower_is_worse=True),
+    "chi2_pvalue": Threshold(warn=0.05, alert=None, lower_is_worse=True),
     "wasserstein": Threshold(warn=0.1, alert=0.2),
     "mean_shift": Threshold(warn=0.1, alert=0.25),
 }
@@ -89,11 +94,15 @@ class Thresholds:
 def _threshold(spec: Mapping[str, Any] | None, base: Threshold | None) -> Threshold | None:
     if spec is None:
         return None
-    if base is None and not {"warn", "alert"} <= spec.keys():
-        raise ValueError(f"threshold for a new measure needs warn and alert: {spec}")
+    if base is None and not {"warn", "alert"} & spec.keys():
+        raise ValueError(f"threshold for a new measure needs warn or alert: {spec}")
+
+    def level(name: str) -> float | None:
+        value = spec.get(name, getattr(base, name) if base else None)
+        return None if value is None else float(value)
+
     lower = spec.get("lower_is_worse", base.lower_is_worse if base else False)
-    return Threshold(warn=float(spec.get("warn", base.warn if base else 0)),
-                     alert=float(spec.get("alert", base.alert if base else 0)), lower_is_worse=bool(lower))
+    return Threshold(warn=level("warn"), alert=level("alert"), lower_is_worse=bool(lower))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,8 +113,9 @@ class EvaluationConfig:
     psi_bins: int = 10
     """Quantile bins of the reference used by PSI and Jensen-Shannon."""
 
-    min_rows: int = 50
-    """Features with fewer finite values in the sliding window are reported as insufficient_data."""
+    min_rows: int = 500
+    """Features with fewer finite values in the sliding window are reported as insufficient_data
+    (below a few hundred rows, sampling noise alone moves PSI and mean shift past their levels)."""
 
 
 @dataclass(slots=True)

@@ -54,7 +54,7 @@ class MonitorConfig:
 
 def log_transitions(transitions: list[Transition]) -> None:
     for t in transitions:
-        level = logging.WARNING if t["state"] in ("warn", "alert") else logging.INFO
+        level = logging.WARNING if t["state"] == "alert" else logging.INFO
         logger.log(level, "drift %s: model %s feature %s (was %s): %s", t["state"], t["model"], t["feature"],
                    t["previous"], {k: v for k, v in t["states"].items() if v != "ok"})
 

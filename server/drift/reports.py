@@ -29,7 +29,7 @@ class ReportBook:
         self._size = history
 
     def record(self, report: DriftReport) -> list[Transition]:
-        """Store and export a report; return the features whose alert state changed."""
+        """Store and export a report; return the features that entered or left the alert state."""
         self._export(report)
         body = report.to_dict()
         with self._lock:
@@ -39,7 +39,7 @@ class ReportBook:
         for name, feature in report.features.items():
             before = self._states.get((report.model, name), "ok")
             self._states[(report.model, name)] = feature.state
-            if _severity(before) != _severity(feature.state):
+            if _alerting(before) != _alerting(feature.state):
                 transitions.append({"model": report.model, "feature": name, "previous": before,
                                     "state": feature.state, "measures": body["features"][name]["measures"],
                                     "states": feature.states, "evaluated_at_ms": report.evaluated_at_ms})
@@ -69,5 +69,5 @@ class ReportBook:
                 m.measure_state.labels(report.model, name, measure).set(m.state_value(state))
 
 
-def _severity(state: str) -> str:
-    return state if state in ("warn", "alert") else "ok"
+def _alerting(state: str) -> bool:
+    return state == "alert"

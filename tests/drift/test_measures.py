@@ -104,7 +104,11 @@ def test_thresholds_override_per_model_and_feature_and_can_switch_a_measure_off(
     assert thresholds.lookup("m", "x[0]", "psi").warn == 0.2  # type: ignore[union-attr]
     assert thresholds.lookup("m", "x[0]", "psi").alert == 0.3  # type: ignore[union-attr]
     assert thresholds.lookup("m", "x[1]", "ks_pvalue") is None
-    assert thresholds.lookup("other", "x[1]", "ks_pvalue").alert == 0.05  # type: ignore[union-attr]
+    default_ks = thresholds.lookup("other", "x[1]", "ks_pvalue")
+    assert default_ks is not None and default_ks.warn == 0.05 and default_ks.alert is None
+    assert default_ks.state(0.01) == "warn" and default_ks.state(0.5) == "ok"
+    strict = Thresholds.from_json('{"measures": {"ks_pvalue": {"alert": 0.05}}}').lookup("m", "f", "ks_pvalue")
+    assert strict is not None and strict.state(0.01) == "alert"
 
 
 def test_too_few_rows_and_no_reference_are_reported_not_judged() -> None:
