@@ -133,10 +133,14 @@ def _config(metadata: pb.ModelMetadataResponse) -> mc.ModelConfig:
         return list(t.shape[1:] if batched else t.shape)
 
     for t in metadata.inputs:
-        config.input.add(name=t.name, data_type=mc.DataType.Value(f"TYPE_{t.datatype}"), dims=dims(t))
+        config.input.add(name=t.name, data_type=_config_type(t.datatype), dims=dims(t))
     for t in metadata.outputs:
-        config.output.add(name=t.name, data_type=mc.DataType.Value(f"TYPE_{t.datatype}"), dims=dims(t))
+        config.output.add(name=t.name, data_type=_config_type(t.datatype), dims=dims(t))
     return config
+
+
+def _config_type(datatype: str) -> mc.DataType:
+    return mc.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}")
 
 
 async def serve(service: BareInferService, host: str, port: int) -> None:
