@@ -27,7 +27,7 @@ __all__ = ["BareModel", "BareService", "load_models", "main"]
 
 SERVICE_NAME = "inference.GRPCInferenceService"  # the protocol's name, as server/grpc_api registers it
 # ORT type string -> (config TYPE_*, V2 datatype, bytes per element)
-_TYPES: dict[str, tuple[int, str, int]] = {
+_TYPES: dict[str, tuple[Any, str, int]] = {
     "tensor(float)": (mc.TYPE_FP32, "FP32", 4),
     "tensor(double)": (mc.TYPE_FP64, "FP64", 8),
     "tensor(float16)": (mc.TYPE_FP16, "FP16", 2),

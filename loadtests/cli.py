@@ -160,9 +160,7 @@ def _payloads(args: argparse.Namespace, target: Target) -> list[bytes]:
         for item in args.shape:
             name, _, dims = item.partition(":")
             shapes[name] = [int(d) for d in dims.split(",")]
-        samples = random_samples(
-            info, batch_size=args.batch_size, count=args.distinct, seed=args.seed, shapes=shapes
-        )
+        samples = random_samples(info, batch_size=args.batch_size, count=args.distinct, seed=args.seed, shapes=shapes)
     return encode_payloads(target, samples, [o for o in args.outputs.split(",") if o])
 
 
@@ -174,9 +172,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     target = _target(args)
     spec = _spec(args)
     payloads = _payloads(args, target)
-    step = run_step(
-        target, spec, payloads, progress=Progress(_label(args, target), spec.processes, spec.warmup_s)
-    )
+    step = run_step(target, spec, payloads, progress=Progress(_label(args, target), spec.processes, spec.warmup_s))
     _print_step_notes(step)
     print(table([step]))
     if args.out is not None:
@@ -207,18 +203,14 @@ def _run_sweep(args: argparse.Namespace) -> tuple[SweepResult, Target]:
             flush=True,
         )
 
-    return run_sweep(
-        levels, run_level, slo, stop_after_failures=args.stop_after_failures, on_step=on_step
-    ), target
+    return run_sweep(levels, run_level, slo, stop_after_failures=args.stop_after_failures, on_step=on_step), target
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     sweep, target = _run_sweep(args)
     print(table(sweep.steps, sweep.verdicts, sweep.best_index))
     best = sweep.best
-    print(
-        "best within SLO: " + (f"{best.throughput_rps:.1f} req/s at level {best.level:g}" if best else "none")
-    )
+    print("best within SLO: " + (f"{best.throughput_rps:.1f} req/s at level {best.level:g}" if best else "none"))
     if args.out is not None:
         _write(args, list(sweep.steps), sweep, None, args.slo_p99, target)
     return 0 if best is not None else 1
@@ -228,9 +220,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.from_file is not None:
         steps, verdicts = load_steps(args.from_file)
         slo = Slo(p99_ms=args.slo_p99, p95_ms=args.slo_p95, max_error_rate=args.max_error_rate)
-        verdicts = (
-            [slo.check(s) for s in steps] if args.slo_p99 or args.slo_p95 or verdicts is None else verdicts
-        )
+        verdicts = [slo.check(s) for s in steps] if args.slo_p99 or args.slo_p95 or verdicts is None else verdicts
         sweep = SweepResult(tuple(steps), tuple(verdicts), best_of(steps, verdicts))
         target = None
     else:

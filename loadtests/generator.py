@@ -114,15 +114,11 @@ async def _one(client: InferClient, rec: _Recorder, index: int, intended: float)
         rec.success(intended, sent, time.monotonic())
 
 
-async def _open_loop(
-    client: InferClient, rec: _Recorder, spec: LoadSpec, start_at: float, timeout_s: float
-) -> None:
+async def _open_loop(client: InferClient, rec: _Recorder, spec: LoadSpec, start_at: float, timeout_s: float) -> None:
     rng = random.Random(spec.seed)
     end = rec.window[1]
     gap: Callable[[], float] = (
-        (lambda: rng.expovariate(spec.rate_rps))
-        if spec.arrival == "poisson"
-        else (lambda: 1.0 / spec.rate_rps)
+        (lambda: rng.expovariate(spec.rate_rps)) if spec.arrival == "poisson" else (lambda: 1.0 / spec.rate_rps)
     )
     in_flight: set[asyncio.Task[None]] = set()
     intended = start_at + (rng.random() / spec.rate_rps if spec.arrival == "constant" else 0.0)
@@ -170,9 +166,7 @@ async def _drain(tasks: set[asyncio.Task[None]], end: float, timeout_s: float) -
 async def _ticker(rec: _Recorder, sink: Sink, index: int, start_at: float, stop: asyncio.Event) -> None:
     for second in range(1, 100_000):
         try:
-            await asyncio.wait_for(
-                stop.wait(), timeout=max(0.0, start_at + second * TICK_S - time.monotonic())
-            )
+            await asyncio.wait_for(stop.wait(), timeout=max(0.0, start_at + second * TICK_S - time.monotonic()))
             return
         except TimeoutError:
             pass

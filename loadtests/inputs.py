@@ -103,9 +103,7 @@ def random_samples(
         sample: Sample = {}
         for tensor in info.inputs:
             shape = (
-                tuple(shapes[tensor.name])
-                if shapes and tensor.name in shapes
-                else _concrete(tensor.shape, batch_size)
+                tuple(shapes[tensor.name]) if shapes and tensor.name in shapes else _concrete(tensor.shape, batch_size)
             )
             sample[tensor.name] = _random_array(rng, tensor.datatype, shape)
         samples.append(sample)
@@ -145,9 +143,7 @@ def _rows_to_samples(columns: Mapping[str, Sequence[Any]], info: ModelInfo, batc
     elif len(info.inputs) == 1 and len(info.inputs[0].shape) == 2:
         only = info.inputs[0]
         if only.shape[1] not in (-1, len(columns)):
-            raise ValueError(
-                f"input {only.name!r} takes {only.shape[1]} features, the file has {len(columns)} columns"
-            )
+            raise ValueError(f"input {only.name!r} takes {only.shape[1]} features, the file has {len(columns)} columns")
         matrix = np.column_stack([np.asarray(c, dtype=V2_TO_NUMPY[only.datatype]) for c in columns.values()])
         arrays = {only.name: matrix}
     else:

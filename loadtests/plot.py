@@ -30,10 +30,9 @@ def plot_latency(
     xs = [steps[i].throughput_rps for i in order]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [2, 1]})
     for label, attr, style in (("p50", "p50_ms", "o-"), ("p95", "p95_ms", "s-"), ("p99", "p99_ms", "^-")):
-        left.plot(
-            xs, [max(getattr(steps[i].latency, attr), 1e-3) for i in order], style, label=f"client {label}"
-        )
-    queue = [steps[i].server.queue_p99_ms if steps[i].server else math.nan for i in order]
+        left.plot(xs, [max(getattr(steps[i].latency, attr), 1e-3) for i in order], style, label=f"client {label}")
+    servers = [steps[i].server for i in order]
+    queue = [s.queue_p99_ms if s is not None else math.nan for s in servers]
     if any(not math.isnan(q) for q in queue):
         left.plot(xs, [max(q, 1e-3) for q in queue], "x:", color="grey", label="server queue p99")
     if slo_p99_ms is not None:
@@ -62,7 +61,7 @@ def plot_latency(
     left.set_title(title)
     left.grid(True, which="both", alpha=0.3)
     left.legend(loc="upper left", fontsize=8)
-    batch = [steps[i].server.batch_mean if steps[i].server else math.nan for i in order]
+    batch = [s.batch_mean if s is not None else math.nan for s in servers]
     right.plot(xs, batch, "o-", color="tab:purple")
     right.set_xlabel("delivered throughput (successful requests / s)")
     right.set_ylabel("server mean batch size (rows)")

@@ -103,9 +103,7 @@ def table(
     return "\n".join(lines)
 
 
-def write_csv(
-    path: Path, steps: Sequence[StepResult], verdicts: Sequence[tuple[bool, str]] | None = None
-) -> None:
+def write_csv(path: Path, steps: Sequence[StepResult], verdicts: Sequence[tuple[bool, str]] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)

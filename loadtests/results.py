@@ -54,9 +54,7 @@ class StepResult:
         data = asdict(self)
         data["error_rate"] = self.error_rate
         data["server"] = (
-            None
-            if self.server is None
-            else {k: (None if math.isnan(v) else v) for k, v in asdict(self.server).items()}
+            None if self.server is None else {k: (None if math.isnan(v) else v) for k, v in asdict(self.server).items()}
         )
         return data
 
@@ -68,9 +66,7 @@ class StepResult:
         fields["warnings"] = tuple(data.get("warnings", ()))
         server = data.get("server")
         fields["server"] = (
-            None
-            if server is None
-            else ServerView(**{k: (math.nan if v is None else v) for k, v in server.items()})
+            None if server is None else ServerView(**{k: (math.nan if v is None else v) for k, v in server.items()})
         )
         return cls(**fields)
 

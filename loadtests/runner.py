@@ -103,9 +103,7 @@ def _run_processes(
     ctx = mp.get_context("spawn")  # never fork a process that may hold grpc threads
     messages: Any = ctx.Queue()
     go, start_value = ctx.Event(), ctx.Value("d", 0.0)
-    procs = [
-        ctx.Process(target=worker_main, args=(job, messages, go, start_value), daemon=True) for job in jobs
-    ]
+    procs = [ctx.Process(target=worker_main, args=(job, messages, go, start_value), daemon=True) for job in jobs]
     for proc in procs:
         proc.start()
     reports: dict[int, WorkerReport] = {}
@@ -164,9 +162,7 @@ def _get(messages: Any, timeout_s: float) -> tuple[Any, ...] | None:
         return None
 
 
-def _handle(
-    message: tuple[Any, ...] | None, reports: dict[int, WorkerReport], progress: Progress | None
-) -> None:
+def _handle(message: tuple[Any, ...] | None, reports: dict[int, WorkerReport], progress: Progress | None) -> None:
     if message is None:
         return
     kind = message[0]
@@ -225,8 +221,7 @@ def _warnings(
         )
     if cpu >= CLIENT_CPU_BUSY:
         notes.append(
-            f"a generator process used {cpu:.0%} of a core: the client may be the bottleneck; "
-            "add --processes or cores"
+            f"a generator process used {cpu:.0%} of a core: the client may be the bottleneck; add --processes or cores"
         )
     usable = len(spec.cpus) if spec.cpus else len(os.sched_getaffinity(0))
     if len(reports) > usable:

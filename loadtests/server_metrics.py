@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import urllib.request
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -133,9 +132,3 @@ def server_view(before: Scrape | None, after: Scrape | None) -> ServerView | Non
         compute_p99_ms=ms(COMPUTE, 0.99),
         request_p99_ms=ms(REQUEST, 0.99),
     )
-
-
-def as_dict(view: ServerView | None) -> Mapping[str, float] | None:
-    if view is None:
-        return None
-    return {k: getattr(view, k) for k in view.__slots__}  # type: ignore[attr-defined]

@@ -54,9 +54,7 @@ class GrpcClient:
         address = f"{target.host}:{target.port}"
         # A local subchannel pool gives each channel its own connection instead of a shared one.
         options.append(("grpc.use_local_subchannel_pool", 1))
-        self._channels = [
-            grpc.aio.insecure_channel(address, options=options) for _ in range(max(1, channels))
-        ]
+        self._channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(max(1, channels))]
         self._calls = [c.unary_unary(INFER_PATH) for c in self._channels]
         self._next = itertools.cycle(self._calls)
         self._payloads = payloads
@@ -135,7 +133,8 @@ class _Connection(asyncio.Protocol):
         self._transport.write(payload)
         timer = loop.call_later(timeout_s, self._expire, waiter)
         try:
-            return await waiter
+            status: int = await waiter
+            return status
         finally:
             timer.cancel()
             self._waiter = None

@@ -14,8 +14,9 @@ import grpc
 import uvicorn
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from .dataplane import DataPlane
 from .audit import AuditLog
+from .dataplane import DataPlane
+from .drift import DriftSidePath, TapConfig, spec_feature_names
 from .grpc_api.rollout_service import RolloutService
 from .grpc_api.service import SERVICE_NAME, InferenceService
 from .http_api import build_http_app
@@ -57,6 +58,19 @@ class App:
                                           tick_s=settings.rollout_tick_s)
         self.dataplane = DataPlane(self.manager, self.metrics, admin_enabled=settings.allow_repository_admin,
                                    rollouts=self.rollouts)
+        self.drift: DriftSidePath | None = None
+        if settings.drift_enabled:
+            self.drift = DriftSidePath.create(
+                registry=self.metrics.registry, repository=self.manager.repository,
+                redis_url=settings.redis_url,
+                tap_config=TapConfig(window_s=settings.drift_window_s, window_rows=settings.drift_window_rows,
+                                     queue_size=settings.drift_queue_size,
+                                     models=frozenset(settings.drift_models) or None),
+                stream_maxlen=settings.drift_stream_maxlen, buffer_windows=settings.drift_buffer_windows,
+                names=lambda model: spec_feature_names(self.manager.get(model).spec))
+            self.dataplane.add_observer(self.drift.tap)
+            if self.drift.monitor is not None:
+                self.dataplane.set_drift_reports(self.drift.monitor.latest_reports)
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._http: uvicorn.Server | None = None
@@ -76,6 +90,8 @@ class App:
             self._watcher = RepositoryWatcher(self.manager, s.repository_poll_secs)
             self._watcher.start()
         await self.rollouts.start()
+        if self.drift is not None:
+            await self.drift.start()
         await self._start_grpc()
         await self._start_http()
         ready = [e for e in self.dataplane.repository_index() if e.state == "READY"]
@@ -127,5 +143,7 @@ class App:
         if self._watcher is not None:
             await self._watcher.stop()
         await self.rollouts.stop()
+        if self.drift is not None:
+            await self.drift.stop()
         await self.manager.stop()
         logger.info("tessera stopped")

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .drift import cli as drift_cli
 from .settings import ServerSettings
 
 __all__ = ["build_parser", "main", "serve_settings"]
@@ -76,6 +77,15 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--drain-timeout-s", type=float, default=float(_env("drain-timeout-s", "30") or 30))
     p.add_argument("--redis-url", default=_env("redis-url"))
     p.add_argument("--state-dir", default=_env("state-dir", ".tessera"))
+    p.add_argument("--drift", type=_bool, default=_bool(_env("drift", "true") or "true"),
+                   help="summarise input features for drift monitoring (true/false)")
+    p.add_argument("--drift-model", action="append", default=None,
+                   help="model whose inputs are summarised; repeatable (default: every model)")
+    p.add_argument("--drift-window-s", type=float, default=float(_env("drift-window-s", "60") or 60))
+    p.add_argument("--drift-window-rows", type=int, default=int(_env("drift-window-rows", "0") or 0))
+    p.add_argument("--drift-queue-size", type=int, default=int(_env("drift-queue-size", "4096") or 4096))
+    p.add_argument("--drift-stream-maxlen", type=int, default=int(_env("drift-stream-maxlen", "1000") or 1000))
+    p.add_argument("--drift-buffer-windows", type=int, default=int(_env("drift-buffer-windows", "256") or 256))
     p.add_argument("--log-level", default=_env("log-level", "INFO"))
 
 
@@ -83,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tessera", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
+    drift_cli.add_subcommands(sub)
     return parser
 
 
@@ -102,6 +113,11 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
         grpc_max_message_bytes=args.grpc_max_message_bytes, http_max_body_bytes=args.http_max_body_bytes,
         intra_op_threads=args.intra_op_threads, allow_spinning=args.allow_spinning,
         drain_timeout_s=args.drain_timeout_s, redis_url=args.redis_url, state_dir=Path(args.state_dir),
+        drift_enabled=args.drift,
+        drift_models=tuple(args.drift_model or [m for m in (_env("drift-model") or "").split(",") if m]),
+        drift_window_s=args.drift_window_s, drift_window_rows=args.drift_window_rows,
+        drift_queue_size=args.drift_queue_size, drift_stream_maxlen=args.drift_stream_maxlen,
+        drift_buffer_windows=args.drift_buffer_windows,
         log_level=args.log_level.upper(),
     )
 
@@ -159,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_workers(settings)
         run_server(settings)
         return 0
+    if args.command in drift_cli.COMMANDS:
+        return drift_cli.run(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

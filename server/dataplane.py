@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from . import __version__
 from ._generated import model_config_pb2 as mc
@@ -33,16 +35,15 @@ class ServerMetadata:
     extensions: tuple[str, ...]
 
 
-class InferenceObserver:
-    """A side path fed after each successful inference (drift statistics, shadow copies).
+class InferenceObserver(Protocol):
+    """A side path fed after each successful inference (drift statistics).
 
     `observe` runs on the event loop on the request's path: implementations must only hand the
-    arrays over (a bounded put_nowait) and return.
+    arrays over (a bounded put_nowait) and return; they must never raise.
     """
 
     def observe(self, model: str, version: str, inputs: dict[str, Tensor],
-                outputs: dict[str, Tensor]) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+                outputs: dict[str, Tensor]) -> None: ...
 
 
 class DataPlane:
@@ -56,6 +57,7 @@ class DataPlane:
         self._admin_enabled = admin_enabled
         self._metrics = metrics
         self._observers: list[InferenceObserver] = []
+        self._drift_reports: Callable[[], dict[str, Any]] | None = None
         self._metadata = ServerMetadata("tessera", __version__, EXTENSIONS)
         self.accepting = True
 
@@ -65,6 +67,17 @@ class DataPlane:
 
     def add_observer(self, observer: InferenceObserver) -> None:
         self._observers.append(observer)
+
+    def set_drift_reports(self, source: Callable[[], dict[str, Any]]) -> None:
+        """Where the embedded drift monitor's latest reports come from (no Redis configured)."""
+        self._drift_reports = source
+
+    def drift_reports(self) -> dict[str, Any]:
+        """Each model's latest drift report from the embedded monitor."""
+        if self._drift_reports is None:
+            raise Unsupported("drift reports are served by the drift service (`tessera drift`) when Redis is "
+                              "configured, and not at all when drift monitoring is off")
+        return self._drift_reports()
 
     # -- health and metadata -------------------------------------------------------------------
     def live(self) -> bool:

@@ -69,6 +69,27 @@ class ServerSettings:
     state_dir: Path = field(default_factory=lambda: Path(".tessera"))
     """Directory for persisted server state (rollouts, audit log)."""
 
+    drift_enabled: bool = True
+    """Fold input feature statistics and publish them (Redis Streams, or the embedded monitor)."""
+
+    drift_models: tuple[str, ...] = ()
+    """Models whose inputs are summarised; empty means every model."""
+
+    drift_window_s: float = 60.0
+    """Seconds per statistics window, aligned to the wall clock so replicas' windows line up."""
+
+    drift_window_rows: int = 0
+    """Also close a window after this many rows (0: by time only)."""
+
+    drift_queue_size: int = 4096
+    """Requests waiting to be folded; beyond it, they are dropped and counted."""
+
+    drift_stream_maxlen: int = 1000
+    """Approximate length cap of each model's Redis stream (XADD MAXLEN ~)."""
+
+    drift_buffer_windows: int = 256
+    """Windows kept while Redis is unreachable; older ones are dropped and counted."""
+
     rollout_tick_s: float = 0.5
     """Seconds between checks of each active rollout's step."""
 

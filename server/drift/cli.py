@@ -32,6 +32,7 @@ from .profiles import (
 from .report_http import ReportServer
 from .reports import ReportBook
 from .service import DriftService, ServiceConfig
+from .stats import FeatureKey, WindowSummary
 from .webhook import WebhookNotifier
 
 __all__ = ["COMMANDS", "add_subcommands", "run"]
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 def _profile(args: argparse.Namespace) -> int:
     repository = Path(args.model_repository) if args.model_repository else None
     widths: dict[str, int | None] = {}
-    names = {}
+    names: dict[FeatureKey, str] = {}
     if repository is not None:
         config = read_config(repository / args.model)
         widths = input_widths(config)
@@ -121,10 +122,10 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _store(url: str, profile: object) -> None:
+async def _store(url: str, profile: WindowSummary) -> None:
     redis = Redis.from_url(url)
     try:
-        await store_profile_in_redis(redis, profile)  # type: ignore[arg-type]
+        await store_profile_in_redis(redis, profile)
     finally:
         await redis.aclose()
 

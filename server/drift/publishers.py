@@ -78,7 +78,7 @@ class _Pending:
 class RedisStreamPublisher:
     """XADDs each window to `tessera:drift:<model>` (MAXLEN ~ `maxlen`) from a background task."""
 
-    def __init__(self, redis: Redis, metrics: TapMetrics, *, maxlen: int = 10_000, buffer_windows: int = 256,
+    def __init__(self, redis: Redis, metrics: TapMetrics, *, maxlen: int = 1000, buffer_windows: int = 256,
                  batch_windows: int = 32, backoff_initial_s: float = 0.1, backoff_max_s: float = 10.0,
                  timeout_s: float = 2.0, stop_timeout_s: float = 2.0) -> None:
         self._redis = redis

@@ -39,7 +39,7 @@ class DriftSidePath:
     @classmethod
     def create(cls, *, registry: CollectorRegistry, repository: Path | None, redis_url: str | None,
                tap_config: TapConfig | None = None, monitor_config: MonitorConfig | None = None,
-               stream_maxlen: int = 10_000, buffer_windows: int = 256,
+               stream_maxlen: int = 1000, buffer_windows: int = 256,
                names: Callable[[str], Mapping[FeatureKey, str]] | None = None) -> DriftSidePath:
         """Build the side path; metrics go on `registry` (the server's). Starts nothing."""
         tap_config = tap_config or TapConfig()

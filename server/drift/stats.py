@@ -112,6 +112,12 @@ class FeatureSummary:
             keys, counts = np.unique(values, return_counts=True)
             self._add_frequencies(zip(keys.tolist(), counts.tolist(), strict=True))
 
+    def fold_finite(self, n: int, mean: float, m2: float, lo: float, hi: float,
+                    values: npt.NDArray[np.float32]) -> None:
+        """Fold n finite float values whose moments the caller computed; `values` feed the sketch."""
+        self._merge_moments(n, mean, m2, lo, hi)
+        self.sketch.update(values)
+
     def merge(self, other: FeatureSummary) -> None:
         """Merge another summary of the same feature into this one."""
         self.missing += other.missing
@@ -193,16 +199,35 @@ class WindowSummary:
 
     def fold_array(self, input_name: str, array: npt.NDArray[Any]) -> None:
         """Fold one input tensor (rows are counted by the caller)."""
+        if array.ndim == 2 and array.dtype.kind == "f" and array.size and self._fold_matrix(input_name, array):
+            return
         for key, values in feature_columns(input_name, array):
             self.fold_feature(key, values)
 
+    def _fold_matrix(self, input_name: str, matrix: npt.NDArray[Any]) -> bool:
+        """All columns of a finite float [n, F] matrix with one reduction each; False if it has NaN/inf."""
+        if not np.isfinite(matrix).all():
+            return False
+        wide = matrix.astype(np.float64)
+        n = matrix.shape[0]
+        mean = wide.sum(axis=0) / n
+        m2 = np.square(wide - mean).sum(axis=0)
+        lo, hi = wide.min(axis=0), wide.max(axis=0)
+        columns = np.array(matrix.T, dtype=np.float32, order="C")  # a writable copy for the sketch
+        for j in range(matrix.shape[1]):
+            self._summary((input_name, j), NUMERIC).fold_finite(
+                n, float(mean[j]), float(m2[j]), float(lo[j]), float(hi[j]), columns[j])
+        return True
+
     def fold_feature(self, key: FeatureKey, values: npt.NDArray[Any], nulls: int = 0) -> None:
+        self._summary(key, _kind_of(values.dtype) or NUMERIC).fold(values, nulls)
+
+    def _summary(self, key: FeatureKey, kind: str) -> FeatureSummary:
         summary = self.features.get(key)
         if summary is None:
-            kind = _kind_of(values.dtype) or NUMERIC
             summary = FeatureSummary.empty(kind, self.sketch_k, self.max_categories)
             self.features[key] = summary
-        summary.fold(values, nulls)
+        return summary
 
     def merge(self, other: WindowSummary) -> None:
         """Merge another window of the same model in; the period widens to cover both."""

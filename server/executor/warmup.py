@@ -85,7 +85,12 @@ def warmup_batches(spec: ModelSpec) -> list[tuple[dict[str, Tensor], int]]:
 async def warm_up(spec: ModelSpec, runner: Runner) -> int:
     """Run every warmup batch on every instance; return the number of runs. Raises ModelLoadError."""
     runs = 0
-    batches: list[tuple[dict[str, Any], int]] = warmup_batches(spec)
+    try:
+        batches: list[tuple[dict[str, Any], int]] = warmup_batches(spec)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # an unreadable input_data_file, data that does not fit the dims
+        raise ModelLoadError(f"model '{spec.name}' version {spec.version}: warmup data: {exc}") from exc
     for feeds, count in batches:
         for _ in range(count):
             # One run per instance at once, so every session (not just one) is warmed.

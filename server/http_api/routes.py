@@ -116,6 +116,9 @@ class HttpRoutes:
         reason = documents.decode_reason(await read_body(request, self._max_body_bytes))
         return _json((await self._dp.abort_rollout(request.path_params["name"], "http", reason)).to_json())
 
+    async def drift_reports(self, request: Request) -> Response:
+        return _json(self._dp.drift_reports())
+
     async def metrics(self, request: Request) -> Response:
         return Response(self._metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -145,6 +148,7 @@ class HttpRoutes:
             Route(f"{model}/rollout", self.rollout_start, methods=["POST"]),
             Route(f"{model}/rollout/promote", self.rollout_promote, methods=["POST"]),
             Route(f"{model}/rollout/abort", self.rollout_abort, methods=["POST"]),
+            Route("/v2/drift", self.drift_reports, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/v2/openapi.json", self.openapi, methods=["GET"]),
         ]

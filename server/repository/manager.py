@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +79,10 @@ class ModelManager:
         self._overrides = OverrideArea(settings.repository_cache_dir)
         self._previous_scan: dict[str, ModelFingerprint] = {}
         self._gpu = gpu_available()
+        # Sessions are created and destroyed on this one thread, not on asyncio.to_thread's pool: their
+        # memory then lives in one malloc arena and is reused, so RSS does not grow with reloads, and
+        # concurrent reloads cannot stack their peak memory.
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
 
     # -- lookups on the hot path ---------------------------------------------------------------
     def get(self, name: str, version: str | None = None) -> ModelVersion:
@@ -258,6 +263,7 @@ class ModelManager:
         await asyncio.gather(*(self._unload(m) for m in list(self._models.values())))
         await asyncio.to_thread(self._overrides.close)
         await asyncio.to_thread(self._store.close)
+        self._loader.shutdown(wait=False)
 
     # -- reconciliation (under the model's lock) -----------------------------------------------
     async def _reconcile(self, model: _Model, directory: Path, config_json: str | None, retry_failed: bool
@@ -313,8 +319,10 @@ class ModelManager:
             return []  # failed as it is now: tried again once it changes
         model.loading.add(number)
         try:
-            loaded = await build_version(source, number, self._settings, self._metrics, self._gpu)
-        except ModelLoadError as exc:
+            loaded = await build_version(source, number, self._settings, self._metrics, self._gpu, self._loader)
+        except Exception as exc:  # one version's failure, whatever it is, must not take others down
+            if not isinstance(exc, ModelLoadError):
+                logger.exception("model %s version %d: unexpected error while loading", model.name, number)
             model.failed_keys[number] = key
             return [self._fail(model, number, str(exc))]
         finally:
@@ -350,4 +358,4 @@ class ModelManager:
 
     async def _release(self, mv: ModelVersion) -> None:
         self._metrics.model_state.labels(*mv.labels).set(0)
-        await release_version(mv, self._settings.drain_timeout_s)
+        await release_version(mv, self._settings.drain_timeout_s, self._loader)

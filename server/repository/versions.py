@@ -10,6 +10,7 @@ import ctypes.util
 import dataclasses
 import logging
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import Enum
 
@@ -102,31 +103,35 @@ def _metadata(spec: ModelSpec) -> ModelMetadata:
     )
 
 
-async def _spec(source: ModelSource, number: int, settings: ServerSettings, gpu: bool) -> ModelSpec:
+async def _spec(source: ModelSource, number: int, settings: ServerSettings, gpu: bool, loader: Executor
+                ) -> ModelSpec:
     config = source.config
     model_file = source.directory / str(number) / (config.default_model_filename or DEFAULT_MODEL_FILENAME)
     if not model_file.is_file():
         raise ModelLoadError(f"model '{source.name}' version {number}: missing model file {model_file}")
-    inputs, outputs = await asyncio.to_thread(graph_tensors, str(model_file))
+    loop = asyncio.get_running_loop()
+    inputs, outputs = await loop.run_in_executor(loader, graph_tensors, str(model_file))
     completed = complete_config(config, source.name, inputs, outputs)
     return build_spec(completed, number, model_file, gpu_available=gpu,
                       intra_op_threads=settings.intra_op_threads, allow_spinning=settings.allow_spinning)
 
 
 async def build_version(source: ModelSource, number: int, settings: ServerSettings, metrics: Metrics,
-                        gpu: bool) -> ModelVersion:
+                        gpu: bool, loader: Executor) -> ModelVersion:
     """Check, create and warm up one version; it comes back READY to take traffic.
 
-    Raises ModelLoadError naming the cause (missing or corrupt file, config that contradicts the
-    graph, unsupported opset or field, failed warmup); nothing is left allocated then.
+    Blocking steps run on `loader`. Raises ModelLoadError naming the cause (missing or corrupt file,
+    config that contradicts the graph, unsupported opset or field, failed warmup); nothing is left
+    allocated then.
     """
     started = time.perf_counter()
-    spec = await _spec(source, number, settings, gpu)
-    runner = await asyncio.to_thread(OrtRunner.create, spec)
+    loop = asyncio.get_running_loop()
+    spec = await _spec(source, number, settings, gpu, loader)
+    runner = await loop.run_in_executor(loader, OrtRunner.create, spec)
     try:
         runs = await warm_up(spec, runner)
     except ModelLoadError:
-        await asyncio.to_thread(runner.close)
+        await loop.run_in_executor(loader, _release_memory, runner)
         raise
     logger.info("model %s version %d warmed up: %d runs, loaded in %.0f ms", source.name, number, runs,
                 (time.perf_counter() - started) * 1000)
@@ -160,8 +165,8 @@ def _release_memory(runner: OrtRunner) -> None:
         trim(0)
 
 
-async def release_version(version: ModelVersion, drain_timeout_s: float) -> None:
+async def release_version(version: ModelVersion, drain_timeout_s: float, loader: Executor) -> None:
     """Finish the version's queued and in-flight requests, then free its sessions and thread pool."""
     version.state = VersionState.UNLOADING
     await version.scheduler.stop(drain_timeout_s)
-    await asyncio.to_thread(_release_memory, version.runner)
+    await asyncio.get_running_loop().run_in_executor(loader, _release_memory, version.runner)

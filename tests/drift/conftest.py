@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 REDIS_SERVER = "/usr/bin/redis-server"
 
-drift_redis_proc = factories.redis_proc(executable=REDIS_SERVER, port=None)
+drift_redis_proc = factories.redis_proc(executable=REDIS_SERVER)  # any free port
 drift_redisdb = factories.redisdb("drift_redis_proc")
 
 

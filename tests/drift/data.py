@@ -40,13 +40,16 @@ class StepClock:
         return self.now
 
 
-def assert_summary_matches(summary: Any, values: npt.NDArray[Any]) -> None:
-    """Counts exact, moments to 1e-9 relative, quantiles within the sketch's stated rank error."""
+def assert_summary_matches(summary: Any, values: npt.NDArray[Any], nulls: int = 0) -> None:
+    """Counts exact, moments to 1e-9 relative, quantiles within the sketch's stated rank error.
+
+    `nulls` counts values missing before `values` (Arrow nulls the summary saw but `values` lacks).
+    """
     flat = values.reshape(-1)
     finite = flat[np.isfinite(flat)] if flat.dtype.kind == "f" else flat
     wide = finite.astype(np.float64)
     assert summary.count == finite.size
-    assert summary.missing == flat.size - finite.size
+    assert summary.missing == nulls + flat.size - finite.size
     assert summary.mean == pytest_approx(wide.mean())
     assert summary.variance == pytest_approx(wide.var())
     assert summary.min == wide.min() and summary.max == wide.max()

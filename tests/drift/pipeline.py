@@ -16,6 +16,7 @@ from server.drift.publishers import RedisStreamPublisher
 from server.drift.reports import ReportBook
 from server.drift.service import DriftService, ServiceConfig
 from server.drift.tap import DriftTap, TapConfig
+from server.drift.webhook import WebhookNotifier
 
 from .data import StepClock
 
@@ -48,12 +49,14 @@ class Producer:
 
 
 def service(redis: Redis, *, sliding_buckets: int = 1, consumer: str = "test", profiles: ProfileStore | None = None,
-            registry: CollectorRegistry | None = None, **config: Any) -> tuple[DriftService, ReportBook]:
+            registry: CollectorRegistry | None = None, notifier: WebhookNotifier | None = None,
+            **config: Any) -> tuple[DriftService, ReportBook]:
+    """A drift service on 60 s buckets (the tests' StepClock moves in whole minutes)."""
     metrics = MonitorMetrics(registry or CollectorRegistry())
     reports = ReportBook(metrics)
     cfg = ServiceConfig(monitor=MonitorConfig(bucket_s=60, sliding_buckets=sliding_buckets), consumer=consumer,
                         block_ms=50, **config)
-    return DriftService(redis, cfg, profiles or ProfileStore(), reports, metrics), reports
+    return DriftService(redis, cfg, profiles or ProfileStore(), reports, metrics, notifier), reports
 
 
 async def drain(svc: DriftService) -> None:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import redis as sync_redis
 from pytest_redis.executor import RedisExecutor
@@ -8,6 +10,7 @@ from redis.asyncio import Redis
 
 from server.drift.monitor import MonitorConfig
 from server.drift.state import RedisDriftState
+from server.drift.stats import WindowSummary
 from server.drift.tap import TapConfig
 
 from .data import StepClock, assert_summary_matches, requests, stacked
@@ -16,7 +19,8 @@ from .pipeline import Producer, drain, service
 WINDOWS = TapConfig(window_s=60, window_rows=2000)
 
 
-async def _through_redis(redis: Redis, redis_url: str, model: str, parts: list[list[dict]]) -> object:
+async def _through_redis(redis: Redis, redis_url: str, model: str,
+                         parts: list[list[dict[str, Any]]]) -> WindowSummary | None:
     clock = StepClock()
     producers = [Producer(redis_url, f"replica-{i}", clock, WINDOWS) for i in range(len(parts))]
     for p in producers:
@@ -33,11 +37,11 @@ async def test_statistics_through_the_stream_equal_direct_statistics(redis: Redi
     reqs = requests(seed=30, count=40, rows=250, nan_fraction=0.02)
     current = await _through_redis(redis, redis_url, "m", [reqs])
     assert current is not None
-    assert current.rows == 10_000 and current.windows == 5  # type: ignore[attr-defined]
+    assert current.rows == 10_000 and current.windows == 5
     x = stacked(reqs, "x")
     for j in range(4):
-        assert_summary_matches(current.features[("x", j)], x[:, j])  # type: ignore[attr-defined]
-    assert_summary_matches(current.features[("c", 0)], stacked(reqs, "c")[:, 0])  # type: ignore[attr-defined]
+        assert_summary_matches(current.features[("x", j)], x[:, j])
+    assert_summary_matches(current.features[("c", 0)], stacked(reqs, "c")[:, 0])
 
 
 async def test_windows_of_two_replicas_merge_to_what_one_replica_sees(redis: Redis, redis_url: str) -> None:
@@ -45,10 +49,10 @@ async def test_windows_of_two_replicas_merge_to_what_one_replica_sees(redis: Red
     one = await _through_redis(redis, redis_url, "single", [reqs])
     two = await _through_redis(redis, redis_url, "pair", [reqs[0::2], reqs[1::2]])
     assert one is not None and two is not None
-    assert one.rows == two.rows == 10_000  # type: ignore[attr-defined]
-    assert two.windows == 6  # type: ignore[attr-defined]  # 2 full + 1 partial window per replica
-    for key, mine in one.features.items():  # type: ignore[attr-defined]
-        theirs = two.features[key]  # type: ignore[attr-defined]
+    assert one.rows == two.rows == 10_000
+    assert two.windows == 6  # 2 full + 1 partial window per replica
+    for key, mine in one.features.items():
+        theirs = two.features[key]
         assert (mine.count, mine.missing, mine.min, mine.max, mine.frequencies) == (
             theirs.count, theirs.missing, theirs.min, theirs.max, theirs.frequencies)
         assert abs(mine.mean - theirs.mean) <= 1e-9 * max(1.0, abs(mine.mean))
@@ -57,9 +61,9 @@ async def test_windows_of_two_replicas_merge_to_what_one_replica_sees(redis: Red
         assert_summary_matches(theirs, values)
 
 
-async def _until(predicate: object, timeout_s: float = 10.0) -> None:
+async def _until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached"
         await asyncio.sleep(0.02)
 
@@ -99,4 +103,5 @@ async def test_redis_down_never_fails_inference_drops_are_counted_and_publishing
 
 
 def _window_ids(client: sync_redis.Redis) -> list[str]:
-    return [fields[b"window"].decode() for _, fields in client.xrange("tessera:drift:m")]
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange("tessera:drift:m")  # type: ignore[assignment]
+    return [fields[b"window"].decode() for _, fields in entries]

@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -34,10 +36,10 @@ async def _seen(redis: Redis) -> int:
     return int(await redis.zcard(StateKeys("m").seen))
 
 
-async def _wait(predicate: object, timeout_s: float = 20.0) -> None:
+async def _wait(predicate: Callable[[], Awaitable[bool]], timeout_s: float = 20.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    while not await predicate():  # type: ignore[operator]
+    while not await predicate():
         assert loop.time() < deadline, "condition not reached"
         await asyncio.sleep(0.05)
 
@@ -51,7 +53,8 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
 
 async def _redeliver_some(redis: Redis, count: int) -> None:
     """What a publisher retry after a lost reply does: the same windows again, under new message ids."""
-    for _, fields in (await redis.xrange(STREAM, count=count)):
+    entries: list[tuple[bytes, dict[Any, Any]]] = await redis.xrange(STREAM, count=count)  # type: ignore[assignment]
+    for _, fields in entries:
         await redis.xadd(STREAM, fields)
 
 

@@ -35,7 +35,8 @@ def write_repository(root: Path, reference: list[dict[str, Any]]) -> Path:
     (root / "tabular").mkdir(parents=True)
     (root / "tabular" / "config.pbtxt").write_text(
         'name: "tabular"\nmax_batch_size: 64\n'
-        'input [ { name: "x", data_type: TYPE_FP32, dims: [ 4 ] }, { name: "c", data_type: TYPE_INT64, dims: [ 1 ] } ]\n'
+        'input [ { name: "x", data_type: TYPE_FP32, dims: [ 4 ] },\n'
+        '        { name: "c", data_type: TYPE_INT64, dims: [ 1 ] } ]\n'
         f'parameters {{ key: "feature_names" value: {{ string_value: "{",".join(NAMES)}" }} }}\n')
     x, c = stacked(reference, "x"), stacked(reference, "c")
     columns = {name: x[:, j] for j, name in enumerate(NAMES)}
@@ -86,8 +87,9 @@ async def test_a_shifted_feature_and_only_it_is_flagged_within_two_windows(
     assert drift_main(["profile", "--model", "tabular", "--data", str(data), "--model-repository", str(tmp_path),
                        "--exclude", "label", "--batch-rows", "4096"]) == 0
     registry = CollectorRegistry()
-    svc, reports = service(redis, sliding_buckets=2, profiles=ProfileStore(tmp_path, redis), registry=registry)
-    svc._notifier = WebhookNotifier(hook.url, MonitorMetrics(CollectorRegistry()))  # noqa: SLF001
+    notifier = WebhookNotifier(hook.url, MonitorMetrics(CollectorRegistry()))
+    svc, reports = service(redis, sliding_buckets=2, profiles=ProfileStore(tmp_path, redis), registry=registry,
+                           notifier=notifier)
     http = ReportServer(reports, registry, "127.0.0.1", 0)
     http.start()
     clock = StepClock()

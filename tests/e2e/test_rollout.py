@@ -33,13 +33,13 @@ def _repository(root: Path, candidate_seed: int) -> Path:
 
 
 class Traffic:
-    """Unversioned gRPC requests in a loop; records which version answered and any error."""
+    """Unversioned gRPC requests in a loop; records which version answered, in which phase, and errors."""
 
-    def __init__(self, url: str) -> None:
-        self._client = grpcclient.InferenceServerClient(url)
-        self.answers: list[tuple[str, str]] = []  # (phase at send time, version)
+    def __init__(self, server) -> None:
+        self._client = grpcclient.InferenceServerClient(server.grpc_url)
+        self._server = server
+        self.answers: list[tuple[str, str]] = []  # (phase for the whole request, version)
         self.errors: list[str] = []
-        self.phase = "?"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -58,9 +58,11 @@ class Traffic:
         while not self._stop.is_set() and time.monotonic() < deadline:
             item = grpcclient.InferInput("features", [1, 8], "FP32")
             item.set_data_from_numpy(rng.standard_normal((1, 8)).astype(np.float32))
-            phase = self.phase
+            before = _phase(self._server)
             try:
                 result = self._client.infer("tabular", [item])
+                after = _phase(self._server)
+                phase = before if before == after else "transition"
                 self.answers.append((phase, result.get_response().model_version))
             except Exception as exc:
                 self.errors.append(str(exc))
@@ -84,15 +86,13 @@ def test_identical_candidate_is_shadowed_canaried_and_promoted(tmp_path, server_
     server = server_factory(_repository(tmp_path / "repo", candidate_seed=7), state_dir=tmp_path / "state",
                             rollout_tick_s=0.05)
     http = httpclient.InferenceServerClient(server.http_url)
-    with Traffic(server.grpc_url) as traffic:
+    with Traffic(server) as traffic:
         spec = {"candidate_version": 2, **FAST}
         req = urllib.request.Request(f"http://{server.http_url}/v2/models/tabular/rollout",
                                      data=orjson.dumps(spec), method="POST")
         with urllib.request.urlopen(req) as response:
             assert orjson.loads(response.read())["phase"] == "SHADOW"
-        traffic.phase = "SHADOW"
         _wait_for(lambda: _phase(server) != "SHADOW")
-        traffic.phase = "after-shadow"
         _wait_for(lambda: _phase(server) == "PROMOTED")
         time.sleep(0.3)
     assert traffic.errors == []
@@ -109,14 +109,12 @@ def test_identical_candidate_is_shadowed_canaried_and_promoted(tmp_path, server_
 def test_candidate_with_different_outputs_is_rolled_back_and_callers_never_notice(tmp_path, server_factory):
     server = server_factory(_repository(tmp_path / "repo", candidate_seed=99), state_dir=tmp_path / "state",
                             rollout_tick_s=0.05)
-    with Traffic(server.grpc_url) as traffic:
+    with Traffic(server) as traffic:
         from server.routing.spec import RolloutSpec
 
-        traffic.phase = "SHADOW"
         server.call(server.app.rollouts.start_rollout("tabular", RolloutSpec.from_dict({"candidate_version": 2,
                                                                                           **FAST})))
         _wait_for(lambda: _phase(server) == "ROLLED_BACK")
-        traffic.phase = "after"
         time.sleep(0.3)
     assert traffic.errors == []
     assert {v for _, v in traffic.answers} == {"1"}

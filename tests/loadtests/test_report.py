@@ -13,7 +13,7 @@ from loadtests.plan import plan_capacity
 from loadtests.plot import plot_latency
 from loadtests.report import load_steps, table, write_csv, write_json
 from loadtests.results import StepResult
-from loadtests.sweep import Slo, run_sweep
+from loadtests.sweep import Slo, SweepResult, run_sweep
 
 from .synthetic import nan_server, server, step
 
@@ -21,7 +21,7 @@ STEPS = {100: step(100, 100, 2.0), 200: step(200, 199, 3.0), 400: step(400, 390,
          800: step(800, 420, 300.0, view=server(queue_p99_ms=250.0))}
 
 
-def _sweep():  # type: ignore[no-untyped-def]
+def _sweep() -> SweepResult:
     return run_sweep(list(STEPS), lambda level: STEPS[int(level)], Slo(p99_ms=25.0))
 
 
