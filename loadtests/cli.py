@@ -165,7 +165,8 @@ def _payloads(args: argparse.Namespace, target: Target) -> list[bytes]:
 
 
 def _label(args: argparse.Namespace, target: Target) -> str:
-    return args.label or f"{target.model} over {target.protocol}, {args.mode} loop"
+    loop = f"open loop ({args.arrival})" if args.mode == "open" else "closed loop"
+    return args.label or f"{target.model} over {target.protocol}, {loop}"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -235,6 +236,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0 if plan.replicas is not None else 1
 
 
+def describe(step: StepResult) -> str:
+    """'tabular over grpc, open loop (poisson)'."""
+    loop = f"open loop ({step.mode.split('-', 1)[1]})" if step.mode.startswith("open-") else "closed loop"
+    return f"{step.model or 'model'} over {step.protocol}, {loop}"
+
+
 def _print_step_notes(step: StepResult) -> None:
     for note in step.warnings:
         print(f"  warning: {note}", file=sys.stderr)
@@ -254,7 +261,7 @@ def _write(
     meta = {"argv": sys.argv[1:], "model": args.model, "protocol": args.protocol, "mode": args.mode}
     write_json(out / "results.json", steps, sweep=sweep, plan=plan, meta=meta)
     write_csv(out / "results.csv", steps, list(sweep.verdicts) if sweep else None)
-    title = args.label or (f"{args.model} over {steps[0].protocol}, {steps[0].mode} loop" if steps else "")
+    title = args.label or (describe(steps[0]) if steps else "")
     plot_latency(
         out / "latency.png",
         steps,

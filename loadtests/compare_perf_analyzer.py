@@ -15,6 +15,7 @@ import argparse
 import csv
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -78,7 +79,10 @@ def tessera_argv(repository: Path, http_port: int, grpc_port: int) -> list[str]:
 def run_perf_analyzer(args: list[str], csv_path: Path, cpus: str, timeout_s: float = 600.0) -> list[dict[str, str]]:
     """Run perf_analyzer (pinned), return its CSV rows. Raises RuntimeError on failure."""
     command = ["taskset", "-c", cpus, str(PERF_ANALYZER), *args, "-f", str(csv_path)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout_s, check=False, stdin=subprocess.DEVNULL
+    )
+    csv_path.with_suffix(".log").write_text(f"$ {' '.join(command)}\n{done.stdout}\n{done.stderr}")
     if done.returncode != 0:
         raise RuntimeError(
             f"perf_analyzer failed ({done.returncode}): {' '.join(command)}\n"
@@ -89,24 +93,18 @@ def run_perf_analyzer(args: list[str], csv_path: Path, cpus: str, timeout_s: flo
 
 
 def _pa_figures(args: argparse.Namespace, protocol: str, port: int, concurrency: int, out: Path) -> Figures:
-    rows = run_perf_analyzer(
-        [
-            "-m",
-            args.model,
-            "-i",
-            protocol,
-            "-u",
-            f"127.0.0.1:{port}",
-            "--concurrency-range",
-            f"{concurrency}:{concurrency}",
-            "-p",
-            str(int(args.window_s * 1000)),
-            "-s",
-            "20",
-        ],
-        out / f"pa-{protocol}-c{concurrency}.csv",
-        args.client_cpus,
-    )
+    window_ms = int(args.window_s * 1000)
+    # No stability search to speak of (-s 999): three windows, merged, as long as the harness measures.
+    pa_args = (
+        f"-m {args.model} -i {protocol} -u 127.0.0.1:{port} --concurrency-range {concurrency}:{concurrency} "
+        f"-p {window_ms} -s 999"
+    ).split()
+    for _ in range(3):  # a window with no completion (a stalled machine) ends perf_analyzer without a row
+        rows = run_perf_analyzer(pa_args, out / f"pa-{protocol}-c{concurrency}.csv", args.client_cpus)
+        if rows:
+            break
+    else:
+        raise RuntimeError(f"perf_analyzer found no stable measurement: {' '.join(pa_args)}")
     row = rows[0]
     return Figures(float(row["Inferences/Second"]), float(row["p50 latency"]) / 1000, float(row["p99 latency"]) / 1000)
 
@@ -164,20 +162,10 @@ def _print_row(c: Comparison, tolerance: float) -> None:
 def _acceptance(args: argparse.Namespace, ports: dict[str, int], out: Path) -> bool:
     passed = True
     for protocol in ("grpc", "http"):
-        pa_args = [
-            "-m",
-            args.model,
-            "-i",
-            protocol,
-            "-u",
-            f"127.0.0.1:{ports[protocol]}",
-            "--concurrency-range",
-            "1:32",
-            "-p",
-            "1000",
-            "-s",
-            "25",
-        ]
+        pa_args = (
+            f"-m {args.model} -i {protocol} -u 127.0.0.1:{ports[protocol]} --concurrency-range 1:32 "
+            "--measurement-mode count_windows --measurement-request-count 200 -s 999"
+        ).split()
         print(f"perf_analyzer {' '.join(pa_args)}", flush=True)
         try:
             rows = run_perf_analyzer(pa_args, out / f"pa-acceptance-{protocol}.csv", args.client_cpus)
@@ -209,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--acceptance", action="store_true", help="also perf_analyzer --concurrency-range 1:32")
     parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "compare")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     args.out.mkdir(parents=True, exist_ok=True)
     if not (ROOT / ".bench" / "perf_analyzer" / "bin" / "perf_analyzer").exists():
         subprocess.run(["bash", str(ROOT / "loadtests" / "install_perf_analyzer.sh")], check=True)

@@ -43,7 +43,9 @@ def plot_latency(
             f"best within SLO\n{best.throughput_rps:.0f} req/s",
             (best.throughput_rps, best.latency.p99_ms),
             textcoords="offset points",
-            xytext=(-60, 25),
+            xytext=(25, -45),
+            fontsize=8,
+            bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8},
             arrowprops={"arrowstyle": "->"},
         )
     for i in order:
@@ -55,12 +57,23 @@ def plot_latency(
             fontsize=7,
             color="dimgrey",
         )
+    knob = "target rate (req/s)" if steps and steps[0].mode.startswith("open") else "concurrency"
+    left.text(
+        0.99,
+        0.01,
+        f"point labels: {knob}",
+        transform=left.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=7,
+        color="dimgrey",
+    )
     left.set_yscale("log")
     left.set_xlabel("delivered throughput (successful requests / s)")
     left.set_ylabel("latency (ms, log scale)")
     left.set_title(title)
     left.grid(True, which="both", alpha=0.3)
-    left.legend(loc="upper left", fontsize=8)
+    left.legend(loc="best", fontsize=8, framealpha=0.8)
     batch = [s.batch_mean if s is not None else math.nan for s in servers]
     right.plot(xs, batch, "o-", color="tab:purple")
     right.set_xlabel("delivered throughput (successful requests / s)")

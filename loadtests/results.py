@@ -18,6 +18,7 @@ class StepResult:
 
     protocol: str
     mode: str
+    """closed, open-poisson or open-constant."""
     level: float
     """Target rate (open loop, req/s) or concurrency (closed loop)."""
     duration_s: float
@@ -39,6 +40,7 @@ class StepResult:
     latency_hdr: str = ""
     """The merged latency histogram, HdrHistogram base64 encoding, for exact re-merging."""
     first_error: str = ""
+    model: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -125,6 +125,8 @@ def _run_processes(
             if not scraped_after and now >= window[1]:
                 after, scraped_after = _scrape(target), True
             _handle(_get(messages, 0.1), reports, progress)
+        if not scraped_after:  # the last report can arrive before the loop saw the window end
+            after = _scrape(target)
     finally:
         if progress is not None:
             progress.close()
@@ -206,6 +208,7 @@ def _merge(
         server=server,
         warnings=_warnings(spec, reports, lag.p99_ms, missed, cpu),
         latency_hdr=histograms.encode(latency).decode(),
+        model=target.model,
         first_error=next((r.first_error for r in reports if r.first_error), ""),
     )
 
@@ -226,4 +229,7 @@ def _warnings(
     usable = len(spec.cpus) if spec.cpus else len(os.sched_getaffinity(0))
     if len(reports) > usable:
         notes.append(f"{len(reports)} generator processes share {usable} cores")
+    connect_s = max(r.connect_s for r in reports)
+    if connect_s > 1.0:
+        notes.append(f"connecting to the server took {connect_s:.1f} s (before the load started)")
     return tuple(notes)

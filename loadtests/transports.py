@@ -29,6 +29,9 @@ class HttpStatusError(Exception):
 
 
 class InferClient(Protocol):
+    async def connect(self, connections: int) -> None:
+        """Open connections before load starts, so setting them up is never measured."""
+
     async def infer(self, index: int) -> None:
         """Send payload `index % len(payloads)`; raise on any failure or after the timeout."""
 
@@ -60,6 +63,9 @@ class GrpcClient:
         self._payloads = payloads
         self._timeout = target.request_timeout_s
 
+    async def connect(self, connections: int) -> None:
+        await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in self._channels)), self._timeout)
+
     async def infer(self, index: int) -> None:
         await next(self._next)(self._payloads[index % len(self._payloads)], timeout=self._timeout)
 
@@ -78,14 +84,25 @@ class HttpClient:
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(max_connections)
 
+    async def connect(self, connections: int) -> None:
+        self._idle += await asyncio.gather(*(self._connect() for _ in range(connections)))
+
     async def infer(self, index: int) -> None:
         async with self._slots:
-            connection = self._idle.pop() if self._idle else await self._connect()
+            connection = self._take_idle() or await self._connect()
             status = await connection.send(self._payloads[index % len(self._payloads)], self._timeout)
             if connection.reusable:
                 self._idle.append(connection)
             if status != 200:
                 raise HttpStatusError(status)
+
+    def _take_idle(self) -> _Connection | None:
+        """The most recently used open connection; ones the server closed meanwhile are dropped."""
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.reusable:
+                return connection
+        return None
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()

@@ -7,8 +7,8 @@ the result. Errors are TesseraError subclasses; transports map them through serv
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import __version__

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -52,9 +53,9 @@ def _measure(
 ) -> list[Point]:
     target = Target(
         port=launch.ports[transport.protocol],
-        protocol=transport.protocol,  # type: ignore[arg-type]
+        protocol=transport.protocol,
         http_encoding=transport.http_encoding,
-        model=model,  # type: ignore[arg-type]
+        model=model,
         metrics_url=launch.metrics_url,
     )
     payloads = encode_payloads(target, random_samples(fetch_model_info(target), count=64))
@@ -203,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "peers")
     parser.add_argument("--skip-install", action="store_true")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     args.models = [m for m in args.models.split(",") if m]
     args.levels = [int(c) for c in args.levels.split(",") if c]
     args.client_cpu_set = tuple(int(c) for c in args.client_cpus.split(","))

@@ -1,3 +1,4 @@
+# mypy: disable-error-code="import-not-found,misc,untyped-decorator,var-annotated"
 """A small ONNX Runtime runtime for MLServer (runs in the peers venv, not the project's).
 
 MLServer's adaptive batching (max_batch_size / max_batch_time in model-settings.json) stacks

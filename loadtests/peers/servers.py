@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 from ..compare_perf_analyzer import tessera_argv
 from ..server_process import ServerProcess, free_port, http_ready, tcp_ready
@@ -24,8 +25,8 @@ PEERS_DIR = Path(__file__).resolve().parent
 @dataclass(frozen=True, slots=True)
 class Transport:
     label: str
-    protocol: str
-    http_encoding: str = "binary"
+    protocol: Literal["grpc", "http"]
+    http_encoding: Literal["binary", "json"] = "binary"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,13 +137,9 @@ def _signature(onnx_file: Path) -> tuple[list[dict[str, object]], list[dict[str,
     types = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(int64)": "INT64", "tensor(int32)": "INT32"}
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
 
-    def describe(args: Sequence[object]) -> list[dict[str, object]]:
+    def describe(args: Sequence[Any]) -> list[dict[str, object]]:
         return [
-            {
-                "name": a.name,
-                "datatype": types[a.type],  # type: ignore[attr-defined]
-                "shape": [d if isinstance(d, int) else -1 for d in a.shape],
-            }  # type: ignore[attr-defined]
+            {"name": a.name, "datatype": types[a.type], "shape": [d if isinstance(d, int) else -1 for d in a.shape]}
             for a in args
         ]
 

@@ -104,6 +104,9 @@ class ModelManager:
                 raise ModelNotReady(f"model '{name}' version {number} failed to load: {model.failures[number]}")
             if number in model.loading:
                 raise ModelNotReady(f"model '{name}' version {number} is LOADING")
+            if number in model.retired:
+                raise ModelNotReady(f"model '{name}' version {number} is UNAVAILABLE: not selected by its "
+                                    "version policy")
             raise ModelNotFound(f"unknown version '{version}' of model '{name}'")
         if found.state is not VersionState.READY:
             raise ModelNotReady(f"model '{name}' version {number} is {found.state.value}")
@@ -161,7 +164,7 @@ class ModelManager:
                 entries.append(IndexEntry(model.name, str(number), VersionState.FAILED.value, reason))
             else:
                 entries.append(IndexEntry(model.name, str(number), "UNAVAILABLE", "unloaded"))
-        return entries
+        return entries or [IndexEntry(model.name, "", "UNAVAILABLE", "no version selected by the version policy")]
 
     # -- control -------------------------------------------------------------------------------
     async def load_all(self, names: list[str] | None = None) -> None:

@@ -130,8 +130,8 @@ async def build_version(source: ModelSource, number: int, settings: ServerSettin
     runner = await loop.run_in_executor(loader, OrtRunner.create, spec)
     try:
         runs = await warm_up(spec, runner)
-    except ModelLoadError:
-        await loop.run_in_executor(loader, _release_memory, runner)
+    except BaseException:  # failed warmup, or a reload cancelled at shutdown: free the sessions
+        await asyncio.shield(loop.run_in_executor(loader, _release_memory, runner))
         raise
     logger.info("model %s version %d warmed up: %d runs, loaded in %.0f ms", source.name, number, runs,
                 (time.perf_counter() - started) * 1000)

@@ -1,6 +1,7 @@
 """A test server for the harness: a grpc.aio generic handler for ModelInfer (and ModelMetadata) that
-answers at once, except that it stalls its whole event loop for STALL_S, once per model name, on
-that model's STALL_AT-th request (a GC pause or a blocked loop, as a real server might have).
+answers at once, except that it stalls its whole event loop for --stall-ms, once per model name, on
+that model's N-th request (a GC pause or a blocked loop, as a real server might have). N is
+--stall-at, or the number after '@' in the model name ("closed-loop@150").
 
     python tests/loadtests/stall_server.py --stall-at 400 --stall-ms 500    (prints "PORT <n>")
 """
@@ -32,8 +33,9 @@ def handler(stall_at: int, stall_s: float) -> grpc.GenericRpcHandler:
         outputs=[pb.ModelMetadataResponse.TensorMetadata(name="y", datatype="FP32", shape=[-1, 1])])
 
     async def infer(request: pb.ModelInferRequest, context: Any) -> bytes:
-        seen[request.model_name] += 1
-        if seen[request.model_name] == stall_at:
+        name = request.model_name
+        seen[name] += 1
+        if seen[name] == (int(name.rpartition("@")[2]) if "@" in name else stall_at):
             time.sleep(stall_s)  # blocks the event loop: every request in flight waits
         return answer
 

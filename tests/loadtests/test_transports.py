@@ -83,7 +83,7 @@ def http_server_port() -> Iterator[int]:
 
 
 def test_http_open_loop_counts_successes_and_status_errors(http_server_port: int) -> None:
-    target = Target(port=http_server_port, protocol="http", model="m", request_timeout_s=2.0)
+    target = Target(port=http_server_port, protocol="http", model="m", request_timeout_s=10.0)
     payloads = encode_payloads(target, random_samples(INFO, count=2))
     spec = LoadSpec(mode="open", rate_rps=200, arrival="constant", duration_s=1.0, warmup_s=0.0)
     step = run_step(target, spec, payloads, inline=True)

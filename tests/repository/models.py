@@ -16,7 +16,8 @@ def weights(seed: int) -> np.ndarray:
 
 
 def expected(seed: int, x: np.ndarray) -> np.ndarray:
-    return x @ weights(seed)
+    product: np.ndarray = x @ weights(seed)
+    return product
 
 
 def _save(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], path: Path, opset: int = 17) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "model_repository")]
 
-import make_models  # noqa: E402
+import make_models  # type: ignore[import-not-found]  # noqa: E402
 
 from server.metrics import Metrics  # noqa: E402
 from server.repository.manager import ModelManager  # noqa: E402
@@ -71,7 +72,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="2048,4608,16", help="MLP layer widths")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    weights_mib = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True)) * 4 / 2**20
+    weights_mib = sum(a * b + b for a, b in itertools.pairwise(sizes)) * 4 / 2**20
     figures = asyncio.run(run(args.cycles, sizes))
     for cycle, mib in enumerate(figures, 1):
         print(f"cycle {cycle:3d}: RSS {mib:8.1f} MiB")
