@@ -51,6 +51,8 @@ class Metrics:
                                     buckets=_BATCH_BUCKETS, registry=r)
         self.model_state = Gauge("tessera_model_ready", "1 when the model version is READY.", mv,
                                  registry=r)
+        self.warmup_runs = Counter("tessera_model_warmup_runs", "Warmup runs before a version took traffic.",
+                                   mv, registry=r)
         self.model_load_failures = Counter("tessera_model_load_failures", "Failed model version loads.",
                                            ("model",), registry=r)
 

@@ -136,6 +136,7 @@ async def build_version(source: ModelSource, number: int, settings: ServerSettin
     logger.info("model %s version %d warmed up: %d runs, loaded in %.0f ms", source.name, number, runs,
                 (time.perf_counter() - started) * 1000)
     labels = (source.name, str(number))
+    metrics.warmup_runs.labels(*labels).inc(runs)
     stats = ModelStatistics(source.name, str(number))
     scheduler = DynamicBatcher(runner, spec, stats, metrics, labels)
     scheduler.start()

@@ -306,8 +306,12 @@ def test_warmup_runs_before_ready_so_the_first_request_is_not_the_first_run(
         server_factory: Callable[..., Any], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     make_model(tmp_path, config='name: "m"\nmax_batch_size: 8\ndynamic_batching { preferred_batch_size: [ 2, 4 ] }\n')
     caplog.set_level(logging.INFO, logger="server.repository")
-    client = Client("grpc", server_factory(tmp_path, model_control_mode="explicit"))
+    server = server_factory(tmp_path, model_control_mode="explicit")
+    client = Client("grpc", server)
     client.raw.load_model("m")
+    # Visible on /metrics before any request was sent:
+    assert server.app.metrics.registry.get_sample_value(
+        "tessera_model_warmup_runs_total", {"model": "m", "version": "1"}) == 2
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("server.repository")]
     warmed = next(i for i, m in enumerate(messages) if m.startswith("model m version 1 warmed up: 2 runs"))
     ready = next(i for i, m in enumerate(messages) if m == "model m version 1 READY")
