@@ -112,6 +112,7 @@ class DataPlane:
         else:
             model, rollout, arm = self._manager.get(request.model_name, request.model_version or None), None, ""
         labels = model.labels
+        version_metrics = self._metrics.for_version(labels)
         try:
             feeds, rows = prepare_inputs(model.spec, request)
             outputs, queue_ns = await model.scheduler.submit(feeds, rows, request.timeout_us)
@@ -119,13 +120,13 @@ class DataPlane:
         except Exception as exc:
             elapsed = time.perf_counter_ns() - start
             model.stats.record_failure(elapsed)
-            self._metrics.record_failure(labels, exc)
+            version_metrics.record_failure(exc)
             if rollout is not None and not isinstance(exc, InvalidInput):  # the client's mistakes are not evidence
                 rollout.observe(arm, False, elapsed / 1e9)
             raise
         elapsed = time.perf_counter_ns() - start
         model.stats.record_success(rows, elapsed, queue_ns)
-        self._metrics.record_success(labels, elapsed)
+        version_metrics.record_success(elapsed)
         if rollout is not None:
             rollout.observe(arm, True, elapsed / 1e9, feeds, rows, outputs)
         for observer in self._observers:

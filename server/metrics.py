@@ -11,7 +11,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .errors import TesseraError
 
-__all__ = ["CONTENT_TYPE_LATEST", "Labels", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "Labels", "Metrics", "VersionMetrics"]
 
 Labels = tuple[str, str]
 
@@ -26,6 +26,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self._versions: dict[Labels, VersionMetrics] = {}
         r = self.registry
         mv = ("model", "version")
         self.request_success = Counter("tessera_request_success", "Successful inference requests.", mv,
@@ -66,22 +67,55 @@ class Metrics:
         self.rollout_analysis = Counter("tessera_rollout_analysis", "Rollout step analyses by outcome.",
                                         (*mv, "outcome"), registry=r)
 
+    def for_version(self, labels: Labels) -> VersionMetrics:
+        """The label children of one model version, looked up once (labels() takes a lock each call)."""
+        found = self._versions.get(labels)
+        if found is None:
+            found = self._versions[labels] = VersionMetrics(self, labels)
+        return found
+
     def record_success(self, labels: Labels, elapsed_ns: int) -> None:
-        self.request_success.labels(*labels).inc()
-        self.request_duration.labels(*labels).observe(elapsed_ns / 1e9)
+        self.for_version(labels).record_success(elapsed_ns)
 
     def record_failure(self, labels: Labels, error: BaseException) -> None:
-        reason = error.reason if isinstance(error, TesseraError) else "internal"
-        self.request_failure.labels(*labels, reason).inc()
+        self.for_version(labels).record_failure(error)
 
     def record_batch(self, labels: Labels, rows: int, compute_ns: int) -> None:
-        self.execution_count.labels(*labels).inc()
-        self.inference_count.labels(*labels).inc(rows)
-        self.batch_size.labels(*labels).observe(rows)
-        self.compute_duration.labels(*labels).observe(compute_ns / 1e9)
+        self.for_version(labels).record_batch(rows, compute_ns)
 
     def record_queue(self, labels: Labels, queue_ns: int) -> None:
-        self.queue_duration.labels(*labels).observe(queue_ns / 1e9)
+        self.for_version(labels).record_queue(queue_ns)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class VersionMetrics:
+    """One model version's metric children, bound once so the hot path does no label lookups."""
+
+    def __init__(self, metrics: Metrics, labels: Labels) -> None:
+        self._metrics, self._labels = metrics, labels
+        self._success = metrics.request_success.labels(*labels)
+        self._duration = metrics.request_duration.labels(*labels)
+        self._queue = metrics.queue_duration.labels(*labels)
+        self._executions = metrics.execution_count.labels(*labels)
+        self._inferences = metrics.inference_count.labels(*labels)
+        self._batch = metrics.batch_size.labels(*labels)
+        self._compute = metrics.compute_duration.labels(*labels)
+
+    def record_success(self, elapsed_ns: int) -> None:
+        self._success.inc()
+        self._duration.observe(elapsed_ns / 1e9)
+
+    def record_failure(self, error: BaseException) -> None:
+        reason = error.reason if isinstance(error, TesseraError) else "internal"
+        self._metrics.request_failure.labels(*self._labels, reason).inc()
+
+    def record_batch(self, rows: int, compute_ns: int) -> None:
+        self._executions.inc()
+        self._inferences.inc(rows)
+        self._batch.observe(rows)
+        self._compute.observe(compute_ns / 1e9)
+
+    def record_queue(self, queue_ns: int) -> None:
+        self._queue.observe(queue_ns / 1e9)

@@ -57,7 +57,7 @@ class DynamicBatcher:
         self._runner: Runner = runner  # type: ignore[assignment]
         self._spec = spec
         self._stats = stats
-        self._metrics = metrics
+        self._metrics = metrics.for_version(labels)
         self._labels = labels
         batching = spec.batching
         self._merge = batching is not None and spec.batched
@@ -238,10 +238,10 @@ class DynamicBatcher:
             pieces = split_outputs(outputs, rows) if self._merge else [outputs]
             t3 = time.perf_counter_ns()
             self._stats.record_execution(sum(rows), len(batch), t1 - t0, t2 - t1, t3 - t2)
-            self._metrics.record_batch(self._labels, sum(rows), t2 - t1)
+            self._metrics.record_batch(sum(rows), t2 - t1)
             for p, piece in zip(batch, pieces, strict=True):
                 queue_ns = dispatched - p.enqueued_ns
-                self._metrics.record_queue(self._labels, queue_ns)
+                self._metrics.record_queue(queue_ns)
                 if p.live:
                     p.future.set_result((piece, queue_ns))
         finally:

@@ -6,6 +6,9 @@ ORT's `run` releases the GIL, so one thread per session instance gives real para
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -18,6 +21,17 @@ from ..tensors import Tensor
 from .session import create_sessions
 
 __all__ = ["OrtRunner", "Runner"]
+
+
+def _yield_to_event_loop() -> None:
+    """Lower this ORT worker thread's scheduling priority below the event loop's.
+
+    On a machine with few cores, a run that holds a core while requests arrive starves the loop that
+    accepts them, so batches stay small. Seen here (BENCHMARKS.md): nice 10 on the ORT thread grew
+    heavy-model batches from ~7 to ~15 rows and throughput by 20-30%.
+    """
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 class Runner(Protocol):
@@ -40,7 +54,8 @@ class OrtRunner:
         self._count = len(sessions)
         self._output_names = [o.name for o in spec.outputs]
         self._bf16_inputs = {t.name for t in spec.inputs if t.datatype == "BF16"}
-        self._pool = ThreadPoolExecutor(max_workers=self._count, thread_name_prefix=f"ort-{spec.name}")
+        self._pool = ThreadPoolExecutor(max_workers=self._count, thread_name_prefix=f"ort-{spec.name}",
+                                        initializer=_yield_to_event_loop)
 
     @classmethod
     def create(cls, spec: ModelSpec) -> OrtRunner:
