@@ -83,3 +83,33 @@ async def test_server_traffic_flags_the_shifted_feature_through_redis(
     assert [n for n, f in report["features"].items() if f["state"] == "alert"] == ["income"]
     assert registry.get_sample_value("tessera_drift_windows_published_total", {"model": "tabular"}) == 4
     assert registry.get_sample_value("tessera_drift_dropped_total", {"model": "tabular"}) is None
+
+
+async def test_windows_from_two_servers_merge_like_one_server_seeing_all_the_data(
+        tmp_path: Path, redis: Redis, redis_url: str, server_factory: Callable[..., Any]) -> None:
+    """Two real servers (each its own App, tap and publisher) split the traffic; their windows,
+    read back from the Redis stream and merged, equal the statistics of all the data at once."""
+    from server.drift.codec import decode_window
+    from server.drift.stats import merge_windows
+
+    from .data import assert_summary_matches
+
+    repo = _repository(tmp_path)
+    servers = [server_factory(repo, redis_url=redis_url, drift_window_s=3600, drift_window_rows=1000,
+                              state_dir=tmp_path / f"state{i}") for i in range(2)]
+    rng = np.random.default_rng(5)
+    data = rng.standard_normal((4000, 8)).astype(np.float32)
+    for i, server in enumerate(servers):  # 2 windows of 1000 rows from each server
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            for start in range(i * 2000, (i + 1) * 2000, 50):
+                item = grpcclient.InferInput("features", [50, 8], "FP32")
+                item.set_data_from_numpy(data[start : start + 50])
+                client.infer("tabular", [item])
+    await _stream_length(redis, 4)
+    entries = await redis.xrange("tessera:drift:tabular")
+    windows = [decode_window(fields[b"payload"]) for _, fields in entries]
+    assert len({w.producer for w in windows}) == 2
+    merged = merge_windows("tabular", windows)
+    assert merged is not None and merged.rows == 4000
+    for column in range(8):
+        assert_summary_matches(merged.features[("features", column)], data[:, column])
