@@ -11,6 +11,7 @@ import asyncio
 import gc
 import os
 import random
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -234,6 +235,9 @@ def worker_main(job: WorkerJob, queue: Any, go: Any, start_value: Any) -> None:
     """Entry point of a spawned generator process; everything it says goes through `queue`."""
     if job.spec.cpus:
         os.sched_setaffinity(0, job.spec.cpus)
+    # grpc.aio's poller thread shares the GIL with the event loop: with the default 5 ms switch
+    # interval a timer wake-up can wait that long for the GIL, and sends go out late.
+    sys.setswitchinterval(0.0005)
 
     def wait_start() -> float:
         if not go.wait(timeout=120.0):

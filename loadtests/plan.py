@@ -53,7 +53,8 @@ def classify_bound(step: StepResult) -> tuple[str, str, dict[str, float]]:
         return (
             "client",
             f"the generator used {step.generator_cpu:.0%} of a core and missed "
-            f"{step.missed_send_fraction:.1%} of send times; add --processes or cores",
+            f"{step.missed_send_fraction:.1%} of send times (p99 lag {step.send_lag_p99_ms:.1f} ms); "
+            "add --processes or cores",
             evidence,
         )
     server = step.server

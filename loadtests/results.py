@@ -9,7 +9,7 @@ from typing import Any
 from .histograms import LatencySummary
 from .server_metrics import ServerView
 
-__all__ = ["CLIENT_CPU_BUSY", "CLIENT_MISSED_SENDS", "StepResult", "client_limited"]
+__all__ = ["CLIENT_CPU_BUSY", "CLIENT_LAG_SHARE", "CLIENT_MISSED_SENDS", "StepResult", "client_limited"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,8 +75,15 @@ class StepResult:
 
 CLIENT_CPU_BUSY = 0.85
 CLIENT_MISSED_SENDS = 0.01
+CLIENT_LAG_SHARE = 0.25
 
 
 def client_limited(step: StepResult) -> bool:
-    """True when the generator, not the server, may have set this step's numbers."""
-    return step.generator_cpu >= CLIENT_CPU_BUSY or step.missed_send_fraction > CLIENT_MISSED_SENDS
+    """True when the generator, not the server, set this step's numbers: it ran out of CPU, or it
+    missed send times by enough to explain a good part of the p99 (a few ms of lag do not explain
+    a p99 of 60 ms)."""
+    lagging = (
+        step.missed_send_fraction > CLIENT_MISSED_SENDS
+        and step.send_lag_p99_ms >= CLIENT_LAG_SHARE * step.latency.p99_ms
+    )
+    return step.generator_cpu >= CLIENT_CPU_BUSY or lagging

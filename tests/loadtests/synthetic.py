@@ -21,12 +21,13 @@ def server(queue_p99_ms: float = 1.0, compute_p99_ms: float = 1.0) -> ServerView
 
 
 def step(level: float, throughput: float, p99_ms: float, *, errors: int = 0, cpu: float = 0.3,
-         missed: float = 0.0, view: ServerView | None = None, mode: str = "open-poisson") -> StepResult:
+         missed: float = 0.0, lag_ms: float = 0.5, view: ServerView | None = None,
+         mode: str = "open-poisson") -> StepResult:
     ok = int(throughput * 10)
     return StepResult(protocol="grpc", mode=mode, level=level, duration_s=10.0, processes=1,
                       throughput_rps=throughput, offered_rps=level, ok=ok,
                       errors={"grpc_UNAVAILABLE": errors} if errors else {}, latency=latency(p99_ms),
-                      service=latency(p99_ms), send_lag_p99_ms=0.5, missed_send_fraction=missed,
+                      service=latency(p99_ms), send_lag_p99_ms=lag_ms, missed_send_fraction=missed,
                       generator_cpu=cpu, server=view if view is not None else server())
 
 

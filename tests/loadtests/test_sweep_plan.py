@@ -49,7 +49,8 @@ def test_plan_rounds_replicas_up_with_headroom_and_names_queueing() -> None:
 
 @pytest.mark.parametrize(("kwargs", "bound"), [
     ({"cpu": 0.95}, "client"),
-    ({"missed": 0.05}, "client"),
+    ({"missed": 0.05, "lag_ms": 20.0}, "client"),
+    ({"missed": 0.05, "lag_ms": 3.0, "view": server(queue_p99_ms=30.0)}, "queueing"),  # lag explains little
     ({"view": server(queue_p99_ms=30.0, compute_p99_ms=2.0)}, "queueing"),
     ({"view": server(queue_p99_ms=2.0, compute_p99_ms=30.0)}, "compute"),
     ({"view": server(queue_p99_ms=2.0, compute_p99_ms=2.0)}, "transport"),
