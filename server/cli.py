@@ -168,6 +168,11 @@ def _run_workers(settings: ServerSettings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["loadtest"]:  # the harness has its own parser: `tessera loadtest run|sweep|plan ...`
+        from loadtests.cli import main as loadtest_main
+
+        return loadtest_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         settings = serve_settings(args)
