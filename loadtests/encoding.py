@@ -13,13 +13,14 @@ import numpy as np
 import numpy.typing as npt
 
 from server._generated import grpc_service_pb2 as pb
+from server.protocol.datatypes import NUMPY_TO_V2
 
-from .inputs import V2_TO_NUMPY, Sample
+from .inputs import Sample
 from .spec import Target
 
 __all__ = ["encode_payloads", "grpc_payload", "http_payload"]
 
-_NUMPY_TO_V2 = {dtype: name for name, dtype in V2_TO_NUMPY.items()}
+_NUMPY_TO_V2 = NUMPY_TO_V2
 
 
 def encode_payloads(target: Target, samples: Sequence[Sample], outputs: Sequence[str] = ()) -> list[bytes]:

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from server._generated import grpc_service_pb2 as pb
+from server.protocol.datatypes import V2_TO_NUMPY
 
 from .spec import Target
 
@@ -31,23 +32,9 @@ __all__ = [
     "samples_from_file",
 ]
 
+# The protocol's datatype table is the server's own (BF16 travels as uint16 bit patterns).
 Sample = dict[str, npt.NDArray[Any]]
 
-V2_TO_NUMPY: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(np.object_),
-}
 METADATA_PATH = "/inference.GRPCInferenceService/ModelMetadata"
 
 
