@@ -3,12 +3,13 @@ rollout, measured side by side in one run (issues 4 and 5).
 
     python -m loadtests.sidepath_benchmark [--rounds 3] [--duration 5] [--out .bench/sidepath]
 
-Three Tessera servers run at once on CPU 0 over the same sample classifier (`tabular`, versions 1 and
-2 identical): `baseline` (drift off, no rollout), `drift` (drift statistics on, published to a real
-redis-server started here), `shadow` (drift off, a rollout of version 2 held in its shadow phase with
-100% of requests copied). The load generator runs on CPU 1. Each round visits the servers in turn
-(interleaved), with a closed loop (throughput, p99) and an open loop at a fixed rate (p50/p99 at the
-same offered load); the figures are medians over rounds.
+Three Tessera servers run at once on CPU 0 over two models, each with versions 1 and 2 identical: the
+sample classifier (`tabular`, 8 features) and a wide MLP (`wide`, 512 features -> 256 -> 10, the case
+where per-feature statistics cost most): `baseline` (drift off, no rollout), `drift` (drift statistics
+on with the default settings, published to a real redis-server started here), `shadow` (drift off, a
+rollout of version 2 held in its shadow phase with 100% of requests copied). The load generator runs
+on CPU 1. Each round visits the servers in turn (interleaved), with a closed loop (throughput, p99)
+and an open loop at a fixed rate (p50/p99 at the same offered load); the figures are medians over rounds.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .spec import LoadSpec, Target
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = ("baseline", "drift", "shadow")
+MODELS = ("tabular", "wide")
 SHADOW_SPEC = {"candidate_version": 2, "shadow": {"percent": 100, "duration_seconds": 86400, "min_requests": 1},
                "canary": {"steps": [100]}}
 
@@ -45,8 +47,12 @@ def _repository(root: Path) -> Path:
 
     make_models.make_tabular(root, version=1, seed=7)
     make_models.make_tabular(root, version=2, seed=7)
-    config = root / "tabular" / "config.pbtxt"
-    config.write_text(config.read_text() + "version_policy { all { } }\n")
+    make_models.make_mlp(root, "wide", [512, 256, 10])
+    (root / "wide" / "2").mkdir()
+    shutil.copy(root / "wide" / "1" / "model.onnx", root / "wide" / "2" / "model.onnx")
+    for model in MODELS:
+        config = root / model / "config.pbtxt"
+        config.write_text(config.read_text() + "version_policy { all { } }\n")
     return root
 
 
@@ -75,8 +81,8 @@ def _serve(name: str, repo: Path, workdir: Path, extra: list[str]) -> tuple[Serv
                          log=workdir / f"{name}.log", cpus="0"), http, grpc
 
 
-def _start_shadow(http_port: int) -> None:
-    request = urllib.request.Request(f"http://127.0.0.1:{http_port}/v2/models/tabular/rollout",
+def _start_shadow(http_port: int, model: str) -> None:
+    request = urllib.request.Request(f"http://127.0.0.1:{http_port}/v2/models/{model}/rollout",
                                      data=json.dumps(SHADOW_SPEC).encode(), method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:
         assert json.loads(response.read())["phase"] == "SHADOW"
@@ -93,7 +99,9 @@ def _median(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def run(rounds: int, duration_s: float, concurrency: int, out: Path) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="tessera-sidepath-"))
-    results: dict[str, dict[str, list[dict[str, float]]]] = {s: {"closed": [], "open": []} for s in SERVERS}
+    results: dict[str, dict[str, dict[str, list[dict[str, float]]]]] = {
+        m: {s: {"closed": [], "open": []} for s in SERVERS} for m in MODELS}
+    rates: dict[str, float] = {}
     try:
         repo = _repository(workdir / "repo")
         with ExitStack() as stack:
@@ -106,52 +114,70 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path) -> dict[str
                 server, http, grpc = _serve(name, repo, workdir, flags[name])
                 stack.enter_context(server)
                 ports[name] = (http, grpc)
-            _start_shadow(ports["shadow"][0])
-            targets = {n: Target(port=g, model="tabular", metrics_url=f"http://127.0.0.1:{h}/metrics")
-                       for n, (h, g) in ports.items()}
-            info = fetch_model_info(targets["baseline"])
-            samples = random_samples(info, count=256, seed=1)
-            payloads = {n: encode_payloads(t, samples) for n, t in targets.items()}
+            for model in MODELS:
+                _start_shadow(ports["shadow"][0], model)
             closed = LoadSpec(mode="closed", concurrency=concurrency, duration_s=duration_s, warmup_s=1.0, cpus=(1,))
-            rate = 0.0
-            for round_index in range(rounds):
-                for name in SERVERS:
-                    step = run_step(targets[name], closed, payloads[name])
-                    results[name]["closed"].append(_figures(step))
-                    if round_index == 0 and name == "baseline":
-                        rate = round(step.throughput_rps * 0.5, -1)  # half the baseline's capacity
-                for name in SERVERS:
-                    open_spec = LoadSpec(mode="open", rate_rps=rate, duration_s=duration_s, warmup_s=1.0, cpus=(1,))
-                    results[name]["open"].append(_figures(run_step(targets[name], open_spec, payloads[name])))
+            for model in MODELS:
+                targets = {n: Target(port=g, model=model, metrics_url=f"http://127.0.0.1:{h}/metrics")
+                           for n, (h, g) in ports.items()}
+                samples = random_samples(fetch_model_info(targets["baseline"]), count=256, seed=1)
+                payloads = {n: encode_payloads(t, samples) for n, t in targets.items()}
+                for round_index in range(rounds):
+                    for name in SERVERS:
+                        step = run_step(targets[name], closed, payloads[name])
+                        results[model][name]["closed"].append(_figures(step))
+                        if round_index == 0 and name == "baseline":
+                            rates[model] = round(step.throughput_rps * 0.5, -1)  # half the baseline's capacity
+                    for name in SERVERS:
+                        open_spec = LoadSpec(mode="open", rate_rps=rates[model], duration_s=duration_s,
+                                             warmup_s=1.0, cpus=(1,))
+                        results[model][name]["open"].append(_figures(run_step(targets[name], open_spec,
+                                                                              payloads[name])))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    summary = {n: {kind: _median(rows) for kind, rows in r.items()} for n, r in results.items()}
-    report = {"rounds": rounds, "duration_s": duration_s, "concurrency": concurrency, "open_rate_rps": rate,
-              "median": summary, "raw": results}
+    summary = {m: {n: {kind: _median(rows) for kind, rows in r.items()} for n, r in by_server.items()}
+               for m, by_server in results.items()}
+    report = {"rounds": rounds, "duration_s": duration_s, "concurrency": concurrency, "open_rate_rps": rates,
+              "median": summary, "ratios": _ratios(results), "raw": results}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "sidepath.md").write_text(markdown(report))
     return report
 
 
+def _ratios(results: dict[str, dict[str, dict[str, list[dict[str, float]]]]]) -> dict[str, Any]:
+    """Each server against the baseline within a round (side by side), then the median over rounds."""
+    def median_ratio(model: str, name: str, kind: str, key: str) -> float:
+        pairs = zip(results[model][name][kind], results[model]["baseline"][kind], strict=True)
+        return statistics.median(mine[key] / base[key] for mine, base in pairs)
+
+    return {m: {n: {"closed_rps": median_ratio(m, n, "closed", "throughput_rps"),
+                    "closed_p99": median_ratio(m, n, "closed", "p99_ms"),
+                    "open_p50": median_ratio(m, n, "open", "p50_ms"),
+                    "open_p99": median_ratio(m, n, "open", "p99_ms")} for n in SERVERS} for m in results}
+
+
 def markdown(report: dict[str, Any]) -> str:
-    med = report["median"]
-    base_c, base_o = med["baseline"]["closed"], med["baseline"]["open"]
     lines = [
-        f"Closed loop at concurrency {report['concurrency']} and open loop (Poisson) at "
-        f"{report['open_rate_rps']:.0f} req/s; medians of {report['rounds']} interleaved rounds of "
+        f"Closed loop at concurrency {report['concurrency']} and open loop (Poisson) at half the baseline's "
+        f"closed-loop throughput; medians of {report['rounds']} interleaved rounds of "
         f"{report['duration_s']:.0f} s each.",
         "",
-        "| server | closed: req/s | vs baseline | closed p99 ms | open p50 ms | open p99 ms "
-        "| open p99 vs baseline | errors |",
-        "|---|---|---|---|---|---|---|---|",
+        "Ratios (x baseline) are taken within each round, server against baseline, then the median over rounds.",
+        "",
+        "| model | server | closed req/s | x baseline | closed p50 / p99 ms | p99 x baseline | open rate "
+        "| open p50 / p99 ms | p50 x baseline | p99 x baseline | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name in SERVERS:
-        c, o = med[name]["closed"], med[name]["open"]
-        lines.append(
-            f"| {name} | {c['throughput_rps']:.0f} | {c['throughput_rps'] / base_c['throughput_rps']:.3f} | "
-            f"{c['p99_ms']:.2f} | {o['p50_ms']:.2f} | {o['p99_ms']:.2f} | {o['p99_ms'] / base_o['p99_ms']:.3f} | "
-            f"{c['errors'] + o['errors']:.0f} |")
+    for model, med in report["median"].items():
+        for name in SERVERS:
+            c, o, r = med[name]["closed"], med[name]["open"], report["ratios"][model][name]
+            rate = report["open_rate_rps"][model]
+            lines.append(
+                f"| {model} | {name} | {c['throughput_rps']:.0f} | {r['closed_rps']:.3f} | "
+                f"{c['p50_ms']:.2f} / {c['p99_ms']:.2f} | {r['closed_p99']:.3f} | {rate:.0f} | "
+                f"{o['p50_ms']:.2f} / {o['p99_ms']:.2f} | {r['open_p50']:.3f} | {r['open_p99']:.3f} | "
+                f"{c['errors'] + o['errors']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

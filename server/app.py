@@ -65,6 +65,7 @@ class App:
                 redis_url=settings.redis_url,
                 tap_config=TapConfig(window_s=settings.drift_window_s, window_rows=settings.drift_window_rows,
                                      queue_size=settings.drift_queue_size,
+                                     cpu_budget=settings.drift_cpu_budget,
                                      models=frozenset(settings.drift_models) or None),
                 stream_maxlen=settings.drift_stream_maxlen, buffer_windows=settings.drift_buffer_windows,
                 names=lambda model: spec_feature_names(self.manager.get(model).spec))

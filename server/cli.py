@@ -84,6 +84,8 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--drift-window-s", type=float, default=float(_env("drift-window-s", "60") or 60))
     p.add_argument("--drift-window-rows", type=int, default=int(_env("drift-window-rows", "0") or 0))
     p.add_argument("--drift-queue-size", type=int, default=int(_env("drift-queue-size", "4096") or 4096))
+    p.add_argument("--drift-cpu-budget", type=float, default=float(_env("drift-cpu-budget", "0.02") or 0.02),
+                   help="share of the serving loop's CPU drift folding may use (above it, traffic is sampled)")
     p.add_argument("--drift-stream-maxlen", type=int, default=int(_env("drift-stream-maxlen", "1000") or 1000))
     p.add_argument("--drift-buffer-windows", type=int, default=int(_env("drift-buffer-windows", "256") or 256))
     p.add_argument("--log-level", default=_env("log-level", "INFO"))
@@ -116,7 +118,8 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
         drift_enabled=args.drift,
         drift_models=tuple(args.drift_model or [m for m in (_env("drift-model") or "").split(",") if m]),
         drift_window_s=args.drift_window_s, drift_window_rows=args.drift_window_rows,
-        drift_queue_size=args.drift_queue_size, drift_stream_maxlen=args.drift_stream_maxlen,
+        drift_queue_size=args.drift_queue_size, drift_cpu_budget=args.drift_cpu_budget,
+        drift_stream_maxlen=args.drift_stream_maxlen,
         drift_buffer_windows=args.drift_buffer_windows,
         log_level=args.log_level.upper(),
     )

@@ -84,6 +84,9 @@ class ServerSettings:
     drift_queue_size: int = 4096
     """Requests waiting to be folded; beyond it, they are dropped and counted."""
 
+    drift_cpu_budget: float = 0.02
+    """Share of the serving loop's CPU the folding may use; above it, the statistics sample the traffic."""
+
     drift_stream_maxlen: int = 1000
     """Approximate length cap of each model's Redis stream (XADD MAXLEN ~)."""
 

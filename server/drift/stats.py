@@ -153,15 +153,19 @@ class FeatureSummary:
                 self.other += int(count)
 
 
-def feature_columns(name: str, array: npt.NDArray[Any]) -> Iterator[tuple[FeatureKey, npt.NDArray[Any]]]:
-    """Split one input tensor into features: the columns of a [batch, F] array, else the whole tensor."""
+def feature_columns(name: str, array: npt.NDArray[Any],
+                    first_column: int = 0) -> Iterator[tuple[FeatureKey, npt.NDArray[Any]]]:
+    """Split one input tensor into features: the columns of a [batch, F] array, else the whole tensor.
+
+    `first_column` numbers the columns of a 2-D array that is a slice of a wider input's columns.
+    """
     if _kind_of(array.dtype) is None:
         return
     if array.ndim == 2:
         # One transposed copy makes every column contiguous for the sketch.
         columns = np.ascontiguousarray(array.T)
         for j in range(columns.shape[0]):
-            yield (name, j), columns[j]
+            yield (name, first_column + j), columns[j]
     else:
         yield (name, -1), array.reshape(-1)
 
@@ -197,14 +201,19 @@ class WindowSummary:
         for input_name, array in inputs.items():
             self.fold_array(input_name, array)
 
-    def fold_array(self, input_name: str, array: npt.NDArray[Any]) -> None:
-        """Fold one input tensor (rows are counted by the caller)."""
-        if array.ndim == 2 and array.dtype.kind == "f" and array.size and self._fold_matrix(input_name, array):
+    def fold_array(self, input_name: str, array: npt.NDArray[Any], first_column: int = 0) -> None:
+        """Fold one input tensor (rows are counted by the caller).
+
+        A 2-D array may be a slice of an input's columns starting at `first_column`, so that a wide
+        input can be folded a few columns at a time.
+        """
+        if (array.ndim == 2 and array.dtype.kind == "f" and array.size
+                and self._fold_matrix(input_name, array, first_column)):
             return
-        for key, values in feature_columns(input_name, array):
+        for key, values in feature_columns(input_name, array, first_column):
             self.fold_feature(key, values)
 
-    def _fold_matrix(self, input_name: str, matrix: npt.NDArray[Any]) -> bool:
+    def _fold_matrix(self, input_name: str, matrix: npt.NDArray[Any], first_column: int = 0) -> bool:
         """All columns of a finite float [n, F] matrix with one reduction each; False if it has NaN/inf."""
         if not np.isfinite(matrix).all():
             return False
@@ -215,7 +224,7 @@ class WindowSummary:
         lo, hi = wide.min(axis=0), wide.max(axis=0)
         columns = np.array(matrix.T, dtype=np.float32, order="C")  # a writable copy for the sketch
         for j in range(matrix.shape[1]):
-            self._summary((input_name, j), NUMERIC).fold_finite(
+            self._summary((input_name, first_column + j), NUMERIC).fold_finite(
                 n, float(mean[j]), float(m2[j]), float(lo[j]), float(hi[j]), columns[j])
         return True
 

@@ -65,7 +65,8 @@ class RolloutController:
         model = state.model
 
         def candidate_submit(version: int) -> Any:
-            return self._manager.get(model, str(version)).scheduler.submit
+            loaded = self._manager.get(model, str(version))
+            return loaded.scheduler.submit, loaded.spec.max_batch_size
 
         rollout = Rollout(state, self._metrics, candidate_submit)
         self.rollouts[state.model] = rollout

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..tensors import Tensor
 
-__all__ = ["ArmEvidence", "ComparisonEvidence", "StepEvidence", "compare_outputs"]
+__all__ = ["ArmEvidence", "ComparisonEvidence", "StepEvidence", "compare_outputs", "compare_rows"]
 
 _RING = 8192
 
@@ -58,8 +58,12 @@ class ComparisonEvidence:
         return self.agreeing / self.pairs if self.pairs else 1.0
 
     def record(self, agree: bool, abs_diff: float, rel_diff: float) -> None:
-        self.pairs += 1
-        self.agreeing += int(agree)
+        self.record_many(1, int(agree), abs_diff, rel_diff)
+
+    def record_many(self, pairs: int, agreeing: int, abs_diff: float, rel_diff: float) -> None:
+        """Record `pairs` comparisons at once, `agreeing` of them in agreement."""
+        self.pairs += pairs
+        self.agreeing += agreeing
         self.max_abs_diff = max(self.max_abs_diff, abs_diff)
         self.max_rel_diff = max(self.max_rel_diff, rel_diff)
 
@@ -75,28 +79,46 @@ def _is_classifier(array: Tensor) -> bool:
     return array.ndim == 2 and array.shape[1] > 1 and array.dtype.kind == "f"
 
 
-def compare_outputs(stable: dict[str, Tensor], candidate: dict[str, Tensor], max_abs_diff: float
-                    ) -> tuple[bool, float, float]:
-    """(agree, max |a-b|, max |a-b|/|a|) over every output the two share.
+def _by_row(array: Tensor) -> Tensor:
+    """[rows, everything else]; a scalar is one row."""
+    return array.reshape(array.shape[0] if array.ndim else 1, -1)
 
-    Classifier-shaped outputs (float [rows, classes]) agree when their argmax agrees; other outputs
-    agree when within max_abs_diff. Shape or dtype mismatches disagree.
+
+def compare_rows(stable: dict[str, Tensor], candidate: dict[str, Tensor], max_abs_diff: float
+                 ) -> tuple[np.ndarray[Any, np.dtype[np.bool_]], float, float]:
+    """(agreement of each row, max |a-b|, max |a-b|/|a|) over every output the two share.
+
+    A row of classifier-shaped outputs (float [rows, classes]) agrees when its argmax agrees; rows of
+    other numeric outputs when within max_abs_diff; other types when equal. Missing outputs and shape
+    mismatches disagree everywhere. One pass of array operations however many rows: the shadow
+    mirror compares a whole batch of copies at once.
     """
-    agree, worst_abs, worst_rel = True, 0.0, 0.0
+    rows = _by_row(next(iter(stable.values()))).shape[0] if stable else 0
+    agree = np.ones(rows, dtype=np.bool_)
+    worst_abs, worst_rel = 0.0, 0.0
     for name, a in stable.items():
         b = candidate.get(name)
-        if b is None or b.shape != a.shape:
-            return False, float("inf"), float("inf")
+        if b is None or b.shape != a.shape or _by_row(a).shape[0] != rows:
+            return np.zeros(rows, dtype=np.bool_), float("inf"), float("inf")
         if a.dtype.kind not in "fiub":
-            agree &= bool(np.array_equal(a, b))
+            agree &= (_by_row(a) == _by_row(b)).all(axis=1)
             continue
-        diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
-        abs_diff = float(diff.max()) if diff.size else 0.0
-        rel = diff / np.maximum(np.abs(a.astype(np.float64)), 1e-12)
-        worst_abs = max(worst_abs, abs_diff)
-        worst_rel = max(worst_rel, float(rel.max()) if rel.size else 0.0)
+        wide = a.astype(np.float64)
+        diff = _by_row(np.abs(wide - b.astype(np.float64)))
+        if diff.size == 0:
+            continue
+        row_abs = diff.max(axis=1)
+        worst_abs = max(worst_abs, float(row_abs.max()))
+        worst_rel = max(worst_rel, float((diff / np.maximum(_by_row(np.abs(wide)), 1e-12)).max()))
         if _is_classifier(a):
-            agree &= bool(np.array_equal(a.argmax(axis=1), b.argmax(axis=1)))
+            agree &= a.argmax(axis=1) == b.argmax(axis=1)
         else:
-            agree &= abs_diff <= max_abs_diff
+            agree &= row_abs <= max_abs_diff
     return agree, worst_abs, worst_rel
+
+
+def compare_outputs(stable: dict[str, Tensor], candidate: dict[str, Tensor], max_abs_diff: float
+                    ) -> tuple[bool, float, float]:
+    """(agree, max |a-b|, max |a-b|/|a|) for one request's outputs: every row must agree."""
+    agree, worst_abs, worst_rel = compare_rows(stable, candidate, max_abs_diff)
+    return bool(agree.all()), worst_abs, worst_rel

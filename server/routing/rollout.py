@@ -4,6 +4,10 @@ The request path calls `pick_candidate` and `observe`; both are a few arithmetic
 shadow copies, one `put_nowait` onto a bounded queue. A worker task runs the copies on the candidate
 with their own timeout; when the candidate falls behind, copies are dropped and counted, never queued
 without bound, and the caller never waits for them or sees their errors.
+
+The worker wakes every SHADOW_DRAIN_INTERVAL_S and submits everything queued at once, so the
+candidate's batcher runs the copies in a few large batches instead of one model run per copy: on
+one core, one run per copy took 10-20% of the stable version's throughput at 100% shadowing.
 """
 
 from __future__ import annotations
@@ -13,25 +17,29 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import numpy as np
+
+from ..batching.stacking import batch_key, stack_inputs
 from ..metrics import Metrics
 from ..tensors import Tensor
-from .evidence import StepEvidence, compare_outputs
+from .evidence import StepEvidence, compare_rows
 from .state import Phase, RolloutState
 
-__all__ = ["SHADOW_QUEUE_SIZE", "SHADOW_TIMEOUT_US", "Rollout"]
+__all__ = ["SHADOW_DRAIN_INTERVAL_S", "SHADOW_QUEUE_SIZE", "SHADOW_TIMEOUT_US", "Rollout"]
 
 logger = logging.getLogger(__name__)
 
 SHADOW_QUEUE_SIZE = 256
 SHADOW_TIMEOUT_US = 5_000_000
+SHADOW_DRAIN_INTERVAL_S = 0.02
 
 # (feeds, rows, stable outputs)
 _Copy = tuple[dict[str, Tensor], int, dict[str, Tensor]]
-# Resolves the candidate's scheduler submit function at the time of the copy.
-Submitter = Callable[[int], Any]
+# Resolves a candidate version to (its scheduler's submit function, its max_batch_size) when copies run.
+Submitter = Callable[[int], tuple[Callable[..., Awaitable[tuple[dict[str, Tensor], int]]], int]]
 
 
 def _bucket(key: str) -> int:
@@ -100,28 +108,75 @@ class Rollout:
 
     async def _mirror(self) -> None:
         while True:
-            feeds, rows, stable_outputs = await self._copies.get()
+            copies = [await self._copies.get()]
+            while not self._copies.empty():
+                copies.append(self._copies.get_nowait())
             try:
-                await self._compare_one(feeds, rows, stable_outputs)
-            except asyncio.CancelledError:
-                raise
+                await self._compare(copies)
             except Exception:
                 logger.exception("shadow comparison failed for model %s", self.state.model)
+            await asyncio.sleep(SHADOW_DRAIN_INTERVAL_S)  # copies gather meanwhile, to be run as one batch
 
-    async def _compare_one(self, feeds: dict[str, Tensor], rows: int, stable_outputs: dict[str, Tensor]) -> None:
+    async def _compare(self, copies: list[_Copy]) -> None:
+        """Run the copies on the candidate, stacked into batches where the model batches, and compare."""
+        try:
+            submit, max_rows = self._submitter(self.state.candidate_version)
+        except Exception as exc:  # the candidate is gone (unloaded): every copy failed
+            self._record_failure(len(copies), 0.0, exc)
+            return
+        await asyncio.gather(*(self._compare_group(submit, group) for group in _groups(copies, max_rows)))
+
+    async def _compare_group(self, submit: Callable[..., Awaitable[tuple[dict[str, Tensor], int]]],
+                             group: list[_Copy]) -> None:
         shadow = self.evidence.shadow
         start = time.perf_counter()
         try:
-            submit = self._submitter(self.state.candidate_version)
-            candidate_outputs, _ = await submit(feeds, rows, SHADOW_TIMEOUT_US)
+            candidate_outputs, _ = await submit(stack_inputs([c[0] for c in group]), sum(c[1] for c in group),
+                                                SHADOW_TIMEOUT_US)
         except Exception as exc:
-            shadow.candidate.record(False, time.perf_counter() - start)
-            shadow.candidate_errors += 1
-            logger.debug("shadow request to %s v%d failed: %s", self.state.model, self.state.candidate_version, exc)
+            self._record_failure(len(group), time.perf_counter() - start, exc)
             return
-        shadow.candidate.record(True, time.perf_counter() - start)
-        agree, abs_diff, rel_diff = compare_outputs(stable_outputs, candidate_outputs,
-                                                    self.state.spec.analysis.max_abs_diff)
-        shadow.record(agree, abs_diff, rel_diff)
-        self._compared.inc()
+        latency_s = time.perf_counter() - start
+        for _ in group:
+            shadow.candidate.record(True, latency_s)
+        stable_outputs = stack_inputs([c[2] for c in group])
+        row_agree, abs_diff, rel_diff = compare_rows(stable_outputs, candidate_outputs,
+                                                     self.state.spec.analysis.max_abs_diff)
+        if len(group) == 1:
+            agreeing = int(row_agree.all())
+        else:  # a copy agrees when all its rows do
+            starts = np.cumsum([0] + [c[1] for c in group[:-1]])
+            agreeing = int(np.logical_and.reduceat(row_agree, starts).sum())
+        shadow.record_many(len(group), agreeing, abs_diff, rel_diff)
+        self._compared.inc(len(group))
         self._agreement_gauge.set(shadow.agreement)
+
+    def _record_failure(self, copies: int, latency_s: float, exc: Exception) -> None:
+        shadow = self.evidence.shadow
+        for _ in range(copies):
+            shadow.candidate.record(False, latency_s)
+        shadow.candidate_errors += copies
+        logger.debug("shadow request to %s v%d failed: %s", self.state.model, self.state.candidate_version, exc)
+
+
+def _groups(copies: list[_Copy], max_rows: int) -> list[list[_Copy]]:
+    """Copies that can run as one batch: same input shapes and dtypes, at most max_rows rows in all.
+
+    A model without batching (max_rows 0) runs each copy alone; so does a copy with no rows, whose
+    empty slice could not be told apart in the stacked comparison.
+    """
+    groups: list[list[_Copy]] = []
+    open_groups: dict[Any, tuple[list[_Copy], int]] = {}
+    for copy in copies:
+        rows = copy[1]
+        if max_rows <= 0 or rows <= 0:
+            groups.append([copy])
+            continue
+        key = batch_key(copy[0])
+        group, total = open_groups.get(key, (None, 0))
+        if group is None or total + rows > max_rows:
+            group, total = [], 0
+            groups.append(group)
+        group.append(copy)
+        open_groups[key] = (group, total + rows)
+    return groups

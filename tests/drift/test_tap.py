@@ -113,3 +113,64 @@ async def test_embedded_monitor_shows_drift_without_redis(tmp_path: Path, regist
     assert _value(registry, "tessera_drift_feature_state", model="m", feature="income") == 2
     assert _value(registry, "tessera_drift_feature_state", model="m", feature="x[0]") == 0
     assert _value(registry, "tessera_drift_windows_published_total", model="m") == 3
+
+
+async def test_a_wide_input_is_folded_a_block_of_columns_at_a_time(registry: CollectorRegistry) -> None:
+    """Other tasks on the loop run between blocks, and the blocks add up to the whole input."""
+    sink = Collected()
+    tap = DriftTap(sink, TapMetrics(registry), TapConfig(window_s=3600, block_values=64 * 16))
+    wide = np.random.default_rng(3).standard_normal((64, 512)).astype(np.float32)
+    seen: set[int] = set()  # how many features the open window held, at each turn of another task
+
+    async def ticker() -> None:
+        while True:
+            if "m" in tap._open:
+                seen.add(len(tap._open["m"].summary.features))
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(ticker())
+    await tap.start()
+    tap.observe("m", "1", {"x": wide}, {})
+    await asyncio.sleep(0.05)
+    other.cancel()
+    await tap.stop()
+    assert set(range(16, 512, 16)) <= seen  # the ticker ran between every two blocks of 16 columns
+    (window,) = sink.windows
+    assert window.rows == 64 and len(window.features) == 512
+    for j in (0, 15, 16, 511):
+        assert_summary_matches(window.features[("x", j)], wide[:, j])
+
+
+async def test_stopping_between_blocks_finishes_the_turn(registry: CollectorRegistry) -> None:
+    sink = Collected()
+    tap = DriftTap(sink, TapMetrics(registry), TapConfig(window_s=3600, block_values=1))
+    reqs = requests(seed=5, count=3, rows=2)
+    await tap.start()
+    for r in reqs:
+        tap.observe("m", "1", r, {})
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the task is now inside its turn, between two single-column blocks
+    await tap.stop()
+    (window,) = sink.windows
+    assert window.rows == 6
+    for j in range(4):
+        assert_summary_matches(window.features[("x", j)], stacked(reqs, "x")[:, j])
+    assert_summary_matches(window.features[("c", 0)], stacked(reqs, "c")[:, 0])
+
+
+async def test_the_cpu_budget_stretches_the_pause_and_excess_traffic_is_dropped_and_counted(
+        registry: CollectorRegistry) -> None:
+    """With a tiny budget the first turn is followed by a long pause: later requests wait or drop."""
+    sink = Collected()
+    tap = DriftTap(sink, TapMetrics(registry), TapConfig(window_s=3600, queue_size=4, cpu_budget=1e-6))
+    wide = {"x": np.random.default_rng(4).standard_normal((32, 256)).astype(np.float32)}
+    await tap.start()
+    tap.observe("m", "1", wide, {})
+    await asyncio.sleep(0.2)  # folded, and the pause is now far longer than the test
+    for _ in range(10):
+        tap.observe("m", "1", wide, {})
+    await asyncio.sleep(0.3)
+    assert tap._queue.qsize() == 4  # nothing folded during the pause
+    assert _value(registry, "tessera_drift_dropped_total", model="m") == 6
+    await tap.stop()
+    assert sum(w.rows for w in sink.windows) == 5 * 32

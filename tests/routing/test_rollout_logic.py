@@ -9,14 +9,14 @@ from server.errors import InvalidInput
 from server.metrics import Metrics
 from server.routing.analysis import analyse, step_complete
 from server.routing.evidence import StepEvidence, compare_outputs
-from server.routing.rollout import Rollout
+from server.routing.rollout import Rollout, _groups
 from server.routing.spec import AnalysisSpec, RolloutSpec
 from server.routing.state import Phase, RolloutState
 
 
 def _rollout(weight: float, phase: Phase = Phase.CANARY) -> Rollout:
     state = RolloutState("m", 1, 2, RolloutSpec(candidate_version=2), phase, weight=weight)
-    return Rollout(state, Metrics(), lambda version: None)
+    return Rollout(state, Metrics(), lambda version: (None, 0))
 
 
 @pytest.mark.parametrize("weight", [5.0, 25.0, 50.0])
@@ -118,3 +118,50 @@ def test_state_survives_a_json_round_trip():
     state = RolloutState("m", 1, 3, spec, Phase.CANARY, step=1, weight=50.0, failed_checks=1)
     again = RolloutState.from_json(state.to_json())
     assert again == state
+
+
+def test_copies_group_by_input_shape_up_to_the_candidates_batch_size():
+    def copy(rows: int, width: int = 4):
+        return ({"x": np.zeros((rows, width), np.float32)}, rows, {})
+
+    copies = [copy(3), copy(3), copy(2, width=5), copy(3), copy(0), copy(1, width=5)]
+    groups = _groups(copies, max_rows=8)
+    index = {id(c): i for i, c in enumerate(copies)}
+    assert [[index[id(member)] for member in g] for g in groups] == [[0, 1], [2, 5], [3], [4]]
+    assert all(len(g) == 1 for g in _groups(copies, max_rows=0))
+
+
+async def test_a_batch_of_copies_counts_agreement_per_copy():
+    """Five copies run as one candidate batch; the one whose rows the candidate answers differently disagrees."""
+    rollout = _rollout(0.0, Phase.SHADOW)
+    batches: list[int] = []
+
+    async def candidate(feeds, rows, timeout_us):
+        batches.append(rows)
+        x = feeds["x"].copy()
+        x[4:6] = x[4:6, ::-1]  # rows 4-5 are the third copy's: argmax flips
+        return {"p": x}, 0
+
+    rollout._submitter = lambda version: (candidate, 64)
+    copies = []
+    for i in range(5):
+        p = np.array([[0.9, 0.1], [0.2, 0.8]], np.float32) + i * 0.01
+        copies.append(({"x": p}, 2, {"p": p}))
+    await rollout._compare(copies)
+    shadow = rollout.evidence.shadow
+    assert batches == [10]
+    assert (shadow.pairs, shadow.agreeing, shadow.candidate.requests) == (5, 4, 5)
+    assert shadow.max_abs_diff == pytest.approx(0.8)  # 0.92 - 0.12
+
+
+async def test_a_failed_candidate_batch_counts_every_copy_as_a_candidate_error():
+    rollout = _rollout(0.0, Phase.SHADOW)
+
+    async def candidate(feeds, rows, timeout_us):
+        raise RuntimeError("candidate broke")
+
+    rollout._submitter = lambda version: (candidate, 64)
+    x = np.zeros((1, 2), np.float32)
+    await rollout._compare([({"x": x}, 1, {"p": x})] * 3)
+    shadow = rollout.evidence.shadow
+    assert (shadow.pairs, shadow.candidate_errors, shadow.candidate.errors) == (0, 3, 3)
