@@ -122,15 +122,17 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path) -> dict[str
                            for n, (h, g) in ports.items()}
                 samples = random_samples(fetch_model_info(targets["baseline"]), count=256, seed=1)
                 payloads = {n: encode_payloads(t, samples) for n, t in targets.items()}
-                for round_index in range(rounds):
+                for _ in range(rounds):
                     for name in SERVERS:
                         step = run_step(targets[name], closed, payloads[name])
                         results[model][name]["closed"].append(_figures(step))
-                        if round_index == 0 and name == "baseline":
-                            rates[model] = round(step.throughput_rps * 0.5, -1)  # half the baseline's capacity
+                # Open loop at half the baseline's median closed-loop throughput: the same offered load for all.
+                rates[model] = round(statistics.median(
+                    r["throughput_rps"] for r in results[model]["baseline"]["closed"]) * 0.5, -1)
+                open_spec = LoadSpec(mode="open", rate_rps=rates[model], duration_s=duration_s, warmup_s=1.0,
+                                     cpus=(1,))
+                for _ in range(rounds):
                     for name in SERVERS:
-                        open_spec = LoadSpec(mode="open", rate_rps=rates[model], duration_s=duration_s,
-                                             warmup_s=1.0, cpus=(1,))
                         results[model][name]["open"].append(_figures(run_step(targets[name], open_spec,
                                                                               payloads[name])))
     finally:

@@ -1,8 +1,10 @@
 """Where closed windows go: a Redis Stream per model, or the embedded monitor of this process.
 
-`publish` is called on the event loop by the tap's background task and never blocks or raises.
-The Redis publisher buffers windows (up to a bound, then drops the oldest and counts them) while
-Redis is away, and reconnects with exponential backoff, logging and counting each outage.
+`publish` is called on the event loop by the tap's background task and never blocks or raises: the
+heavy part (encoding a window for Redis, folding and evaluating it in the embedded monitor) runs on
+an OffLoopWorker thread. The Redis publisher buffers windows (up to a bound, then drops the oldest
+and counts them) while Redis is away, and reconnects with exponential backoff, logging and counting
+each outage.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .background import spawn
+from .background import OffLoopWorker, spawn
 from .codec import encode_window
 from .metrics import TapMetrics
 from .stats import WindowSummary
@@ -50,21 +52,39 @@ class Publisher(Protocol):
 
 
 class InProcessPublisher:
-    """Feeds the embedded DriftMonitor when no Redis is configured."""
+    """Feeds the embedded DriftMonitor when no Redis is configured, on a worker thread in window order."""
 
     def __init__(self, monitor: DriftMonitor, metrics: TapMetrics) -> None:
         self._monitor = monitor
         self._metrics = metrics
+        self._worker = OffLoopWorker("drift-monitor")
+        self._pending: set[asyncio.Future[None]] = set()
 
     def publish(self, window: WindowSummary) -> None:
+        try:
+            future = asyncio.ensure_future(self._worker.run(self._submit, window))
+        except RuntimeError:  # no running loop (a synchronous caller): evaluate here
+            self._submit(window)
+            return
+        self._pending.add(future)
+        future.add_done_callback(self._done)
+
+    def _submit(self, window: WindowSummary) -> None:
         self._monitor.submit(window)
         self._metrics.windows_published.labels(window.model).inc()
+
+    def _done(self, future: asyncio.Future[None]) -> None:
+        self._pending.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            logger.error("drift monitor failed on a window", exc_info=future.exception())
 
     async def start(self) -> None:
         return None
 
     async def stop(self) -> None:
-        return None
+        """Wait for the windows handed over so far, then end the worker thread."""
+        await asyncio.gather(*self._pending, return_exceptions=True)
+        self._worker.close()
 
 
 @dataclass(slots=True)
@@ -72,7 +92,13 @@ class _Pending:
     model: str
     window_id: str
     producer: str
-    payload: bytes
+    window: WindowSummary | None  # until encoded (off the loop, just before its first send)
+    payload: bytes = b""
+
+    def encode(self) -> None:
+        if self.window is not None:
+            self.payload = encode_window(self.window)
+            self.window = None
 
 
 class RedisStreamPublisher:
@@ -95,6 +121,7 @@ class RedisStreamPublisher:
         self._down_since: float | None = None
         self._failures = 0
         self._sending = 0
+        self._worker = OffLoopWorker("drift-encode")
         metrics.connected.set(0)
 
     @classmethod
@@ -106,8 +133,8 @@ class RedisStreamPublisher:
         return cls(redis, metrics, timeout_s=timeout_s, **kwargs)
 
     def publish(self, window: WindowSummary) -> None:
-        """Encode and buffer a window; when the buffer is full the oldest window is dropped."""
-        self._buffer.append(_Pending(window.model, window.window_id, window.producer, encode_window(window)))
+        """Buffer a window (encoded later, off the loop); when the buffer is full the oldest is dropped."""
+        self._buffer.append(_Pending(window.model, window.window_id, window.producer, window))
         self._trim()
         self._wake.set()
 
@@ -128,6 +155,7 @@ class RedisStreamPublisher:
             self._task = None
         if self._buffer:
             logger.warning("drift publisher stopping with %d unsent windows", len(self._buffer))
+        self._worker.close()
         await self._redis.aclose()
 
     def _requeue(self, items: list[_Pending]) -> None:
@@ -155,6 +183,18 @@ class RedisStreamPublisher:
     async def _send_some(self) -> bool:
         sending = [self._buffer.popleft() for _ in range(min(self._batch, len(self._buffer)))]
         self._sending = len(sending)
+        try:
+            await self._worker.run(_encode_all, sending)
+        except asyncio.CancelledError:
+            self._requeue(sending)
+            self._sending = 0
+            raise
+        except Exception:  # a window that cannot be encoded would block every later one
+            logger.exception("drift publisher: could not encode %d windows; dropping them", len(sending))
+            for item in sending:
+                self._metrics.windows_dropped.labels(item.model).inc()
+            self._sending = 0
+            return True
         try:
             async with asyncio.timeout(self._timeout_s):
                 async with self._redis.pipeline(transaction=False) as pipe:
@@ -195,3 +235,8 @@ class RedisStreamPublisher:
             self._metrics.reconnects.inc()
             self._down_since = None
             self._failures = 0
+
+
+def _encode_all(items: list[_Pending]) -> None:
+    for item in items:
+        item.encode()

@@ -105,3 +105,20 @@ async def test_redis_down_never_fails_inference_drops_are_counted_and_publishing
 def _window_ids(client: sync_redis.Redis) -> list[str]:
     entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange("tessera:drift:m")  # type: ignore[assignment]
     return [fields[b"window"].decode() for _, fields in entries]
+
+
+async def test_windows_are_encoded_off_the_event_loop_thread(redis: Redis, redis_url: str, monkeypatch) -> None:
+    import threading
+
+    import server.drift.publishers as publishers
+
+    threads: list[str] = []
+    real = publishers.encode_window
+
+    def recording(window: WindowSummary) -> bytes:
+        threads.append(threading.current_thread().name)
+        return real(window)
+
+    monkeypatch.setattr(publishers, "encode_window", recording)
+    await _through_redis(redis, redis_url, "m", [requests(seed=32, count=4, rows=500)])
+    assert threads and all(name.startswith("drift-encode") for name in threads)

@@ -174,3 +174,26 @@ async def test_the_cpu_budget_stretches_the_pause_and_excess_traffic_is_dropped_
     assert _value(registry, "tessera_drift_dropped_total", model="m") == 6
     await tap.stop()
     assert sum(w.rows for w in sink.windows) == 5 * 32
+
+
+async def test_the_embedded_monitor_evaluates_off_the_event_loop_thread(tmp_path: Path,
+                                                                        registry: CollectorRegistry) -> None:
+    import threading
+
+    side = DriftSidePath.create(registry=registry, repository=tmp_path, redis_url=None,
+                                tap_config=TapConfig(window_s=0, window_rows=100))
+    assert side.monitor is not None
+    threads: list[str] = []
+    submit = side.monitor.submit
+
+    def recording(window: WindowSummary) -> object:
+        threads.append(threading.current_thread().name)
+        return submit(window)
+
+    side.monitor.submit = recording  # type: ignore[method-assign]
+    await side.start()
+    for r in requests(seed=23, count=3, rows=100):
+        side.tap.observe("m", "1", r, {})
+    await side.stop()
+    assert len(threads) == 3 and all(name.startswith("drift-monitor") for name in threads)
+    assert _value(registry, "tessera_drift_windows_published_total", model="m") == 3
