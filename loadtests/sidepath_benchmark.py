@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -93,6 +94,13 @@ def _figures(step: Any) -> dict[str, float]:
             "errors": float(step.error_count)}
 
 
+def _cpu_seconds(server: ServerProcess) -> float:
+    """User + system CPU time of the server process (all its threads), from /proc."""
+    assert server.proc is not None
+    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _median(rows: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(r[key] for r in rows) for key in rows[0]}
 
@@ -110,10 +118,12 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path) -> dict[str
                      "drift": ["--drift", "true", "--redis-url", redis_url, "--drift-window-s", "5"],
                      "shadow": ["--drift", "false"]}
             ports: dict[str, tuple[int, int]] = {}
+            servers: dict[str, ServerProcess] = {}
             for name in SERVERS:
                 server, http, grpc = _serve(name, repo, workdir, flags[name])
                 stack.enter_context(server)
                 ports[name] = (http, grpc)
+                servers[name] = server
             for model in MODELS:
                 _start_shadow(ports["shadow"][0], model)
             closed = LoadSpec(mode="closed", concurrency=concurrency, duration_s=duration_s, warmup_s=1.0, cpus=(1,))
@@ -122,17 +132,21 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path) -> dict[str
                            for n, (h, g) in ports.items()}
                 samples = random_samples(fetch_model_info(targets["baseline"]), count=256, seed=1)
                 payloads = {n: encode_payloads(t, samples) for n, t in targets.items()}
-                for _ in range(rounds):
-                    for name in SERVERS:
-                        step = run_step(targets[name], closed, payloads[name])
-                        results[model][name]["closed"].append(_figures(step))
-                # Open loop at half the baseline's median closed-loop throughput: the same offered load for all.
-                rates[model] = round(statistics.median(
-                    r["throughput_rps"] for r in results[model]["baseline"]["closed"]) * 0.5, -1)
+                # Open loop at half the baseline's closed-loop throughput: the same offered load for all.
+                calibration = run_step(targets["baseline"], closed, payloads["baseline"])
+                rates[model] = round(calibration.throughput_rps * 0.5, -1)
                 open_spec = LoadSpec(mode="open", rate_rps=rates[model], duration_s=duration_s, warmup_s=1.0,
                                      cpus=(1,))
+                # Each round runs every server back to back, closed then open: the machine's speed drifts
+                # within a minute, and what is judged is each server against the baseline in the same round.
                 for _ in range(rounds):
                     for name in SERVERS:
+                        cpu_before = _cpu_seconds(servers[name])
+                        step = run_step(targets[name], closed, payloads[name])
+                        served = step.throughput_rps * (closed.duration_s + closed.warmup_s)
+                        figures = _figures(step)
+                        figures["cpu_us_per_request"] = (_cpu_seconds(servers[name]) - cpu_before) / served * 1e6
+                        results[model][name]["closed"].append(figures)
                         results[model][name]["open"].append(_figures(run_step(targets[name], open_spec,
                                                                               payloads[name])))
     finally:
@@ -155,6 +169,7 @@ def _ratios(results: dict[str, dict[str, dict[str, list[dict[str, float]]]]]) ->
 
     return {m: {n: {"closed_rps": median_ratio(m, n, "closed", "throughput_rps"),
                     "closed_p99": median_ratio(m, n, "closed", "p99_ms"),
+                    "cpu_per_request": median_ratio(m, n, "closed", "cpu_us_per_request"),
                     "open_p50": median_ratio(m, n, "open", "p50_ms"),
                     "open_p99": median_ratio(m, n, "open", "p99_ms")} for n in SERVERS} for m in results}
 
@@ -167,9 +182,10 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "Ratios (x baseline) are taken within each round, server against baseline, then the median over rounds.",
         "",
-        "| model | server | closed req/s | x baseline | closed p50 / p99 ms | p99 x baseline | open rate "
-        "| open p50 / p99 ms | p50 x baseline | p99 x baseline | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | server | closed req/s | x baseline | closed p50 / p99 ms | p99 x baseline "
+        "| server CPU us/request | x baseline | open rate | open p50 / p99 ms | p50 x baseline | p99 x baseline "
+        "| errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for model, med in report["median"].items():
         for name in SERVERS:
@@ -177,7 +193,8 @@ def markdown(report: dict[str, Any]) -> str:
             rate = report["open_rate_rps"][model]
             lines.append(
                 f"| {model} | {name} | {c['throughput_rps']:.0f} | {r['closed_rps']:.3f} | "
-                f"{c['p50_ms']:.2f} / {c['p99_ms']:.2f} | {r['closed_p99']:.3f} | {rate:.0f} | "
+                f"{c['p50_ms']:.2f} / {c['p99_ms']:.2f} | {r['closed_p99']:.3f} | "
+                f"{c['cpu_us_per_request']:.0f} | {r['cpu_per_request']:.3f} | {rate:.0f} | "
                 f"{o['p50_ms']:.2f} / {o['p99_ms']:.2f} | {r['open_p50']:.3f} | {r['open_p99']:.3f} | "
                 f"{c['errors'] + o['errors']:.0f} |")
     return "\n".join(lines) + "\n"

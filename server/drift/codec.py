@@ -6,14 +6,17 @@ Arrow IPC file format) make a reference profile. Only aggregates are encoded, ne
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 from datasketches import kll_floats_sketch
 
 from .stats import FeatureKey, FeatureSummary, WindowSummary
 
-__all__ = ["FORMAT_VERSION", "decode_window", "encode_window", "read_profile_file", "write_profile_file"]
+__all__ = ["FORMAT_VERSION", "decode_window", "encode_window", "encode_window_steps", "read_profile_file",
+           "write_profile_file"]
 
 FORMAT_VERSION = "1"
 
@@ -37,31 +40,42 @@ _SCHEMA = pa.schema([
 _META_INT = ("start_ms", "end_ms", "rows", "windows", "sketch_k", "max_categories")
 
 
-def _record_batch(window: WindowSummary) -> pa.RecordBatch:
-    keys: list[FeatureKey] = sorted(window.features)
-    feats = [window.features[k] for k in keys]
-    columns = {
-        "input": [k[0] for k in keys],
-        "column": [k[1] for k in keys],
-        "name": [window.name_of(k) for k in keys],
-        "kind": [f.kind for f in feats],
-        "count": [f.count for f in feats],
-        "missing": [f.missing for f in feats],
-        "mean": [f.mean for f in feats],
-        "m2": [f.m2 for f in feats],
-        "min": [f.min for f in feats],
-        "max": [f.max for f in feats],
-        "sketch": [f.sketch.serialize() for f in feats],
-        "categories": [None if f.frequencies is None else sorted(f.frequencies) for f in feats],
-        "frequencies": [None if f.frequencies is None else [f.frequencies[c] for c in sorted(f.frequencies)]
-                        for f in feats],
-        "other": [f.other for f in feats],
-    }
+def _empty_columns() -> dict[str, list[Any]]:
+    return {name: [] for name in _SCHEMA.names}
+
+
+def _append_features(columns: dict[str, list[Any]], window: WindowSummary, keys: list[FeatureKey]) -> None:
+    """One row per feature, appended to the column lists (the per-feature Python work of encoding)."""
+    for key in keys:
+        f = window.features[key]
+        categories = None if f.frequencies is None else sorted(f.frequencies)
+        columns["input"].append(key[0])
+        columns["column"].append(key[1])
+        columns["name"].append(window.name_of(key))
+        columns["kind"].append(f.kind)
+        columns["count"].append(f.count)
+        columns["missing"].append(f.missing)
+        columns["mean"].append(f.mean)
+        columns["m2"].append(f.m2)
+        columns["min"].append(f.min)
+        columns["max"].append(f.max)
+        columns["sketch"].append(f.sketch.serialize())
+        columns["categories"].append(categories)
+        columns["frequencies"].append(None if f.frequencies is None else [f.frequencies[c] for c in categories or ()])
+        columns["other"].append(f.other)
+
+
+def _batch(columns: dict[str, list[Any]], window: WindowSummary) -> pa.RecordBatch:
     meta = {"format": FORMAT_VERSION, "model": window.model, "window_id": window.window_id,
             "producer": window.producer}
     meta.update({name: str(getattr(window, name)) for name in _META_INT})
-    schema = _SCHEMA.with_metadata(meta)
-    return pa.RecordBatch.from_pydict(columns, schema=schema)
+    return pa.RecordBatch.from_pydict(columns, schema=_SCHEMA.with_metadata(meta))
+
+
+def _record_batch(window: WindowSummary) -> pa.RecordBatch:
+    columns = _empty_columns()
+    _append_features(columns, window, sorted(window.features))
+    return _batch(columns, window)
 
 
 def _from_record_batch(batch: pa.RecordBatch) -> WindowSummary:
@@ -87,7 +101,25 @@ def _from_record_batch(batch: pa.RecordBatch) -> WindowSummary:
 
 def encode_window(window: WindowSummary) -> bytes:
     """Arrow IPC stream bytes (schema + one record batch) of a window summary."""
-    batch = _record_batch(window)
+    return _stream_bytes(_record_batch(window))
+
+
+def encode_window_steps(window: WindowSummary, features_per_step: int = 64) -> Generator[None, None, bytes]:
+    """`encode_window` a few features at a time: yields between steps, returns the same bytes.
+
+    For a caller on an event loop (the Redis publisher): a 512-feature window costs several ms of
+    Python to encode, and a worker thread would not help, since it would hold the GIL against the
+    loop in 5 ms turns for as long as it ran.
+    """
+    columns = _empty_columns()
+    keys = sorted(window.features)
+    for start in range(0, len(keys), features_per_step):
+        _append_features(columns, window, keys[start:start + features_per_step])
+        yield
+    return _stream_bytes(_batch(columns, window))
+
+
+def _stream_bytes(batch: pa.RecordBatch) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.schema) as writer:
         writer.write_batch(batch)

@@ -1,8 +1,8 @@
 """Where closed windows go: a Redis Stream per model, or the embedded monitor of this process.
 
 `publish` is called on the event loop by the tap's background task and never blocks or raises: the
-heavy part (encoding a window for Redis, folding and evaluating it in the embedded monitor) runs on
-an OffLoopWorker thread. The Redis publisher buffers windows (up to a bound, then drops the oldest
+Redis publisher encodes windows on its own task a few features at a time, and the embedded monitor
+folds and evaluates them on a worker thread. The Redis publisher buffers windows (up to a bound, then drops the oldest
 and counts them) while Redis is away, and reconnects with exponential backoff, logging and counting
 each outage.
 """
@@ -23,7 +23,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from .background import OffLoopWorker, spawn
-from .codec import encode_window
+from .codec import encode_window_steps
 from .metrics import TapMetrics
 from .stats import WindowSummary
 
@@ -92,13 +92,20 @@ class _Pending:
     model: str
     window_id: str
     producer: str
-    window: WindowSummary | None  # until encoded (off the loop, just before its first send)
+    window: WindowSummary | None  # until encoded, in steps, just before its first send
     payload: bytes = b""
 
-    def encode(self) -> None:
-        if self.window is not None:
-            self.payload = encode_window(self.window)
-            self.window = None
+    async def encode(self) -> None:
+        if self.window is None:
+            return
+        steps = encode_window_steps(self.window)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                self.payload, self.window = done.value, None
+                return
+            await asyncio.sleep(0)  # requests go first between steps
 
 
 class RedisStreamPublisher:
@@ -121,7 +128,6 @@ class RedisStreamPublisher:
         self._down_since: float | None = None
         self._failures = 0
         self._sending = 0
-        self._worker = OffLoopWorker("drift-encode")
         metrics.connected.set(0)
 
     @classmethod
@@ -155,7 +161,6 @@ class RedisStreamPublisher:
             self._task = None
         if self._buffer:
             logger.warning("drift publisher stopping with %d unsent windows", len(self._buffer))
-        self._worker.close()
         await self._redis.aclose()
 
     def _requeue(self, items: list[_Pending]) -> None:
@@ -184,7 +189,8 @@ class RedisStreamPublisher:
         sending = [self._buffer.popleft() for _ in range(min(self._batch, len(self._buffer)))]
         self._sending = len(sending)
         try:
-            await self._worker.run(_encode_all, sending)
+            for item in sending:
+                await item.encode()
         except asyncio.CancelledError:
             self._requeue(sending)
             self._sending = 0
@@ -235,8 +241,3 @@ class RedisStreamPublisher:
             self._metrics.reconnects.inc()
             self._down_since = None
             self._failures = 0
-
-
-def _encode_all(items: list[_Pending]) -> None:
-    for item in items:
-        item.encode()

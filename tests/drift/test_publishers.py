@@ -4,6 +4,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import redis as sync_redis
 from pytest_redis.executor import RedisExecutor
 from redis.asyncio import Redis
@@ -107,18 +108,33 @@ def _window_ids(client: sync_redis.Redis) -> list[str]:
     return [fields[b"window"].decode() for _, fields in entries]
 
 
-async def test_windows_are_encoded_off_the_event_loop_thread(redis: Redis, redis_url: str, monkeypatch) -> None:
-    import threading
-
+async def test_windows_are_encoded_in_steps_that_let_requests_through(redis: Redis, redis_url: str,
+                                                                      monkeypatch) -> None:
+    """A wide window is encoded a few features at a time on the publisher's task, yielding between steps."""
     import server.drift.publishers as publishers
+    from server.drift.codec import decode_window, encode_window, encode_window_steps
 
-    threads: list[str] = []
-    real = publishers.encode_window
+    window = WindowSummary(model="m", window_id="w", producer="p", start_ms=0, end_ms=1)
+    window.fold_inputs({"x": np.random.default_rng(9).standard_normal((50, 300)).astype(np.float32)}, rows=50)
+    steps = encode_window_steps(window, features_per_step=64)
+    yields = 0
+    while True:
+        try:
+            next(steps)
+            yields += 1
+        except StopIteration as done:
+            payload = done.value
+            break
+    assert yields == 5  # 300 features, 64 a step
+    assert payload == encode_window(window) and decode_window(payload).rows == 50
 
-    def recording(window: WindowSummary) -> bytes:
-        threads.append(threading.current_thread().name)
-        return real(window)
+    encoded: list[str] = []
+    real = publishers.encode_window_steps
 
-    monkeypatch.setattr(publishers, "encode_window", recording)
+    def recording(w: WindowSummary) -> Any:
+        encoded.append(w.window_id)
+        return real(w)
+
+    monkeypatch.setattr(publishers, "encode_window_steps", recording)
     await _through_redis(redis, redis_url, "m", [requests(seed=32, count=4, rows=500)])
-    assert threads and all(name.startswith("drift-encode") for name in threads)
+    assert len(encoded) == 1  # 2,000 rows: one window, encoded by the stepwise encoder
