@@ -84,7 +84,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="model whose inputs are summarised; repeatable (default: every model)")
     p.add_argument("--drift-window-s", type=float, default=float(_env("drift-window-s", "60") or 60))
     p.add_argument("--drift-window-rows", type=int, default=int(_env("drift-window-rows", "0") or 0))
-    p.add_argument("--drift-queue-size", type=int, default=int(_env("drift-queue-size", "4096") or 4096))
+    p.add_argument("--drift-queue-size", type=int, default=int(_env("drift-queue-size", "256") or 256))
     p.add_argument("--drift-cpu-budget", type=float, default=float(_env("drift-cpu-budget", "0.02") or 0.02),
                    help="share of the serving loop's CPU drift folding may use (above it, traffic is sampled)")
     p.add_argument("--drift-stream-maxlen", type=int, default=int(_env("drift-stream-maxlen", "1000") or 1000))

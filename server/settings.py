@@ -81,7 +81,7 @@ class ServerSettings:
     drift_window_rows: int = 0
     """Also close a window after this many rows (0: by time only)."""
 
-    drift_queue_size: int = 4096
+    drift_queue_size: int = 256
     """Requests waiting to be folded; beyond it, they are dropped and counted."""
 
     drift_cpu_budget: float = 0.02
