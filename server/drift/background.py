@@ -1,17 +1,16 @@
-"""Background work of the drift side path: tasks whose failure is logged, never lost, and one worker
-thread for the heavy, occasional work (encoding and evaluating closed windows) that must not hold
-the serving event loop: a 512-feature window takes ~25 ms to encode and longer to evaluate.
+"""Background work of the drift side path: tasks whose failure is logged, never lost, and generators
+of work driven a step at a time, so that the serving event loop runs requests between the steps.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Coroutine, Generator
 from typing import Any, TypeVar
 
-__all__ = ["OffLoopWorker", "spawn"]
+__all__ = ["run_steps", "spawn"]
 
 T = TypeVar("T")
 
@@ -30,19 +29,19 @@ def spawn(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
     return task
 
 
-class OffLoopWorker:
-    """Runs functions one at a time, in order, on one thread of its own.
+async def run_steps(steps: Generator[None, None, T]) -> tuple[T, float]:
+    """Run `steps` to its end, yielding to the event loop after each step.
 
-    One thread keeps the work serial (the embedded monitor's state needs no lock) and bounds what it
-    can take from the serving loop: while it computes, the loop waits for the GIL at most one switch
-    interval (5 ms) at a time instead of for the whole computation.
+    Returns the generator's return value and the CPU time this thread spent inside its steps (the
+    loop's other work in between is not counted). If the caller is cancelled between two steps, the
+    generator is left where it stopped, so its owner can finish it.
     """
-
-    def __init__(self, name: str) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
+    spent = 0.0
+    while True:
+        started = time.thread_time()
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value, spent + time.thread_time() - started
+        spent += time.thread_time() - started
+        await asyncio.sleep(0)  # requests go first between steps

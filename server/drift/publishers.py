@@ -2,9 +2,9 @@
 
 `publish` is called on the event loop by the tap's background task and never blocks or raises: the
 Redis publisher encodes windows on its own task a few features at a time, and the embedded monitor
-folds and evaluates them on a worker thread. The Redis publisher buffers windows (up to a bound, then drops the oldest
-and counts them) while Redis is away, and reconnects with exponential backoff, logging and counting
-each outage.
+folds and evaluates them on a worker thread. The Redis publisher buffers windows (up to a bound,
+then drops the oldest and counts them) while Redis is away, and reconnects with exponential
+backoff, logging and counting each outage.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,7 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .background import OffLoopWorker, spawn
+from .background import run_steps, spawn
 from .codec import encode_window_steps
 from .metrics import TapMetrics
 from .stats import WindowSummary
@@ -57,12 +58,13 @@ class InProcessPublisher:
     def __init__(self, monitor: DriftMonitor, metrics: TapMetrics) -> None:
         self._monitor = monitor
         self._metrics = metrics
-        self._worker = OffLoopWorker("drift-monitor")
+        # One thread keeps the windows in order and the monitor's state free of locks.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drift-monitor")
         self._pending: set[asyncio.Future[None]] = set()
 
     def publish(self, window: WindowSummary) -> None:
         try:
-            future = asyncio.ensure_future(self._worker.run(self._submit, window))
+            future = asyncio.get_running_loop().run_in_executor(self._worker, self._submit, window)
         except RuntimeError:  # no running loop (a synchronous caller): evaluate here
             self._submit(window)
             return
@@ -84,7 +86,7 @@ class InProcessPublisher:
     async def stop(self) -> None:
         """Wait for the windows handed over so far, then end the worker thread."""
         await asyncio.gather(*self._pending, return_exceptions=True)
-        self._worker.close()
+        self._worker.shutdown(wait=True)
 
 
 @dataclass(slots=True)
@@ -96,16 +98,9 @@ class _Pending:
     payload: bytes = b""
 
     async def encode(self) -> None:
-        if self.window is None:
-            return
-        steps = encode_window_steps(self.window)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                self.payload, self.window = done.value, None
-                return
-            await asyncio.sleep(0)  # requests go first between steps
+        if self.window is not None:
+            self.payload, _ = await run_steps(encode_window_steps(self.window))
+            self.window = None
 
 
 class RedisStreamPublisher:

@@ -14,14 +14,14 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from .background import spawn
+from .background import run_steps, spawn
 from .metrics import TapMetrics
 from .publishers import Publisher
 from .stats import DEFAULT_MAX_CATEGORIES, DEFAULT_SKETCH_K, FeatureKey, WindowSummary
@@ -31,7 +31,6 @@ __all__ = ["DriftTap", "TapConfig"]
 logger = logging.getLogger(__name__)
 
 Arrays = Mapping[str, npt.NDArray[Any]]
-_DONE = object()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,7 +113,8 @@ class DriftTap:
         self._open: dict[str, _Open] = {}
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
-        self._folding: Iterator[None] | None = None  # the turn in progress, resumed by flush after a cancel
+        # The turn in progress: a stop that cancels the task between two steps finishes it in flush.
+        self._folding: Generator[None, None, None] | None = None
 
     # -- request path --------------------------------------------------------------------------
     def observe(self, model: str, version: str, inputs: dict[str, npt.NDArray[Any]],
@@ -171,13 +171,7 @@ class DriftTap:
             spent = 0.0
             try:
                 self._folding = self._fold_queued(first)
-                while True:
-                    started = time.thread_time()  # this thread's CPU: the loop's other work is not counted
-                    more = next(self._folding, _DONE) is not _DONE
-                    spent += time.thread_time() - started
-                    if not more:
-                        break
-                    await asyncio.sleep(0)  # requests go first between blocks
+                _, spent = await run_steps(self._folding)
                 self._folding = None
                 self._close_due()
             except Exception:  # one bad request must not stop drift statistics
@@ -192,7 +186,7 @@ class DriftTap:
         deadlines = [w.deadline for w in self._open.values() if w.deadline != math.inf]
         return max(0.0, min(deadlines) - self._clock()) if deadlines else None
 
-    def _fold_queued(self, first: tuple[str, Arrays] | None) -> Iterator[None]:
+    def _fold_queued(self, first: tuple[str, Arrays] | None) -> Generator[None, None, None]:
         """Fold up to max_drain queued observations; yields between blocks of work."""
         batch: dict[str, list[Arrays]] = {}
         if first is not None:
