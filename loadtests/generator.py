@@ -18,9 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
-
 from . import histograms
+from .grpc_h2 import GrpcStatusError
 from .spec import LoadSpec, Target
 from .transports import HttpStatusError, InferClient, make_client
 
@@ -95,8 +94,8 @@ class _Recorder:
 
 
 def _error_kind(error: BaseException) -> str:
-    if isinstance(error, grpc.aio.AioRpcError):
-        return f"grpc_{error.code().name}"
+    if isinstance(error, GrpcStatusError):
+        return f"grpc_{error.code.name}"
     if isinstance(error, HttpStatusError):
         return f"http_{error.status}"
     if isinstance(error, TimeoutError):
@@ -235,8 +234,8 @@ def worker_main(job: WorkerJob, queue: Any, go: Any, start_value: Any) -> None:
     """Entry point of a spawned generator process; everything it says goes through `queue`."""
     if job.spec.cpus:
         os.sched_setaffinity(0, job.spec.cpus)
-    # grpc.aio's poller thread shares the GIL with the event loop: with the default 5 ms switch
-    # interval a timer wake-up can wait that long for the GIL, and sends go out late.
+    # Other threads (the result queue's feeder) share the GIL with the event loop: with the default
+    # 5 ms switch interval a timer wake-up can wait that long for the GIL, and sends go out late.
     sys.setswitchinterval(0.0005)
 
     def wait_start() -> float:
