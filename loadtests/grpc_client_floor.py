@@ -1,9 +1,10 @@
-"""How much of the harness's gRPC gap to perf_analyzer at concurrency 1 is the Python client itself.
+"""Why the harness has its own gRPC client: grpcio's Python client against ours, at concurrency 1.
 
 Starts Tessera on the sample repository (pinned to --server-cpus) and alternates, on --client-cpus,
-perf_analyzer at concurrency 1 with the smallest possible Python client: a grpc.aio loop sending one
-ModelInfer after another, nothing else. Prints each round's bare-loop / perf_analyzer ratios and
-their medians.
+perf_analyzer at concurrency 1 with two bare loops sending one ModelInfer after another, nothing
+else: one on a grpc.aio channel, one on the harness's HTTP/2 connection (loadtests/grpc_h2.py).
+Prints each round's loop / perf_analyzer ratios (throughput, p50), each loop's client CPU per
+call, and the medians.
 
     python -m loadtests.grpc_client_floor [--rounds 5] [--seconds 6]
 """
@@ -17,40 +18,65 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 import uvloop
 
 from .compare_perf_analyzer import ROOT, run_perf_analyzer, tessera_argv
 from .encoding import encode_payloads
+from .grpc_h2 import grpc_message, open_connection
 from .inputs import fetch_model_info, random_samples
 from .server_process import ServerProcess, free_port, http_ready
 from .spec import Target
 from .transports import INFER_PATH
 
 
-async def _bare_loop(port: int, payloads: list[bytes], seconds: float) -> tuple[float, float]:
-    """(requests per second, p50 ms) of sequential unary calls on one grpc.aio channel."""
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    call = channel.unary_unary(INFER_PATH)
-    for i in range(200):  # warm the channel
-        await call(payloads[i % len(payloads)], timeout=10)
+async def _timed(call: Callable[[bytes], Awaitable[object]], payloads: list[bytes], seconds: float) -> Figures:
+    for i in range(200):  # warm the connection
+        await call(payloads[i % len(payloads)])
     latencies: list[float] = []
+    cpu = time.process_time()
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
         sent = time.perf_counter()
-        await call(payloads[len(latencies) % len(payloads)], timeout=10)
+        await call(payloads[len(latencies) % len(payloads)])
         latencies.append(time.perf_counter() - sent)
     elapsed = time.perf_counter() - start
+    cpu_us = (time.process_time() - cpu) / len(latencies) * 1e6
+    return Figures(len(latencies) / elapsed, statistics.median(latencies) * 1e3, cpu_us)
+
+
+async def _grpc_aio_loop(port: int, payloads: list[bytes], seconds: float) -> Figures:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    call = channel.unary_unary(INFER_PATH)
+    figures = await _timed(lambda body: call(body, timeout=10), payloads, seconds)
     await channel.close()
-    return len(latencies) / elapsed, statistics.median(latencies) * 1e3
+    return figures
+
+
+async def _h2_loop(port: int, payloads: list[bytes], seconds: float) -> Figures:
+    connection = await open_connection("127.0.0.1", port, INFER_PATH, timeout_s=10)
+    figures = await _timed(connection.call, [grpc_message(p) for p in payloads], seconds)
+    connection.close()
+    return figures
+
+
+class Figures(NamedTuple):
+    rps: float
+    p50_ms: float
+    cpu_us: float  # client CPU per call (0 for perf_analyzer: not measured)
+
+
+LOOPS = {"grpc.aio": _grpc_aio_loop, "harness h2": _h2_loop}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=6.0, help="bare loop per round (perf_analyzer: 3 x 2 s)")
+    parser.add_argument("--seconds", type=float, default=6.0, help="each loop per round (perf_analyzer: 3 x 2 s)")
     parser.add_argument("--server-cpus", default="0")
     parser.add_argument("--client-cpus", default="1")
     args = parser.parse_args(argv)
@@ -62,17 +88,21 @@ def main(argv: list[str] | None = None) -> int:
         target = Target(port=port, model="tabular")
         payloads = encode_payloads(target, random_samples(fetch_model_info(target), count=64))
         pa_args = f"-m tabular -i grpc -u 127.0.0.1:{port} --concurrency-range 1:1 -p 2000 -s 999".split()
-        ratios: list[tuple[float, float]] = []
+        rows: dict[str, list[tuple[float, float, float]]] = {name: [] for name in LOOPS}
         for _ in range(args.rounds):
             row = run_perf_analyzer(pa_args, out / "pa.csv", args.client_cpus)[0]
-            pa_rps, pa_p50 = float(row["Inferences/Second"]), float(row["p50 latency"]) / 1000
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # as the harness runs
-                rps, p50 = runner.run(_bare_loop(port, payloads, args.seconds))
-            ratios.append((rps / pa_rps, p50 / pa_p50))
-            print(f"perf_analyzer {pa_rps:7.0f} req/s p50 {pa_p50:.3f} ms | bare grpc.aio loop {rps:7.0f} req/s "
-                  f"p50 {p50:.3f} ms | ratios {ratios[-1][0]:.2f} / {ratios[-1][1]:.2f}", flush=True)
-    print(f"median ratios (bare loop / perf_analyzer): req/s {statistics.median(r[0] for r in ratios):.2f}, "
-          f"p50 {statistics.median(r[1] for r in ratios):.2f}")
+            pa = Figures(float(row["Inferences/Second"]), float(row["p50 latency"]) / 1000, 0.0)
+            line = f"perf_analyzer {pa.rps:6.0f} req/s p50 {pa.p50_ms:.3f} ms"
+            for name, loop in LOOPS.items():
+                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # as the harness runs
+                    got = runner.run(loop(port, payloads, args.seconds))
+                rows[name].append((got.rps / pa.rps, got.p50_ms / pa.p50_ms, got.cpu_us))
+                line += f" | {name} {got.rps:6.0f} req/s p50 {got.p50_ms:.3f} ms cpu {got.cpu_us:4.0f} us"
+            print(line, flush=True)
+    for name, ratios in rows.items():
+        print(f"{name}: median ratios to perf_analyzer: req/s {statistics.median(r[0] for r in ratios):.2f}, "
+              f"p50 {statistics.median(r[1] for r in ratios):.2f}; client CPU per call "
+              f"{statistics.median(r[2] for r in ratios):.0f} us")
     return 0
 
 
