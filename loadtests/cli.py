@@ -65,6 +65,8 @@ def _load_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--model", required=required)
     g.add_argument("--model-version", default="")
     g.add_argument("--http-encoding", choices=("binary", "json"), default="binary")
+    g.add_argument("--http-split-writes", action="store_true",
+                   help="send headers and body in two writes, as perf_analyzer (libcurl) does")
     g.add_argument("--timeout", type=float, default=10.0, help="per-request timeout, s")
     g.add_argument("--metrics-url", help="default http://HOST:8000/metrics (HTTP: the same port)")
     g.add_argument("--no-metrics", action="store_true", help="don't scrape the server's /metrics")
@@ -125,6 +127,7 @@ def _target(args: argparse.Namespace) -> Target:
         model=args.model,
         model_version=args.model_version,
         http_encoding=args.http_encoding,
+        http_split_writes=args.http_split_writes,
         request_timeout_s=args.timeout,
         metrics_url=metrics,
     )

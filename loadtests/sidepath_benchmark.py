@@ -101,6 +101,46 @@ def _cpu_seconds(server: ServerProcess) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _drift_loop_cpu(http_port: int) -> float:
+    """The drift server's own account of the loop CPU its statistics took (folding and encoding)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith("tessera_drift_loop_cpu_seconds_total "):
+                return float(line.split()[1])
+    raise RuntimeError("the drift server exports no tessera_drift_loop_cpu_seconds_total")
+
+
+def observe_cost_us(calls: int = 200_000) -> float:
+    """CPU per request of the hand-over on the request path (DriftTap.observe), in process.
+
+    The queue is emptied as it fills, so every call takes the accepted path (a put, not a drop).
+    """
+    import numpy as np
+    from prometheus_client import CollectorRegistry
+
+    from server.drift import DriftTap, TapConfig, TapMetrics
+
+    class NoWindows:  # observe() never closes a window; the tap only needs somewhere to send them
+        def publish(self, window: Any) -> None:
+            raise AssertionError("no window closes while observe() is measured")
+
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None: ...
+
+    tap = DriftTap(NoWindows(), TapMetrics(CollectorRegistry()), TapConfig(queue_size=256))
+    inputs = {"features": np.zeros((1, 8), np.float32)}
+    outputs: dict[str, Any] = {}
+    queue = tap._queue  # emptied here in place of the folding task
+    started = time.thread_time()
+    for i in range(calls):
+        tap.observe("m", "1", inputs, outputs)
+        if i % 256 == 255:
+            while not queue.empty():
+                queue.get_nowait()
+    return (time.thread_time() - started) / calls * 1e6
+
+
 def _median(rows: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(r[key] for r in rows) for key in rows[0]}
 
@@ -142,10 +182,14 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path) -> dict[str
                 for _ in range(rounds):
                     for name in SERVERS:
                         cpu_before = _cpu_seconds(servers[name])
+                        drift_before = _drift_loop_cpu(ports[name][0]) if name == "drift" else 0.0
                         step = run_step(targets[name], closed, payloads[name])
                         served = step.throughput_rps * (closed.duration_s + closed.warmup_s)
                         figures = _figures(step)
-                        figures["cpu_us_per_request"] = (_cpu_seconds(servers[name]) - cpu_before) / served * 1e6
+                        cpu = _cpu_seconds(servers[name]) - cpu_before
+                        figures["cpu_us_per_request"] = cpu / served * 1e6
+                        drift_cpu = _drift_loop_cpu(ports[name][0]) - drift_before if name == "drift" else 0.0
+                        figures["drift_cpu_share"] = drift_cpu / cpu if cpu > 0 else 0.0
                         results[model][name]["closed"].append(figures)
                         results[model][name]["open"].append(_figures(run_step(targets[name], open_spec,
                                                                               payloads[name])))
@@ -154,6 +198,7 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path) -> dict[str
     summary = {m: {n: {kind: _median(rows) for kind, rows in r.items()} for n, r in by_server.items()}
                for m, by_server in results.items()}
     report = {"rounds": rounds, "duration_s": duration_s, "concurrency": concurrency, "open_rate_rps": rates,
+              "observe_us": observe_cost_us(),
               "median": summary, "ratios": _ratios(results), "raw": results}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2))
@@ -197,6 +242,12 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{c['cpu_us_per_request']:.0f} | {r['cpu_per_request']:.3f} | {rate:.0f} | "
                 f"{o['p50_ms']:.2f} / {o['p99_ms']:.2f} | {r['open_p50']:.3f} | {r['open_p99']:.3f} | "
                 f"{c['errors'] + o['errors']:.0f} |")
+    lines += ["", "Drift statistics by their own account (closed loop, medians over rounds): the serving loop's CPU "
+              "spent folding and encoding (`tessera_drift_loop_cpu_seconds_total`) as a share of the drift "
+              "server's CPU: " + ", ".join(f"{m} {med['drift']['closed']['drift_cpu_share']:.2%}"
+                                           for m, med in report["median"].items())
+              + f"; plus the hand-over on the request path (`DriftTap.observe`, in process): "
+              f"{report['observe_us']:.2f} us CPU per request."]
     return "\n".join(lines) + "\n"
 
 

@@ -31,6 +31,9 @@ class Target:
     """Empty: the server's choice (latest / stable)."""
     http_encoding: Literal["binary", "json"] = "binary"
     """HTTP only: V2 JSON tensors or the binary tensor extension (inputs and outputs)."""
+    http_split_writes: bool = False
+    """HTTP only: send each request's headers and body in two writes (two TCP segments), as libcurl
+    and so perf_analyzer do; the server then wakes and parses twice per request. Default: one write."""
     request_timeout_s: float = 10.0
     """Per-request deadline; a request past it counts as a `timeout` error."""
     metrics_url: str | None = None

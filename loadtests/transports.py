@@ -90,7 +90,8 @@ class HttpClient:
 
     def __init__(self, target: Target, payloads: Sequence[bytes], *, max_connections: int = 1024) -> None:
         self._host, self._port = target.host, target.port
-        self._payloads = payloads
+        # Each request as the writes that send it: the whole request, or its head and its body.
+        self._payloads = [_split(p) if target.http_split_writes else (p,) for p in payloads]
         self._timeout = target.request_timeout_s
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(max_connections)
@@ -151,14 +152,15 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    async def send(self, payload: bytes, timeout_s: float) -> int:
+    async def send(self, writes: tuple[bytes, ...], timeout_s: float) -> int:
         """Write one request, return the response status. Raises TimeoutError, ConnectionError."""
         if self._transport is None or self._transport.is_closing():
             raise ConnectionError("connection closed")
         loop = asyncio.get_running_loop()
         self._waiter = waiter = loop.create_future()
         self._buffer.clear()
-        self._transport.write(payload)
+        for data in writes:
+            self._transport.write(data)
         timer = loop.call_later(timeout_s, self._expire, waiter)
         try:
             status: int = await waiter
@@ -183,6 +185,11 @@ class _Connection(asyncio.Protocol):
             if not keep_alive:
                 self.close()
             self._waiter.set_result(status)
+
+
+def _split(request: bytes) -> tuple[bytes, bytes]:
+    end = request.index(b"\r\n\r\n") + 4
+    return request[:end], request[end:]
 
 
 def _parse_response(buffer: bytearray) -> tuple[int, bool] | None:

@@ -21,6 +21,9 @@ class TapMetrics:
         r = registry
         self.dropped = Counter("tessera_drift_dropped", "Inference observations dropped because the drift "
                                "queue was full.", ("model",), registry=r)
+        # What drift statistics cost the server, in the unit the CPU budget is set in.
+        self.loop_cpu = Counter("tessera_drift_loop_cpu_seconds", "CPU time the serving event loop spent on "
+                                "drift statistics (folding observations, encoding windows).", registry=r)
         self.windows_closed = Counter("tessera_drift_windows_closed", "Statistics windows closed.",
                                       ("model",), registry=r)
         self.windows_published = Counter("tessera_drift_windows_published", "Windows written to the "

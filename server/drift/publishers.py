@@ -97,10 +97,13 @@ class _Pending:
     window: WindowSummary | None  # until encoded, in steps, just before its first send
     payload: bytes = b""
 
-    async def encode(self) -> None:
-        if self.window is not None:
-            self.payload, _ = await run_steps(encode_window_steps(self.window))
-            self.window = None
+    async def encode(self) -> float:
+        """Encode the window (once); returns the CPU seconds the loop spent on it."""
+        if self.window is None:
+            return 0.0
+        self.payload, spent = await run_steps(encode_window_steps(self.window))
+        self.window = None
+        return spent
 
 
 class RedisStreamPublisher:
@@ -185,7 +188,7 @@ class RedisStreamPublisher:
         self._sending = len(sending)
         try:
             for item in sending:
-                await item.encode()
+                self._metrics.loop_cpu.inc(await item.encode())
         except asyncio.CancelledError:
             self._requeue(sending)
             self._sending = 0

@@ -172,6 +172,7 @@ class DriftTap:
             try:
                 self._folding = self._fold_queued(first)
                 _, spent = await run_steps(self._folding)
+                self._metrics.loop_cpu.inc(spent)
                 self._folding = None
                 self._close_due()
             except Exception:  # one bad request must not stop drift statistics

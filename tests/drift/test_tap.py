@@ -135,6 +135,7 @@ async def test_a_wide_input_is_folded_a_block_of_columns_at_a_time(registry: Col
     other.cancel()
     await tap.stop()
     assert set(range(16, 512, 16)) <= seen  # the ticker ran between every two blocks of 16 columns
+    assert _value(registry, "tessera_drift_loop_cpu_seconds_total") > 0  # the fold's CPU is on the books
     (window,) = sink.windows
     assert window.rows == 64 and len(window.features) == 512
     for j in (0, 15, 16, 511):

@@ -12,7 +12,7 @@ from loadtests.encoding import encode_payloads
 from loadtests.inputs import ModelInfo, TensorInfo, random_samples
 from loadtests.runner import run_step
 from loadtests.spec import LoadSpec, Target, ensure_loopback
-from loadtests.transports import _parse_response
+from loadtests.transports import _parse_response, _split
 
 INFO = ModelInfo("m", (TensorInfo("x", "FP32", (-1, 4)),), ())
 
@@ -27,6 +27,13 @@ def test_chunked_response_ends_at_the_zero_chunk() -> None:
     head = b"HTTP/1.1 400 Bad Request\r\nTransfer-Encoding: chunked\r\n\r\n"
     assert _parse_response(bytearray(head + b"3\r\nabc\r\n")) is None
     assert _parse_response(bytearray(head + b"3\r\nabc\r\n0\r\n\r\n")) == (400, True)
+
+
+def test_split_request_is_its_head_then_its_body() -> None:
+    request = encode_payloads(Target(port=1, protocol="http", model="m"), random_samples(INFO, count=1))[0]
+    head, body = _split(request)
+    assert head.endswith(b"\r\n\r\n") and head.startswith(b"POST /v2/models/m/infer HTTP/1.1")
+    assert head + body == request and int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]) == len(body)
 
 
 def test_connection_close_is_not_reused() -> None:
@@ -82,8 +89,10 @@ def http_server_port() -> Iterator[int]:
         loop.close()
 
 
-def test_http_open_loop_counts_successes_and_status_errors(http_server_port: int) -> None:
-    target = Target(port=http_server_port, protocol="http", model="m", request_timeout_s=10.0)
+@pytest.mark.parametrize("split_writes", [False, True], ids=["one-write", "split-writes"])
+def test_http_open_loop_counts_successes_and_status_errors(http_server_port: int, split_writes: bool) -> None:
+    target = Target(port=http_server_port, protocol="http", model="m", request_timeout_s=10.0,
+                    http_split_writes=split_writes)
     payloads = encode_payloads(target, random_samples(INFO, count=2))
     spec = LoadSpec(mode="open", rate_rps=200, arrival="constant", duration_s=1.0, warmup_s=0.0)
     step = run_step(target, spec, payloads, inline=True)
