@@ -204,29 +204,46 @@ class WindowSummary:
     def fold_array(self, input_name: str, array: npt.NDArray[Any], first_column: int = 0) -> None:
         """Fold one input tensor (rows are counted by the caller).
 
-        A 2-D array may be a slice of an input's columns starting at `first_column`, so that a wide
-        input can be folded a few columns at a time.
+        A 2-D array may be a slice of an input's columns starting at `first_column`.
         """
-        if (array.ndim == 2 and array.dtype.kind == "f" and array.size
-                and self._fold_matrix(input_name, array, first_column)):
-            return
+        if array.ndim == 2 and array.dtype.kind == "f" and array.size:
+            reduced = _ColumnReductions.of(array)
+            if reduced is not None:
+                self._fold_reduced(input_name, reduced, first_column, 0, array.shape[1])
+                return
         for key, values in feature_columns(input_name, array, first_column):
             self.fold_feature(key, values)
 
-    def _fold_matrix(self, input_name: str, matrix: npt.NDArray[Any], first_column: int = 0) -> bool:
-        """All columns of a finite float [n, F] matrix with one reduction each; False if it has NaN/inf."""
-        if not np.isfinite(matrix).all():
-            return False
-        wide = matrix.astype(np.float64)
-        n = matrix.shape[0]
-        mean = wide.sum(axis=0) / n
-        m2 = np.square(wide - mean).sum(axis=0)
-        lo, hi = wide.min(axis=0), wide.max(axis=0)
-        columns = np.array(matrix.T, dtype=np.float32, order="C")  # a writable copy for the sketch
-        for j in range(matrix.shape[1]):
-            self._summary((input_name, first_column + j), NUMERIC).fold_finite(
+    def fold_matrix_steps(self, input_name: str, matrix: npt.NDArray[Any], block_columns: int,
+                          block_values: int) -> Iterator[None]:
+        """fold_array of a 2-D input in steps, for a caller on an event loop; yields between steps.
+
+        A step is either the column reductions (sums, min, max: one numpy pass each) over a group
+        of at most `block_values` values, or the per-column work (moments merged, sketch updated)
+        of at most `block_columns` columns; the reductions cost the same whether a group is 4 or
+        256 columns wide, so a narrow step no longer pays them again.
+        """
+        rows, width = matrix.shape
+        step = max(1, min(block_columns, block_values // max(rows, 1)))
+        group = max(step, block_values // max(rows, 1) // step * step)
+        for start in range(0, width, group):
+            part = matrix[:, start:start + group]
+            finite_floats = part.dtype.kind == "f" and part.size
+            reduced = _ColumnReductions.of(part) if finite_floats else None
+            yield
+            for first in range(0, part.shape[1], step):
+                if reduced is not None:
+                    self._fold_reduced(input_name, reduced, start, first, min(first + step, part.shape[1]))
+                else:
+                    self.fold_array(input_name, part[:, first:first + step], first_column=start + first)
+                yield
+
+    def _fold_reduced(self, input_name: str, reduced: _ColumnReductions, offset: int, first: int, end: int) -> None:
+        n = reduced.rows
+        mean, m2, lo, hi, columns = reduced.mean, reduced.m2, reduced.lo, reduced.hi, reduced.columns
+        for j in range(first, end):
+            self._summary((input_name, offset + j), NUMERIC).fold_finite(
                 n, float(mean[j]), float(m2[j]), float(lo[j]), float(hi[j]), columns[j])
-        return True
 
     def fold_feature(self, key: FeatureKey, values: npt.NDArray[Any], nulls: int = 0) -> None:
         self._summary(key, _kind_of(values.dtype) or NUMERIC).fold(values, nulls)
@@ -252,6 +269,30 @@ class WindowSummary:
             mine.merge(summary)
         for key, name in other.names.items():
             self.names.setdefault(key, name)
+
+
+@dataclass(frozen=True, slots=True)
+class _ColumnReductions:
+    """Per-column count, mean, m2, min and max of a finite float [n, F] matrix, and its columns as
+    contiguous float32 rows (the sketch takes a writable 1-D array)."""
+
+    rows: int
+    mean: npt.NDArray[np.float64]
+    m2: npt.NDArray[np.float64]
+    lo: npt.NDArray[np.float64]
+    hi: npt.NDArray[np.float64]
+    columns: npt.NDArray[np.float32]
+
+    @classmethod
+    def of(cls, matrix: npt.NDArray[Any]) -> _ColumnReductions | None:
+        """None if the matrix has NaN or infinities (those take the per-column path)."""
+        if not np.isfinite(matrix).all():
+            return None
+        wide = matrix.astype(np.float64)
+        n = matrix.shape[0]
+        mean = wide.sum(axis=0) / n
+        return cls(n, mean, np.square(wide - mean).sum(axis=0), wide.min(axis=0), wide.max(axis=0),
+                   np.array(matrix.T, dtype=np.float32, order="C"))
 
 
 def merge_windows(model: str, windows: Iterable[WindowSummary],

@@ -96,3 +96,17 @@ def test_a_foreign_payload_is_rejected() -> None:
 
 def test_empty_summary_reports_nan_spread() -> None:
     assert math.isnan(FeatureSummary.empty("numeric").std)
+
+
+@pytest.mark.parametrize("with_nan", [False, True], ids=["finite", "with-nan"])
+def test_folding_a_matrix_in_steps_equals_folding_it_at_once(with_nan: bool) -> None:
+    matrix = np.random.default_rng(11).standard_normal((40, 100)).astype(np.float32)
+    if with_nan:
+        matrix[3, 57] = np.nan  # the group holding column 57 takes the per-column path
+    stepped = WindowSummary(model="m", window_id="a", producer="p", start_ms=0, end_ms=1)
+    steps = sum(1 for _ in stepped.fold_matrix_steps("x", matrix, block_columns=8, block_values=40 * 32))
+    # groups of 32 columns reduced at once (4 groups), each then folded 8 columns a step
+    assert steps == 4 + math.ceil(32 / 8) * 3 + math.ceil(4 / 8)
+    assert len(stepped.features) == 100
+    for j in range(100):
+        assert_summary_matches(stepped.features[("x", j)], matrix[:, j])
