@@ -8,8 +8,14 @@ sample classifier (`tabular`, 8 features) and a wide MLP (`wide`, 512 features -
 where per-feature statistics cost most): `baseline` (drift off, no rollout), `drift` (drift statistics
 on with the default settings, published to a real redis-server started here), `shadow` (drift off, a
 rollout of version 2 held in its shadow phase with 100% of requests copied). The load generator runs
-on CPU 1. Each round visits the servers in turn (interleaved), with a closed loop (throughput, p99)
-and an open loop at a fixed rate (p50/p99 at the same offered load); the figures are medians over rounds.
+on CPU 1. Each round visits the servers in turn (interleaved, the order reversed every other round),
+with a closed loop (throughput, p99) and an open loop at a fixed rate (p50/p99 at the same offered
+load); the figures are medians over rounds of within-round ratios to the baseline.
+
+Two identical server processes on this machine can differ by 10% for as long as they live (seen as
+ratios of one sign across a whole run, a different sign in the next run), so `--fresh-servers`
+starts new processes every round, and `--servers baseline,drift,control` adds `control`, a second
+baseline, whose ratios show the noise floor of the run.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from .spec import LoadSpec, Target
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = ("baseline", "drift", "shadow")
+OPTIONAL_SERVERS = ("control",)  # a second baseline: what two identical servers differ by (the noise floor)
 MODELS = ("tabular", "wide")
 SHADOW_SPEC = {"candidate_version": 2, "shadow": {"percent": 100, "duration_seconds": 86400, "min_requests": 1},
                "canary": {"steps": [100]}}
@@ -146,54 +153,42 @@ def _median(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def run(rounds: int, duration_s: float, concurrency: int, out: Path, models: tuple[str, ...] = MODELS,
-        servers: tuple[str, ...] = SERVERS) -> dict[str, Any]:
+        servers: tuple[str, ...] = SERVERS, fresh: bool = False) -> dict[str, Any]:
     if "baseline" not in servers:
         raise ValueError("the baseline server is what the others are compared with")
     workdir = Path(tempfile.mkdtemp(prefix="tessera-sidepath-"))
     results: dict[str, dict[str, dict[str, list[dict[str, float]]]]] = {
         m: {s: {"closed": [], "open": []} for s in servers} for m in models}
     rates: dict[str, float] = {}
+    closed = LoadSpec(mode="closed", concurrency=concurrency, duration_s=duration_s, warmup_s=1.0, cpus=(1,))
     try:
         repo = _repository(workdir / "repo")
         with ExitStack() as stack:
             redis_url = stack.enter_context(_redis(workdir))
-            flags = {"baseline": ["--drift", "false"],
+            flags = {"baseline": ["--drift", "false"], "control": ["--drift", "false"],
                      "drift": ["--drift", "true", "--redis-url", redis_url, "--drift-window-s", "5"],
                      "shadow": ["--drift", "false"]}
-            ports: dict[str, tuple[int, int]] = {}
-            servers: dict[str, ServerProcess] = {}
-            for name in servers:
-                server, http, grpc = _serve(name, repo, workdir, flags[name])
-                stack.enter_context(server)
-                ports[name] = (http, grpc)
-                servers[name] = server
-            for model in models if "shadow" in servers else ():
-                _start_shadow(ports["shadow"][0], model)
-            closed = LoadSpec(mode="closed", concurrency=concurrency, duration_s=duration_s, warmup_s=1.0, cpus=(1,))
-            for model in models:
-                targets = {n: Target(port=g, model=model, metrics_url=f"http://127.0.0.1:{h}/metrics")
-                           for n, (h, g) in ports.items()}
-                samples = random_samples(fetch_model_info(targets["baseline"]), count=256, seed=1)
-                payloads = {n: encode_payloads(t, samples) for n, t in targets.items()}
-                # Open loop at half the baseline's closed-loop throughput: the same offered load for all.
-                calibration = run_step(targets["baseline"], closed, payloads["baseline"])
-                rates[model] = round(calibration.throughput_rps * 0.5, -1)
-                open_spec = LoadSpec(mode="open", rate_rps=rates[model], duration_s=duration_s, warmup_s=1.0,
-                                     cpus=(1,))
-                # Each round runs every server back to back, closed then open: the machine's speed drifts
-                # within a minute, and what is judged is each server against the baseline in the same round.
-                for _ in range(rounds):
-                    for name in servers:
-                        cpu_before = _cpu_seconds(servers[name])
-                        drift_before = _drift_loop_cpu(ports[name][0]) if name == "drift" else 0.0
-                        step = run_step(targets[name], closed, payloads[name])
-                        served = step.throughput_rps * (closed.duration_s + closed.warmup_s)
-                        figures = _figures(step)
-                        cpu = _cpu_seconds(servers[name]) - cpu_before
-                        figures["cpu_us_per_request"] = cpu / served * 1e6
-                        drift_cpu = _drift_loop_cpu(ports[name][0]) - drift_before if name == "drift" else 0.0
-                        figures["drift_cpu_share"] = drift_cpu / cpu if cpu > 0 else 0.0
-                        results[model][name]["closed"].append(figures)
+            fleet: _Fleet | None = None
+            for round_index in range(rounds):
+                if fleet is None or fresh:
+                    if fleet is not None:
+                        fleet.close()
+                    fleet = stack.enter_context(_Fleet(servers, repo, workdir, flags, models))
+                # Visit order alternates (ABBA) so a machine slowing down within a round favours no one.
+                order = servers if round_index % 2 == 0 else tuple(reversed(servers))
+                for model in models:
+                    targets = {n: Target(port=g, model=model, metrics_url=f"http://127.0.0.1:{h}/metrics")
+                               for n, (h, g) in fleet.ports.items()}
+                    samples = random_samples(fetch_model_info(targets["baseline"]), count=256, seed=1)
+                    payloads = {n: encode_payloads(t, samples) for n, t in targets.items()}
+                    if model not in rates:  # open loop at half the baseline's closed-loop throughput, for all
+                        calibration = run_step(targets["baseline"], closed, payloads["baseline"])
+                        rates[model] = round(calibration.throughput_rps * 0.5, -1)
+                    open_spec = LoadSpec(mode="open", rate_rps=rates[model], duration_s=duration_s, warmup_s=1.0,
+                                         cpus=(1,))
+                    for name in order:
+                        results[model][name]["closed"].append(_closed_step(fleet, name, targets[name], closed,
+                                                                           payloads[name]))
                         results[model][name]["open"].append(_figures(run_step(targets[name], open_spec,
                                                                               payloads[name])))
     finally:
@@ -201,12 +196,55 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path, models: tup
     summary = {m: {n: {kind: _median(rows) for kind, rows in r.items()} for n, r in by_server.items()}
                for m, by_server in results.items()}
     report = {"rounds": rounds, "duration_s": duration_s, "concurrency": concurrency, "open_rate_rps": rates,
-              "observe_us": observe_cost_us(),
+              "fresh_servers": fresh, "observe_us": observe_cost_us(),
               "median": summary, "ratios": _ratios(results), "raw": results}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "sidepath.md").write_text(markdown(report))
     return report
+
+
+class _Fleet:
+    """One server process per configuration, started together (a shadow rollout set up on `shadow`)."""
+
+    def __init__(self, servers: tuple[str, ...], repo: Path, workdir: Path, flags: dict[str, list[str]],
+                 models: tuple[str, ...]) -> None:
+        self._stack = ExitStack()
+        self.ports: dict[str, tuple[int, int]] = {}
+        self.processes: dict[str, ServerProcess] = {}
+        self._setup = (servers, repo, workdir, flags, models)
+
+    def __enter__(self) -> _Fleet:
+        servers, repo, workdir, flags, models = self._setup
+        for name in servers:
+            server, http, grpc = _serve(name, repo, workdir, flags[name])
+            self._stack.enter_context(server)
+            self.ports[name] = (http, grpc)
+            self.processes[name] = server
+        for model in models if "shadow" in servers else ():
+            _start_shadow(self.ports["shadow"][0], model)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+def _closed_step(fleet: _Fleet, name: str, target: Target, spec: LoadSpec, payloads: list[bytes]) -> dict[str, float]:
+    """Closed-loop figures plus the server's CPU per request (and, for `drift`, drift's own share)."""
+    http_port = fleet.ports[name][0]
+    cpu_before = _cpu_seconds(fleet.processes[name])
+    drift_before = _drift_loop_cpu(http_port) if name == "drift" else 0.0
+    step = run_step(target, spec, payloads)
+    served = step.throughput_rps * (spec.duration_s + spec.warmup_s)
+    figures = _figures(step)
+    cpu = _cpu_seconds(fleet.processes[name]) - cpu_before
+    figures["cpu_us_per_request"] = cpu / served * 1e6
+    drift_cpu = _drift_loop_cpu(http_port) - drift_before if name == "drift" else 0.0
+    figures["drift_cpu_share"] = drift_cpu / cpu if cpu > 0 else 0.0
+    return figures
 
 
 def _ratios(results: dict[str, dict[str, dict[str, list[dict[str, float]]]]]) -> dict[str, Any]:
@@ -262,11 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "sidepath")
     parser.add_argument("--models", default=",".join(MODELS), help=f"a subset of {', '.join(MODELS)}")
-    parser.add_argument("--servers", default=",".join(SERVERS), help=f"a subset of {', '.join(SERVERS)} "
-                        "(baseline always)")
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help=f"baseline and any of {', '.join(SERVERS[1:] + OPTIONAL_SERVERS)}")
+    parser.add_argument("--fresh-servers", action="store_true",
+                        help="new server processes every round (two identical processes can differ by 10%%)")
     args = parser.parse_args(argv)
     report = run(args.rounds, args.duration, args.concurrency, args.out, tuple(args.models.split(",")),
-                 tuple(args.servers.split(",")))
+                 tuple(args.servers.split(",")), args.fresh_servers)
     print(markdown(report))
     return 0
 
