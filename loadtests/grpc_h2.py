@@ -168,6 +168,9 @@ class Http2Connection(asyncio.Protocol):
                 # The server did not process it (RFC 9113 8.7), as grpcio's transparent retry assumes:
                 # C-core can refuse a stream it still counts as open after sending its trailers.
                 continue
+            except asyncio.CancelledError:  # the caller gave up: free the stream on both sides
+                self._reset(stream_id, None)
+                raise
             finally:
                 timer.cancel()
 
@@ -221,9 +224,13 @@ class Http2Connection(asyncio.Protocol):
             self._transport.write(_frame_header(size, _DATA, flags, stream_id) + chunk)
 
     def _expire(self, stream_id: int) -> None:
-        if stream_id in self._streams and self._transport is not None:
+        self._reset(stream_id, TimeoutError(f"no answer within {self._timeout_s:g} s"))
+
+    def _reset(self, stream_id: int, error: Exception | None) -> None:
+        """Cancel a stream still open: RST_STREAM to the server, `error` to the caller."""
+        if stream_id in self._streams and self._transport is not None and not self._transport.is_closing():
             self._transport.write(_frame_header(4, _RST_STREAM, 0, stream_id) + _UINT32.pack(_CANCEL))
-        self._finish(stream_id, TimeoutError(f"no answer within {self._timeout_s:g} s"))
+        self._finish(stream_id, error)
 
     def _finish(self, stream_id: int, error: Exception | None) -> None:
         stream = self._streams.pop(stream_id, None)

@@ -65,17 +65,27 @@ def _append_features(columns: dict[str, list[Any]], window: WindowSummary, keys:
         columns["other"].append(f.other)
 
 
-def _batch(columns: dict[str, list[Any]], window: WindowSummary) -> pa.RecordBatch:
+def _schema(window: WindowSummary) -> pa.Schema:
     meta = {"format": FORMAT_VERSION, "model": window.model, "window_id": window.window_id,
             "producer": window.producer}
     meta.update({name: str(getattr(window, name)) for name in _META_INT})
-    return pa.RecordBatch.from_pydict(columns, schema=_SCHEMA.with_metadata(meta))
+    return _SCHEMA.with_metadata(meta)
+
+
+def _features_batch(window: WindowSummary, keys: list[FeatureKey], schema: pa.Schema) -> pa.RecordBatch:
+    columns = _empty_columns()
+    _append_features(columns, window, keys)
+    return pa.RecordBatch.from_pydict(columns, schema=schema)
 
 
 def _record_batch(window: WindowSummary) -> pa.RecordBatch:
-    columns = _empty_columns()
-    _append_features(columns, window, sorted(window.features))
-    return _batch(columns, window)
+    return _features_batch(window, sorted(window.features), _schema(window))
+
+
+def _one_batch(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.RecordBatch:
+    """The batches as one (the wire format is a single record batch); a copy of the column buffers."""
+    combined = pa.Table.from_batches(batches, schema=schema).combine_chunks().to_batches()
+    return combined[0] if combined else pa.RecordBatch.from_pydict(_empty_columns(), schema=schema)
 
 
 def _from_record_batch(batch: pa.RecordBatch) -> WindowSummary:
@@ -108,15 +118,19 @@ def encode_window_steps(window: WindowSummary, features_per_step: int = 64) -> G
     """`encode_window` a few features at a time: yields between steps, returns the same bytes.
 
     For a caller on an event loop (the Redis publisher): a 512-feature window costs several ms of
-    Python to encode, and a worker thread would not help, since it would hold the GIL against the
-    loop in 5 ms turns for as long as it ran.
+    Python and Arrow conversion to encode, and a worker thread would not help, since it would hold
+    the GIL against the loop in 5 ms turns for as long as it ran. Each step converts its features
+    to a small record batch; the last ones join them (a buffer copy) and write the IPC stream.
     """
-    columns = _empty_columns()
+    schema = _schema(window)
     keys = sorted(window.features)
+    batches = []
     for start in range(0, len(keys), features_per_step):
-        _append_features(columns, window, keys[start:start + features_per_step])
+        batches.append(_features_batch(window, keys[start:start + features_per_step], schema))
         yield
-    return _stream_bytes(_batch(columns, window))
+    batch = _one_batch(batches, schema)
+    yield
+    return _stream_bytes(batch)
 
 
 def _stream_bytes(batch: pa.RecordBatch) -> bytes:

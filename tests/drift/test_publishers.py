@@ -125,7 +125,7 @@ async def test_windows_are_encoded_in_steps_that_let_requests_through(redis: Red
         except StopIteration as done:
             payload = done.value
             break
-    assert yields == 5  # 300 features, 64 a step
+    assert yields == 6  # 300 features, 64 a step, then joining the batches
     assert payload == encode_window(window) and decode_window(payload).rows == 50
 
     encoded: list[str] = []

@@ -127,3 +127,15 @@ async def _start_any_method_server(handler: Handler, port: int) -> tuple[grpc.ai
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     return server, bound
+
+
+async def test_a_cancelled_call_frees_its_stream(server_port: int) -> None:
+    connection = await open_connection("127.0.0.1", server_port, PATH, timeout_s=5)
+    slow = asyncio.create_task(connection.call(grpc_message(b"slow")))
+    await asyncio.sleep(0.1)
+    slow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    assert not connection._streams  # nothing left counting against the server's stream limit
+    await connection.call(grpc_message(b"after"))
+    connection.close()
