@@ -198,6 +198,8 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path, models: tup
     report = {"rounds": rounds, "duration_s": duration_s, "concurrency": concurrency, "open_rate_rps": rates,
               "fresh_servers": fresh, "observe_us": observe_cost_us(),
               "median": summary, "ratios": _ratios(results), "raw": results}
+    if "control" in servers:  # the A/A control: the same ratios against a server that is not the baseline
+        report["ratios_to_control"] = _ratios(results, "control")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "sidepath.md").write_text(markdown(report))
@@ -247,10 +249,11 @@ def _closed_step(fleet: _Fleet, name: str, target: Target, spec: LoadSpec, paylo
     return figures
 
 
-def _ratios(results: dict[str, dict[str, dict[str, list[dict[str, float]]]]]) -> dict[str, Any]:
-    """Each server against the baseline within a round (side by side), then the median over rounds."""
+def _ratios(results: dict[str, dict[str, dict[str, list[dict[str, float]]]]],
+            reference: str = "baseline") -> dict[str, Any]:
+    """Each server against the reference within a round (side by side), then the median over rounds."""
     def median_ratio(model: str, name: str, kind: str, key: str) -> float:
-        pairs = zip(results[model][name][kind], results[model]["baseline"][kind], strict=True)
+        pairs = zip(results[model][name][kind], results[model][reference][kind], strict=True)
         return statistics.median(mine[key] / base[key] for mine, base in pairs)
 
     return {m: {n: {"closed_rps": median_ratio(m, n, "closed", "throughput_rps"),
@@ -283,6 +286,12 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{c['cpu_us_per_request']:.0f} | {r['cpu_per_request']:.3f} | {rate:.0f} | "
                 f"{o['p50_ms']:.2f} / {o['p99_ms']:.2f} | {r['open_p50']:.3f} | {r['open_p99']:.3f} | "
                 f"{c['errors'] + o['errors']:.0f} |")
+    if "ratios_to_control" in report:
+        lines += ["", "Against the control instead of the baseline (within-round ratios, medians): " + "; ".join(
+            f"{model} {name}: throughput {r['closed_rps']:.3f}, CPU/request {r['cpu_per_request']:.3f}, "
+            f"closed p99 {r['closed_p99']:.3f}, open p99 {r['open_p99']:.3f}"
+            for model, by_server in report["ratios_to_control"].items()
+            for name, r in by_server.items() if name not in ("baseline", "control"))]
     if all("drift" in med for med in report["median"].values()):
         lines += ["", "Drift statistics by their own account (closed loop, medians over rounds): the serving "
                   "loop's CPU spent folding and encoding (`tessera_drift_loop_cpu_seconds_total`) as a share "

@@ -69,11 +69,16 @@ async def test_messages_larger_than_windows_and_frames_go_both_ways(server_port:
     connection.close()
 
 
-async def test_deadline_cancels_the_stream_and_the_connection_stays_usable(server_port: int) -> None:
+async def test_deadline_ends_the_call_and_the_connection_stays_usable(server_port: int) -> None:
+    """Whichever side acts on the deadline first: our timer (TimeoutError, RST_STREAM sent) or the
+    server, which reads the grpc-timeout header we send (DEADLINE_EXCEEDED)."""
     connection = await open_connection("127.0.0.1", server_port, PATH, timeout_s=1.0)
-    with pytest.raises(TimeoutError):
+    with pytest.raises((TimeoutError, GrpcStatusError)) as raised:
         await connection.call(grpc_message(b"slow"))
+    if isinstance(raised.value, GrpcStatusError):
+        assert raised.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
     await connection.call(grpc_message(b"after"))
+    assert not connection._streams
     connection.close()
 
 
