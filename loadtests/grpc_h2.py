@@ -193,27 +193,25 @@ class Http2Connection(asyncio.Protocol):
         stream = _Stream(asyncio.get_running_loop().create_future(), self._peer_initial_window, memoryview(message))
         self._streams[stream_id] = stream
         headers = _frame_header(len(self._request_headers), _HEADERS, _END_HEADERS, stream_id) + self._request_headers
-        if len(message) <= min(self._peer_max_frame, self._send_window, stream.window):
-            # The common case: headers and the whole message in one write.
-            self._send_window -= len(message)
-            stream.window -= len(message)
-            stream.unsent = memoryview(b"")
-            self._transport.write(headers + _frame_header(len(message), _DATA, _END_STREAM, stream_id) + message)
-        else:
-            self._transport.write(headers)
-            self._send_data(stream_id, stream)
+        self._send_data(stream_id, stream, headers)
         return stream_id, stream
 
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
 
-    def _send_data(self, stream_id: int, stream: _Stream) -> None:
-        """As much of the stream's message as the windows allow; the rest waits for WINDOW_UPDATE."""
+    def _send_data(self, stream_id: int, stream: _Stream, headers: bytes = b"") -> None:
+        """As much of the stream's message as the windows allow; the rest waits for WINDOW_UPDATE.
+
+        `headers` (a new stream's HEADERS frame) go out in the same write as the first DATA frame:
+        for the usual small request, the whole call is one write.
+        """
         assert self._transport is not None
         while stream.unsent:
             size = min(len(stream.unsent), self._peer_max_frame, self._send_window, stream.window)
             if size <= 0:
+                if headers:
+                    self._transport.write(headers)
                 if stream_id not in self._blocked:
                     self._blocked.append(stream_id)
                 return
@@ -221,7 +219,8 @@ class Http2Connection(asyncio.Protocol):
             self._send_window -= size
             stream.window -= size
             flags = 0 if stream.unsent else _END_STREAM
-            self._transport.write(_frame_header(size, _DATA, flags, stream_id) + chunk)
+            self._transport.write(headers + _frame_header(size, _DATA, flags, stream_id) + chunk)
+            headers = b""
 
     def _expire(self, stream_id: int) -> None:
         self._reset(stream_id, TimeoutError(f"no answer within {self._timeout_s:g} s"))

@@ -173,7 +173,10 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path, models: tup
                 if fleet is None or fresh:
                     if fleet is not None:
                         fleet.close()
-                    fleet = stack.enter_context(_Fleet(servers, repo, workdir, flags, models))
+                    # Its own state and logs: a restarted server would resume the last fleet's rollout.
+                    fleet_dir = workdir / f"fleet-{round_index}"
+                    fleet_dir.mkdir()
+                    fleet = stack.enter_context(_Fleet(servers, repo, fleet_dir, flags, models))
                 # Visit order alternates (ABBA) so a machine slowing down within a round favours no one.
                 order = servers if round_index % 2 == 0 else tuple(reversed(servers))
                 for model in models:
@@ -214,17 +217,17 @@ class _Fleet:
         self._stack = ExitStack()
         self.ports: dict[str, tuple[int, int]] = {}
         self.processes: dict[str, ServerProcess] = {}
-        self._setup = (servers, repo, workdir, flags, models)
+        with self._stack.pop_all() as started:  # a server that fails to start stops the ones before it
+            for name in servers:
+                server, http, grpc = _serve(name, repo, workdir, flags[name])
+                started.enter_context(server)
+                self.ports[name] = (http, grpc)
+                self.processes[name] = server
+            for model in models if "shadow" in servers else ():
+                _start_shadow(self.ports["shadow"][0], model)
+            self._stack = started.pop_all()
 
     def __enter__(self) -> _Fleet:
-        servers, repo, workdir, flags, models = self._setup
-        for name in servers:
-            server, http, grpc = _serve(name, repo, workdir, flags[name])
-            self._stack.enter_context(server)
-            self.ports[name] = (http, grpc)
-            self.processes[name] = server
-        for model in models if "shadow" in servers else ():
-            _start_shadow(self.ports["shadow"][0], model)
         return self
 
     def __exit__(self, *exc: object) -> None:

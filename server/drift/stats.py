@@ -228,8 +228,8 @@ class WindowSummary:
         group = max(step, block_values // max(rows, 1) // step * step)
         for start in range(0, width, group):
             part = matrix[:, start:start + group]
-            finite_floats = part.dtype.kind == "f" and part.size
-            reduced = _ColumnReductions.of(part) if finite_floats else None
+            # NaN/inf (None from `of`) or integer columns take fold_array's per-column path below.
+            reduced = _ColumnReductions.of(part) if part.dtype.kind == "f" and part.size else None
             yield
             for first in range(0, part.shape[1], step):
                 if reduced is not None:
