@@ -15,6 +15,7 @@ from . import __version__
 from ._generated import model_config_pb2 as mc
 from .errors import InvalidInput, ModelNotFound, Unsupported
 from .metrics import Metrics
+from .names import check_model_name
 from .protocol.validation import prepare_inputs, select_outputs
 from .repository.manager import IndexEntry, ModelManager, ModelMetadata
 from .routing import RolloutController, RolloutSpec, RolloutState, Router
@@ -90,7 +91,7 @@ class DataPlane:
         return self._metadata
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
-        return self._manager.is_ready(name, version or None)
+        return self._manager.is_ready(check_model_name(name), version or None)
 
     def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
         return self._manager.get(name, version or None).metadata
@@ -144,7 +145,7 @@ class DataPlane:
         """Statistics of every loaded version, or of one model (and version)."""
         if not name:
             return [mv.stats for mv in self._manager.loaded_versions()]
-        if not self._manager.has_model(name):
+        if not self._manager.has_model(check_model_name(name)):
             raise ModelNotFound(f"unknown model: '{name}'")
         found = [mv.stats for mv in self._manager.loaded_versions(name)
                  if not version or mv.stats.version == version]
@@ -163,11 +164,11 @@ class DataPlane:
     async def load_model(self, name: str, config_json: str | None = None,
                          files: dict[str, bytes] | None = None) -> None:
         self._check_admin()
-        await self._manager.load(name, config_json=config_json, files=files or {})
+        await self._manager.load(check_model_name(name), config_json=config_json, files=files or {})
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         self._check_admin()
-        await self._manager.unload(name)
+        await self._manager.unload(check_model_name(name))
 
     # -- rollouts ------------------------------------------------------------------------------
     def _controller(self) -> RolloutController:
@@ -177,15 +178,15 @@ class DataPlane:
 
     async def start_rollout(self, name: str, spec: RolloutSpec, actor: str = "api") -> RolloutState:
         self._check_admin()
-        return await self._controller().start_rollout(name, spec, actor)
+        return await self._controller().start_rollout(check_model_name(name), spec, actor)
 
     def rollout_status(self, name: str) -> RolloutState | None:
-        return self._controller().status(name)
+        return self._controller().status(check_model_name(name))
 
     async def promote_rollout(self, name: str, actor: str = "api", reason: str = "") -> RolloutState:
         self._check_admin()
-        return await self._controller().promote(name, actor, reason or "manual promote")
+        return await self._controller().promote(check_model_name(name), actor, reason or "manual promote")
 
     async def abort_rollout(self, name: str, actor: str = "api", reason: str = "") -> RolloutState:
         self._check_admin()
-        return await self._controller().abort(name, actor, reason or "manual abort")
+        return await self._controller().abort(check_model_name(name), actor, reason or "manual abort")

@@ -7,6 +7,7 @@ thread without spinning; models opt in through config parameters (see README).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
@@ -102,7 +103,7 @@ def graph_tensors(path: str) -> tuple[list[GraphTensor], list[GraphTensor]]:
     try:
         session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ModelLoadError(f"{path}: not a loadable ONNX model: {exc}") from exc
+        raise ModelLoadError(f"{Path(path).name}: not a loadable ONNX model: {exc}") from exc
     inputs = [GraphTensor(i.name, i.type, tuple(i.shape)) for i in session.get_inputs()]
     outputs = [GraphTensor(o.name, o.type, tuple(o.shape)) for o in session.get_outputs()]
     return inputs, outputs

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from .._generated import model_config_pb2 as mc
-from ..errors import ModelLoadError
+from ..errors import InvalidInput, ModelLoadError
+from ..names import check_file_name
 from ..protocol.datatypes import CONFIG_TO_V2, V2_TO_NUMPY
 from ..repository.spec import ModelSpec, TensorSpec
 from ..tensors import Tensor
@@ -64,12 +65,23 @@ def _from_sample(spec: ModelSpec, sample: mc.ModelWarmup, model_dir: Path) -> di
         if which == "random_data":
             feeds[tensor.name] = _random(datatype, shape, rng)
         elif which == "input_data_file":
-            raw = (model_dir / "warmup" / item.input_data_file).read_bytes()
+            raw = _warmup_file(model_dir, item.input_data_file)
             one = np.frombuffer(raw, V2_TO_NUMPY[datatype]).reshape(shape[1:] if spec.batched else shape)
             feeds[tensor.name] = np.stack([one] * rows) if spec.batched else one
         else:
             feeds[tensor.name] = _zeros(datatype, shape)
     return feeds
+
+
+def _warmup_file(model_dir: Path, name: str) -> bytes:
+    """The bytes of `<model>/warmup/<name>`; `name` comes from a config a client may have sent."""
+    try:
+        path = model_dir / "warmup" / check_file_name(name, "model_warmup input_data_file")
+        return path.read_bytes()
+    except InvalidInput as exc:
+        raise ModelLoadError(exc.message) from None
+    except OSError as exc:
+        raise ModelLoadError(f"model_warmup input_data_file 'warmup/{name}': {exc.strerror}") from None
 
 
 def warmup_batches(spec: ModelSpec) -> list[tuple[dict[str, Tensor], int]]:

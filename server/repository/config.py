@@ -66,7 +66,7 @@ def read_config(model_dir: Path) -> mc.ModelConfig:
     try:
         text_format.Parse(path.read_text(), config)
     except text_format.ParseError as exc:
-        raise ModelLoadError(f"{path}: {exc}") from exc
+        raise ModelLoadError(f"{CONFIG_FILENAME}: {exc}") from exc
     return config
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady, TesseraError, Unsupported
 from ..executor.session import gpu_available
 from ..metrics import Metrics
+from ..names import check_model_name, check_version
 from ..settings import ServerSettings
 from .config import parse_config_json
 from .fingerprint import DigestCache, ModelFingerprint, fingerprint_model, scan_repository
@@ -89,15 +90,12 @@ class ModelManager:
         """The version to serve. Raises ModelNotFound or ModelNotReady with the reason."""
         model = self._models.get(name)
         if model is None:
-            raise ModelNotFound(f"unknown model: '{name}'")
+            raise ModelNotFound(f"unknown model: '{check_model_name(name)}'")
         if version is None:
             if model.newest_ready is None:
                 raise ModelNotReady(f"model '{name}' has no ready version{self._why(model)}")
             return model.newest_ready
-        try:
-            number = int(version)
-        except ValueError:
-            raise ModelNotFound(f"unknown version '{version}' of model '{name}'") from None
+        number = check_version(version)
         found = model.versions.get(number)
         if found is None:
             if number in model.failures:
@@ -195,12 +193,19 @@ class ModelManager:
         Raises ModelNotFound, InvalidInput, Unsupported (poll mode), or ModelLoadError with the reasons.
         """
         self._check_control()
+        check_model_name(name)
         if files:
             if config_json is None:
                 raise InvalidInput("model load request: file overrides need the 'config' parameter too")
             config = parse_config_json(config_json)
             directory = await asyncio.to_thread(self._overrides.create, name, config, files)
-            await self._load(name, directory, None, retry_failed=True)
+            try:
+                await self._load(name, directory, None, retry_failed=True)
+            except BaseException:
+                # Nothing of a failed load stays on disk. Versions it did load keep serving: a session
+                # holds its graph in memory and never reads the files again.
+                await asyncio.to_thread(self._overrides.discard, directory)
+                raise
             return
         await asyncio.to_thread(self._store.sync)
         await self._load(name, self.repository / name, config_json, retry_failed=True)
@@ -224,6 +229,7 @@ class ModelManager:
         dependents and `unload_dependents` changes nothing. Unloading a model that is not loaded but
         is in the repository succeeds, as in Triton. Raises ModelNotFound, Unsupported (poll mode)."""
         self._check_control()
+        check_model_name(name)
         model = self._models.get(name)
         if model is None:
             if name in self._unloaded or (self.repository / name).is_dir():
@@ -286,8 +292,7 @@ class ModelManager:
         model.failures.pop(MODEL_LEVEL, None)
         errors = []
         if not source.on_disk:
-            errors.append(self._fail(model, MODEL_LEVEL, f"model '{model.name}': no version directory in "
-                                                          f"{directory}"))
+            errors.append(self._fail(model, MODEL_LEVEL, f"model '{model.name}': no version directory"))
         wanted = source.policy.select(source.on_disk)
         for number in wanted:
             errors.extend(await self._refresh(model, number, source, retry_failed))
@@ -295,9 +300,10 @@ class ModelManager:
         # takes capacity away. Fallbacks pick up config changes too (or keep serving as they are).
         shortfall = sum(1 for n in wanted if not model.serving(n))
         fallback = [n for n in sorted(model.versions, reverse=True)
-                    if n not in wanted and n in fingerprint.versions and model.serving(n)][:shortfall]
+                    if n not in wanted and model.serving(n)][:shortfall]
         for number in fallback:
-            errors.extend(await self._refresh(model, number, source, retry_failed))
+            if number in fingerprint.versions:  # else it keeps serving as loaded: its files are gone
+                errors.extend(await self._refresh(model, number, source, retry_failed))
         keep = set(wanted) | set(fallback)
         leaving = [n for n in model.versions if n not in keep]
         for number in [n for n in model.failures if n != MODEL_LEVEL and n not in keep]:
@@ -342,6 +348,9 @@ class ModelManager:
         return []
 
     def _fail(self, model: _Model, number: int, reason: str) -> str:
+        if model.directory is not None:  # clients see the model, never where the server keeps it
+            for path in {str(model.directory.resolve()), str(model.directory)}:
+                reason = reason.replace(path, model.name)
         model.failures[number] = reason
         self._metrics.model_load_failures.labels(model.name).inc()
         logger.error("model %s%s FAILED: %s", model.name, "" if number < 0 else f" version {number}", reason)

@@ -12,6 +12,7 @@ from google.protobuf import text_format
 
 from .._generated import model_config_pb2 as mc
 from ..errors import InvalidInput
+from ..names import MAX_NAME_CHARS, check_model_name, is_file_name, path_inside, quoted
 from .config import CONFIG_FILENAME
 from .layout import is_version_name
 
@@ -20,14 +21,20 @@ __all__ = ["FILE_PREFIX", "OverrideArea"]
 FILE_PREFIX = "file:"
 
 
+MAX_DEPTH = 8
+"""Most path segments below the version directory in one `file:` key."""
+
+
 def _relative(key: str) -> PurePosixPath:
-    """`file:<version>/<path>` -> <version>/<path>, refusing anything that could leave the directory."""
-    relative = PurePosixPath(key.removeprefix(FILE_PREFIX))
-    parts = relative.parts
-    if (not key.startswith(FILE_PREFIX) or len(parts) < 2 or not is_version_name(parts[0])
-            or relative.is_absolute() or any(p in ("", ".", "..") for p in parts)):
-        raise InvalidInput(f"file override '{key}': must be file:<version>/<path> inside the model")
-    return relative
+    """`file:<version>/<path>` -> <version>/<path>, refusing anything that could leave the directory or
+    that the file system would choke on (separators, '..', NUL bytes, over-long or deeply nested names)."""
+    parts = key.removeprefix(FILE_PREFIX).split("/")
+    if (not key.startswith(FILE_PREFIX) or not 2 <= len(parts) <= MAX_DEPTH + 1
+            or not is_version_name(parts[0]) or len(parts[0]) > 18 or not all(map(is_file_name, parts[1:]))):
+        raise InvalidInput(f"file override {quoted(key)}: must be file:<version>/<path> inside the model, at most "
+                           f"{MAX_DEPTH} folders deep, each segment 1-{MAX_NAME_CHARS} letters, digits, '_', '-' "
+                           "or '.'")
+    return PurePosixPath(*parts)
 
 
 class OverrideArea:
@@ -47,12 +54,16 @@ class OverrideArea:
             if self._parent is not None:
                 self._parent.mkdir(parents=True, exist_ok=True)
             self._root = Path(tempfile.mkdtemp(prefix="tessera-overrides-", dir=self._parent))
-        directory = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=self._root))
-        (directory / CONFIG_FILENAME).write_text(text_format.MessageToString(config))
-        for key, content in files.items():
-            target = directory.joinpath(*relatives[key].parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(content)
+        directory = Path(tempfile.mkdtemp(prefix=f"{check_model_name(name)}.", dir=self._root))
+        try:
+            (directory / CONFIG_FILENAME).write_text(text_format.MessageToString(config))
+            for key, content in files.items():
+                target = path_inside(directory, *relatives[key].parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)  # a failed load leaves nothing behind
+            raise
         return directory
 
     def owns(self, directory: Path) -> bool:

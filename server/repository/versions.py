@@ -16,11 +16,12 @@ from enum import Enum
 
 from .._generated import model_config_pb2 as mc
 from ..batching.batcher import DynamicBatcher
-from ..errors import ModelLoadError
+from ..errors import InvalidInput, ModelLoadError
 from ..executor.runner import OrtRunner
 from ..executor.session import graph_tensors
 from ..executor.warmup import warm_up
 from ..metrics import Labels, Metrics
+from ..names import check_file_name
 from ..settings import ServerSettings
 from ..statistics import ModelStatistics
 from .config import DEFAULT_MODEL_FILENAME, build_spec, complete_config, version_policy
@@ -106,9 +107,14 @@ def _metadata(spec: ModelSpec) -> ModelMetadata:
 async def _spec(source: ModelSource, number: int, settings: ServerSettings, gpu: bool, loader: Executor
                 ) -> ModelSpec:
     config = source.config
-    model_file = source.directory / str(number) / (config.default_model_filename or DEFAULT_MODEL_FILENAME)
+    filename = config.default_model_filename or DEFAULT_MODEL_FILENAME
+    try:
+        check_file_name(filename, "default_model_filename")
+    except InvalidInput as exc:
+        raise ModelLoadError(f"model '{source.name}': {exc.message}") from None
+    model_file = source.directory / str(number) / filename
     if not model_file.is_file():
-        raise ModelLoadError(f"model '{source.name}' version {number}: missing model file {model_file}")
+        raise ModelLoadError(f"model '{source.name}' version {number}: missing model file {number}/{filename}")
     loop = asyncio.get_running_loop()
     inputs, outputs = await loop.run_in_executor(loader, graph_tensors, str(model_file))
     completed = complete_config(config, source.name, inputs, outputs)

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
+from ..names import check_model_name, path_inside
 from .state import RolloutState
 
 __all__ = ["FileStateStore", "RedisStateStore", "StateStore"]
@@ -45,7 +46,7 @@ class FileStateStore:
 
     def _save(self, state: RolloutState) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
-        target = self._dir / f"{state.model}.json"
+        target = path_inside(self._dir, f"{check_model_name(state.model)}.json")
         tmp = target.with_suffix(".json.tmp")
         with open(tmp, "w") as handle:
             json.dump(state.to_json(), handle)
