@@ -1,6 +1,6 @@
 """App: the composition root. Builds every part from ServerSettings, starts them in order, drains on stop.
 
-One event loop serves both protocols; both share one scheduler per model version, so gRPC and
+One event loop serves both protocols; both share one batcher per model version, so gRPC and
 HTTP requests batch together.
 """
 

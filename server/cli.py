@@ -136,9 +136,8 @@ async def _serve(settings: ServerSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await app.start()
     # What start-up built (modules, configs, loaded models) lives as long as the process: take it out
-    # of the collector's reach, so a full collection walks only what requests and side paths create.
-    # Measured here: a full collection over the start-up heap (~63k objects) takes 45-70 ms, a pause
-    # that every request in flight would wait out; after the freeze it takes microseconds.
+    # of the collector's reach, so a full collection walks only what requests and side paths create
+    # instead of pausing every request in flight for the whole start-up heap (BENCHMARKS.md, "Side paths").
     gc.collect()
     gc.freeze()
     await stop.wait()

@@ -101,7 +101,7 @@ class DataPlane:
 
     # -- inference -----------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
-        """Run one request through its model version's scheduler.
+        """Run one request through its model version's batcher.
 
         Raises ModelNotFound / ModelNotReady / InvalidInput / Overloaded / DeadlineExceeded /
         ExecutionFailed; every failure after model resolution is counted against the model.
@@ -116,7 +116,7 @@ class DataPlane:
         version_metrics = self._metrics.for_version(labels)
         try:
             feeds, rows = prepare_inputs(model.spec, request)
-            outputs, queue_ns = await model.scheduler.submit(feeds, rows, request.timeout_us)
+            outputs, queue_ns = await model.batcher.submit(feeds, rows, request.timeout_us)
             selected = select_outputs(model.spec, request, outputs)
         except Exception as exc:
             elapsed = time.perf_counter_ns() - start

@@ -74,18 +74,6 @@ class Metrics:
             found = self._versions[labels] = VersionMetrics(self, labels)
         return found
 
-    def record_success(self, labels: Labels, elapsed_ns: int) -> None:
-        self.for_version(labels).record_success(elapsed_ns)
-
-    def record_failure(self, labels: Labels, error: BaseException) -> None:
-        self.for_version(labels).record_failure(error)
-
-    def record_batch(self, labels: Labels, rows: int, compute_ns: int) -> None:
-        self.for_version(labels).record_batch(rows, compute_ns)
-
-    def record_queue(self, labels: Labels, queue_ns: int) -> None:
-        self.for_version(labels).record_queue(queue_ns)
-
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -66,7 +66,7 @@ class RolloutController:
 
         def candidate_submit(version: int) -> Any:
             loaded = self._manager.get(model, str(version))
-            return loaded.scheduler.submit, loaded.spec.max_batch_size
+            return loaded.batcher.submit, loaded.spec.max_batch_size
 
         rollout = Rollout(state, self._metrics, candidate_submit)
         self.rollouts[state.model] = rollout
@@ -231,7 +231,3 @@ class RolloutController:
             logger.info("declared rollout of %s waits: %s", model, exc.message)
             return
         self._declared[model] = (mtime, spec.candidate_version)
-
-    def describe(self, model: str) -> dict[str, Any]:
-        state = self.status(model)
-        return state.to_json() if state else {"model": model, "phase": "NONE"}

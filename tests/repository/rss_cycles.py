@@ -48,7 +48,7 @@ async def _one_cycle(manager: ModelManager, sizes: list[int]) -> None:
     await manager.load("big")
     version = manager.get("big")
     rows = np.random.default_rng(0).standard_normal((8, sizes[0])).astype(np.float32)
-    await asyncio.gather(*(version.scheduler.submit({"input": rows[i : i + 1]}, 1) for i in range(8)))
+    await asyncio.gather(*(version.batcher.submit({"input": rows[i : i + 1]}, 1) for i in range(8)))
     await manager.unload("big")
 
 
