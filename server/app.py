@@ -112,7 +112,7 @@ class App:
         await self._start_grpc()
         await self._start_http()
         self._file_watcher.start()
-        ready = [e for e in self.dataplane.repository_index() if e.state == "READY"]
+        ready = [e for e in self.manager.index() if e.state == "READY"]
         logger.info("tessera listening: gRPC %s:%d, HTTP %s:%d; READY: %s", s.host, self.grpc_port, s.host,
                     self.http_port, ", ".join(f"{e.name}/{e.version}" for e in ready) or "none")
 

@@ -34,6 +34,7 @@ class AuditLog:
         self._pending: list[str] = []
         self._unreported_drops = 0
         self._flush: asyncio.Task[None] | None = None
+        self._report: asyncio.TimerHandle | None = None
 
     async def write(self, event: str, model: str, *, actor: str = "system", reason: str = "",
                     **details: Any) -> None:
@@ -49,10 +50,16 @@ class AuditLog:
         if self._allowance < 1 or len(self._pending) >= self._max_pending:
             self.dropped += 1
             self._unreported_drops += 1
+            if self._report is None:  # the count is written at most once a second during a flood
+                self._report = asyncio.get_running_loop().call_later(1.0, self._start_flush)
             return
         self._allowance -= 1
         self._pending.append(json.dumps({"time": time.time(), "event": event, "model": model, **details},
                                         default=str))
+        self._start_flush()
+
+    def _start_flush(self) -> None:
+        self._report = None
         if self._flush is None or self._flush.done():
             self._flush = asyncio.get_running_loop().create_task(self._drain(), name="audit-flush")
 
@@ -69,7 +76,11 @@ class AuditLog:
             logger.exception("audit lines could not be written to %s", self.path)
 
     async def flush(self) -> None:
-        """Wait until every queued line is written (shutdown, tests)."""
+        """Wait until every queued line and the count of dropped ones are written (shutdown, tests)."""
+        if self._report is not None:
+            self._report.cancel()
+        if self._pending or self._unreported_drops:
+            self._start_flush()
         while self._flush is not None and not self._flush.done():
             await asyncio.shield(self._flush)
 
