@@ -60,9 +60,9 @@ class App:
         self.settings = settings
         self.tls = TlsFiles.from_settings(settings)
         self.authorizer = Authorizer(settings.auth_tokens_file, settings.auth_cert_identities_file)
-        self._file_watcher = FileWatcher(settings.tls_reload_s)
+        self.file_watcher = FileWatcher(settings.tls_reload_s)
         if self.authorizer.enabled:
-            self._file_watcher.add(self.authorizer.refresh)
+            self.file_watcher.add(self.authorizer.refresh)
         self.metrics = metrics or Metrics()
         self.manager = ModelManager(settings.model_repository, settings, self.metrics)
         self._watcher: RepositoryWatcher | None = None
@@ -111,7 +111,7 @@ class App:
             await self.drift.start()
         await self._start_grpc()
         await self._start_http()
-        self._file_watcher.start()
+        self.file_watcher.start()
         ready = [e for e in self.manager.index() if e.state == "READY"]
         logger.info("tessera listening: gRPC %s:%d, HTTP %s:%d; READY: %s", s.host, self.grpc_port, s.host,
                     self.http_port, ", ".join(f"{e.name}/{e.version}" for e in ready) or "none")
@@ -143,7 +143,7 @@ class App:
         tls: dict[str, Any] = {}
         if self.tls is not None:  # one SSLContext, reloaded in place when the files change
             context = ServerTlsContext(self.tls)
-            self._file_watcher.add(context.refresh)
+            self.file_watcher.add(context.refresh)
             tls = {"http": TlsPeerProtocol, "ssl_context_factory": lambda _config, _default: context.context}
         config = uvicorn.Config(app, **{"http": "httptools", **tls}, lifespan="off", access_log=False,
                                 log_config=None, timeout_graceful_shutdown=max(1, round(s.drain_timeout_s)))
@@ -168,7 +168,7 @@ class App:
             await self._grpc.stop(self.settings.drain_timeout_s)
         if self._watcher is not None:
             await self._watcher.stop()
-        await self._file_watcher.stop()
+        await self.file_watcher.stop()
         await self.rollouts.stop()
         if self.drift is not None:
             await self.drift.stop()

@@ -289,3 +289,22 @@ def test_grpc_stream_infer_with_a_wrong_token_answers_an_error_in_the_stream(sec
     client.close()
     assert "invalid bearer token" in str(results[0])
     assert _served(secured) == before
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_admin_is_off_by_default_on_both_transports(
+        protocol: str, tmp_path: Path, server_factory: Callable[..., RunningServer]) -> None:
+    repo = tmp_path / "repo"
+    make_models.make_samples(repo)
+    server = server_factory(repo, allow_repository_admin=False, drift_enabled=False, state_dir=tmp_path / "s")
+    client = Client(protocol, server)
+    try:
+        with pytest.raises(InferenceServerException) as info:
+            client.raw.unload_model("tabular", headers=client.headers)
+        assert str(info.value.status()) in ("StatusCode.UNIMPLEMENTED", "501")
+        assert "--allow-repository-admin true" in str(info.value.message())
+        assert client.infer().as_numpy("label").shape == (2, 1), "the model still serves"
+    finally:
+        client.close()
+    (line,) = [e for e in _audit(server) if e["event"] == "admin"]
+    assert (line["action"], line["outcome"]) == ("unload", "unsupported")
