@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FileWatcher", "ServerTlsContext", "TlsFiles", "peer_identities", "server_ssl_context"]
+__all__ = [
+    "FileWatcher",
+    "ServerTlsContext",
+    "TlsFiles",
+    "auth_context_from_peercert",
+    "peer_identities",
+    "server_ssl_context",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +144,16 @@ def peer_identities(peercert: dict[str, Any] | None) -> tuple[str, ...]:
     names = [value for rdn in peercert.get("subject", ()) for key, value in rdn if key == "commonName"]
     names += [value for _, value in peercert.get("subjectAltName", ())]
     return tuple(dict.fromkeys(str(n) for n in names))
+
+
+def auth_context_from_peercert(peercert: dict[str, Any] | None) -> dict[str, list[bytes]]:
+    """The dict grpc's `ServicerContext.auth_context()` returns, from `getpeercert()` (for a gRPC server
+    on an asyncio TLS transport: `transport.get_extra_info("peercert")`)."""
+    if peercert is None:
+        return {"transport_security_type": [b"ssl"]}
+    names = [value for rdn in peercert.get("subject", ()) for key, value in rdn if key == "commonName"]
+    return {"transport_security_type": [b"ssl"], "x509_common_name": [str(n).encode() for n in names[:1]],
+            "x509_subject_alternative_name": [str(v).encode() for _, v in peercert.get("subjectAltName", ())]}
 
 
 class FileWatcher:

@@ -16,7 +16,7 @@ from server.cli import build_parser, main, serve_settings
 from server.errors import PermissionDenied, Unauthenticated
 from server.grpc_api.credentials import credentials_from_context
 from server.settings import ServerSettings
-from server.tls import TlsFiles
+from server.tls import TlsFiles, auth_context_from_peercert
 
 
 def _tokens(tmp_path: Path, *lines: str) -> Path:
@@ -117,6 +117,13 @@ def test_grpc_credentials_come_from_metadata_and_auth_context() -> None:
     assert credentials_from_context(ctx) == Credentials(token="tok", cert_identities=("alice", "alice.example"),
                                                         peer="ipv4:127.0.0.1:5555")
     assert credentials_from_context(FakeContext([("authorization", "Basic xyz")], {})).token == ""
+
+
+def test_a_peer_certificate_becomes_the_same_identities_on_any_grpc_server() -> None:
+    peercert = {"subject": ((("organizationName", "o"),), (("commonName", "alice"),)),
+                "subjectAltName": (("DNS", "alice.example"), ("URI", "spiffe://x/y"))}
+    ctx = FakeContext([], auth_context_from_peercert(peercert))
+    assert credentials_from_context(ctx).cert_identities == ("alice", "alice.example", "spiffe://x/y")
 
 
 # -- safe defaults -------------------------------------------------------------------------------
