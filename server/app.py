@@ -52,8 +52,8 @@ class App:
     """A running Tessera server: model manager, DataPlane, gRPC and HTTP servers."""
 
     def __init__(self, settings: ServerSettings, metrics: Metrics | None = None) -> None:
-        """Raises ValueError for settings that must not start (see ServerSettings.exposure_problem)
-        and for unreadable TLS or auth files."""
+        """Raises ValueError for settings that must not start (see ServerSettings.exposure_problem) and
+        for malformed auth files, OSError for missing ones."""
         problem = settings.exposure_problem()
         if problem is not None:
             raise ValueError(problem)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .auth import hash_token
+from .auth import Authorizer, hash_token
 from .drift import cli as drift_cli
 from .settings import ServerSettings
 from .tls import TlsFiles
@@ -172,9 +172,12 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
     problem = settings.exposure_problem()
     if problem is not None:
         raise SystemExit(f"tessera serve: {problem}")
-    try:
-        TlsFiles.from_settings(settings)
-    except ValueError as exc:
+    try:  # unreadable or malformed TLS and auth files stop the start with a message, not a traceback
+        files = TlsFiles.from_settings(settings)
+        if files is not None:
+            files.read()
+        Authorizer(settings.auth_tokens_file, settings.auth_cert_identities_file)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         raise SystemExit(f"tessera serve: {exc}") from None
     return settings
 

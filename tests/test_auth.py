@@ -134,25 +134,31 @@ def test_defaults_are_loopback_with_admin_off() -> None:
     assert (parsed.host, parsed.allow_repository_admin, parsed.metrics_auth) == ("127.0.0.1", False, False)
 
 
-@pytest.mark.parametrize(("flags", "refused"), [
-    pytest.param(["--host", "0.0.0.0", "--allow-repository-admin", "true"], True, id="exposed-admin"),
-    pytest.param(["--host", "::", "--allow-repository-admin", "true"], True, id="exposed-admin-ipv6"),
-    pytest.param(["--host", "0.0.0.0"], False, id="exposed-no-admin"),
-    pytest.param(["--host", "127.0.0.1", "--allow-repository-admin", "true"], False, id="loopback-admin"),
-    pytest.param(["--host", "0.0.0.0", "--allow-repository-admin", "true", "--auth-tokens-file", "t"], False,
-                 id="exposed-admin-with-tokens"),
-    pytest.param(["--host", "0.0.0.0", "--allow-repository-admin", "true", "--tls-cert", "c", "--tls-key", "k",
-                  "--tls-client-ca", "ca"], False, id="exposed-admin-with-mtls"),
+@pytest.mark.parametrize("host", [
+    pytest.param("0.0.0.0", id="exposed-admin"),
+    pytest.param("::", id="exposed-admin-ipv6"),
+    pytest.param("tessera.internal", id="exposed-admin-hostname"),
 ])
-def test_startup_refuses_admin_off_loopback_without_authentication(flags: list[str], refused: bool) -> None:
-    args = build_parser().parse_args(["serve", "--model-repository", "r", *flags])
-    if not refused:
-        assert serve_settings(args).exposure_problem() is None
-        return
+def test_startup_refuses_admin_off_loopback_without_authentication(host: str) -> None:
+    args = build_parser().parse_args(["serve", "--model-repository", "r", "--host", host,
+                                      "--allow-repository-admin", "true"])
     with pytest.raises(SystemExit, match=r"set --auth-tokens-file .*--tls-client-ca"):
         serve_settings(args)
     with pytest.raises(ValueError, match="refusing to serve the admin API"):
-        App(ServerSettings(model_repository="r", host=args.host, allow_repository_admin=True))
+        App(ServerSettings(model_repository="r", host=host, allow_repository_admin=True))
+
+
+@pytest.mark.parametrize("overrides", [
+    pytest.param({"host": "0.0.0.0"}, id="exposed-no-admin"),
+    pytest.param({"host": "127.0.0.1", "allow_repository_admin": True}, id="loopback-admin"),
+    pytest.param({"host": "::1", "allow_repository_admin": True}, id="loopback-v6-admin"),
+    pytest.param({"host": "0.0.0.0", "allow_repository_admin": True, "auth_tokens_file": Path("t")},
+                 id="exposed-admin-with-tokens"),
+    pytest.param({"host": "0.0.0.0", "allow_repository_admin": True, "tls_cert": Path("c"), "tls_key": Path("k"),
+                  "tls_client_ca": Path("ca")}, id="exposed-admin-with-mtls"),
+])
+def test_startup_allows_the_safe_combinations(overrides: dict[str, object]) -> None:
+    assert ServerSettings(model_repository="r", **overrides).exposure_problem() is None  # type: ignore[arg-type]
 
 
 def test_tls_needs_both_cert_and_key() -> None:
@@ -160,6 +166,15 @@ def test_tls_needs_both_cert_and_key() -> None:
         serve_settings(build_parser().parse_args(["serve", "--model-repository", "r", "--tls-cert", "c"]))
     with pytest.raises(ValueError, match="--tls-client-ca needs"):
         TlsFiles.from_settings(ServerSettings(model_repository="r", tls_client_ca=Path("ca")))
+
+
+def test_unreadable_or_malformed_auth_files_stop_the_start_with_a_message(tmp_path: Path) -> None:
+    base = ["serve", "--model-repository", "r"]
+    with pytest.raises(SystemExit, match=r"tessera serve: .*No such file"):
+        serve_settings(build_parser().parse_args([*base, "--auth-tokens-file", str(tmp_path / "missing")]))
+    (tmp_path / "tokens").write_text("ops:read\n")
+    with pytest.raises(SystemExit, match="tessera serve: tokens file line 1"):
+        serve_settings(build_parser().parse_args([*base, "--auth-tokens-file", str(tmp_path / "tokens")]))
 
 
 def test_hash_token_prints_what_the_tokens_file_stores(monkeypatch: pytest.MonkeyPatch,
