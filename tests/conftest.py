@@ -105,7 +105,7 @@ def _serve_in_thread(settings: ServerSettings) -> tuple[RunningServer, Callable[
 
 def server_settings(repository: Path, **overrides: Any) -> ServerSettings:
     base = ServerSettings(model_repository=str(repository), host="127.0.0.1", http_port=0, grpc_port=0,
-                          drain_timeout_s=5.0)
+                          drain_timeout_s=5.0, allow_repository_admin=True)
     return replace(base, **overrides)
 
 

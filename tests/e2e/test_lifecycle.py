@@ -36,6 +36,13 @@ class HttpClient(httpclient.InferenceServerClient):  # type: ignore[misc]
     def __del__(self) -> None:
         pass
 
+    # Admin POSTs must declare JSON (README "Security"); tritonclient sends no Content-Type of its own.
+    def load_model(self, *args: Any, **kwargs: Any) -> None:
+        super().load_model(*args, headers={"Content-Type": "application/json"}, **kwargs)
+
+    def unload_model(self, *args: Any, **kwargs: Any) -> None:
+        super().unload_model(*args, headers={"Content-Type": "application/json"}, **kwargs)
+
 
 class Client:
     """One tritonclient (gRPC or HTTP) behind the few calls these tests make."""

@@ -89,7 +89,8 @@ def test_identical_candidate_is_shadowed_canaried_and_promoted(tmp_path, server_
     with Traffic(server) as traffic:
         spec = {"candidate_version": 2, **FAST}
         req = urllib.request.Request(f"http://{server.http_url}/v2/models/tabular/rollout",
-                                     data=orjson.dumps(spec), method="POST")
+                                     data=orjson.dumps(spec), method="POST",
+                                     headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req) as response:
             assert orjson.loads(response.read())["phase"] == "SHADOW"
         _wait_for(lambda: _phase(server) != "SHADOW")
