@@ -38,7 +38,13 @@ def credentials_from_request(request: Request) -> Credentials:
 
 def require_json(request: Request) -> None:
     """Refuse (415) a POST that a browser could send cross-site without asking first (a "simple"
-    request: text/plain, form encodings, or no Content-Type). Admin routes call this first."""
+    request: text/plain, form encodings, or no Content-Type). Admin routes call this first.
+
+    A request with an `Authorization` header is never a simple request (a browser asks the server
+    first, and CORS is off unless configured), so it passes whatever its Content-Type: that keeps
+    clients that send none, like tritonclient's load_model, working once tokens are in use."""
+    if "authorization" in request.headers:
+        return
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != "application/json":
         raise HTTPException(415, "admin requests need 'Content-Type: application/json'")
