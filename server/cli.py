@@ -135,13 +135,38 @@ def _add_hash_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sub.add_parser("hash-token", help="read a token on stdin, print the SHA-256 the tokens file stores")
 
 
+def _add_loadtest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # Listed for --help only: main() hands `tessera loadtest ...` to the harness's own parser first.
+    sub.add_parser("loadtest", add_help=False,
+                   help="the load harness (`tessera loadtest run|sweep|plan ...`, its own flags: "
+                        "`tessera loadtest --help`); needs the loadtest extra: pip install 'tessera[loadtest]'")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tessera", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     _add_hash_token(sub)
     drift_cli.add_subcommands(sub)
+    _add_loadtest(sub)
     return parser
+
+
+# What the loadtest extra installs on top of Tessera's own dependencies (import names).
+_LOADTEST_EXTRA = ("hdrh", "hpack", "matplotlib")
+
+
+def _loadtest(argv: Sequence[str]) -> int:
+    """`tessera loadtest ...`: the harness's own CLI; without the loadtest extra, say which one to install."""
+    try:
+        from loadtests.cli import main as loadtest_main
+    except ImportError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in _LOADTEST_EXTRA:
+            raise
+        raise SystemExit(f"tessera loadtest: the load harness needs the loadtest extra ({missing} is not "
+                         "installed): pip install 'tessera[loadtest]'") from None
+    return loadtest_main(argv)
 
 
 def serve_settings(args: argparse.Namespace) -> ServerSettings:
@@ -235,9 +260,7 @@ def _run_workers(settings: ServerSettings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["loadtest"]:  # the harness has its own parser: `tessera loadtest run|sweep|plan ...`
-        from loadtests.cli import main as loadtest_main
-
-        return loadtest_main(argv[1:])
+        return _loadtest(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "hash-token":
         print(hash_token(sys.stdin.readline().strip()))
