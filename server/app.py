@@ -23,7 +23,7 @@ from .http_api import build_http_app
 from .metrics import Metrics
 from .repository.manager import ModelManager
 from .repository.watcher import RepositoryWatcher
-from .routing import FileStateStore, RedisStateStore, RolloutController, StateStore
+from .routing import build_rollout_controller
 from .settings import ServerSettings
 
 __all__ = ["App"]
@@ -51,11 +51,8 @@ class App:
         self.metrics = metrics or Metrics()
         self.manager = ModelManager(settings.model_repository, settings, self.metrics)
         self._watcher: RepositoryWatcher | None = None
-        store: StateStore = (RedisStateStore(settings.redis_url) if settings.redis_url
-                             else FileStateStore(settings.state_dir))
         self.audit = AuditLog(settings.state_dir / "audit.jsonl")
-        self.rollouts = RolloutController(self.manager, self.metrics, store, self.audit,
-                                          tick_s=settings.rollout_tick_s)
+        self.rollouts = build_rollout_controller(settings, self.manager, self.metrics, self.audit)
         self.dataplane = DataPlane(self.manager, self.metrics, admin_enabled=settings.allow_repository_admin,
                                    rollouts=self.rollouts)
         self.drift: DriftSidePath | None = None

@@ -90,6 +90,16 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--drift-stream-maxlen", type=int, default=int(_env("drift-stream-maxlen", "1000") or 1000))
     p.add_argument("--drift-buffer-windows", type=int, default=int(_env("drift-buffer-windows", "256") or 256))
     p.add_argument("--log-level", default=_env("log-level", "INFO"))
+    # The fleet: replicas sharing --redis-url share rollouts and (explicit mode) repository admin.
+    p.add_argument("--rollout-tick-s", type=float, default=float(_env("rollout-tick-s", "0.5") or 0.5),
+                   help="seconds between checks of each active rollout (and fleet syncs)")
+    p.add_argument("--rollout-lease-s", type=float, default=float(_env("rollout-lease-s", "0") or 0),
+                   help="rollout leader lease, seconds (0: three ticks)")
+    p.add_argument("--replica-id", default=_env("replica-id", "") or "",
+                   help="this replica's name in the fleet (default <hostname>-<pid>)")
+    p.add_argument("--fleet-admin-timeout-s", type=float,
+                   default=float(_env("fleet-admin-timeout-s", "30") or 30),
+                   help="seconds a load/unload waits for every replica's answer (explicit mode, Redis)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +133,8 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
         drift_stream_maxlen=args.drift_stream_maxlen,
         drift_buffer_windows=args.drift_buffer_windows,
         log_level=args.log_level.upper(),
+        rollout_tick_s=args.rollout_tick_s, rollout_lease_s=args.rollout_lease_s, replica_id=args.replica_id,
+        fleet_admin_timeout_s=args.fleet_admin_timeout_s,
     )
 
 

@@ -98,3 +98,13 @@ class ServerSettings:
 
     log_level: str = "INFO"
     """Python logging level name."""
+
+    # -- the fleet (replicas sharing --redis-url) ----------------------------------------------
+    replica_id: str = ""
+    """This replica's name in the fleet; empty: <hostname>-<pid> (the pod name in Kubernetes)."""
+
+    rollout_lease_s: float = 0.0
+    """Seconds the rollout leader's lease lasts unless renewed each tick; 0: three ticks, at least 0.5 s."""
+
+    fleet_admin_timeout_s: float = 30.0
+    """Seconds an explicit-mode load/unload waits for every replica to answer (with Redis)."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .controller import RolloutController
+from .fleet import FleetRolloutController, build_rollout_controller, replica_name
+from .fleet_store import FleetStore
 from .router import Route, Router
 from .spec import RolloutSpec
 from .state import Phase, RolloutState
@@ -10,6 +12,8 @@ from .store import FileStateStore, RedisStateStore, StateStore
 
 __all__ = [
     "FileStateStore",
+    "FleetRolloutController",
+    "FleetStore",
     "Phase",
     "RedisStateStore",
     "RolloutController",
@@ -18,4 +22,6 @@ __all__ = [
     "Route",
     "Router",
     "StateStore",
+    "build_rollout_controller",
+    "replica_name",
 ]

@@ -1,0 +1,188 @@
+"""Replicas as real `tessera serve` processes on ephemeral loopback ports, and a small HTTP client for them."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import make_models
+import orjson
+
+ROOT = Path(__file__).resolve().parents[2]
+LISTENING = re.compile(r"listening: gRPC [\d.]+:(\d+), HTTP [\d.]+:(\d+)")
+FEATURES = [0.1, -0.2, 0.3, 0.5, -1.0, 0.7, 0.0, 0.25]
+
+
+def tabular(root: Path, name: str, candidate_seed: int) -> None:
+    """A copy of the sample classifier named `name`, versions 1 (seed 7) and 2 (`candidate_seed`), both served."""
+    scratch = root.parent / f".{name}-build"
+    make_models.make_tabular(scratch, version=1, seed=7)
+    make_models.make_tabular(scratch, version=2, seed=candidate_seed)
+    shutil.copytree(scratch / "tabular", root / name)
+    shutil.rmtree(scratch)
+    config = root / name / "config.pbtxt"
+    config.write_text(config.read_text().replace('name: "tabular"', f'name: "{name}"')
+                      + "version_policy { all { } }\n")
+
+
+class Replica:
+    """One `tessera serve` process; `call` and `infer` speak HTTP to it over one kept-alive connection."""
+
+    def __init__(self, name: str, proc: subprocess.Popen[str], log: list[str]) -> None:
+        self.name, self.proc, self.log = name, proc, log
+        self.grpc_port, self.http_port = _ports(proc, time.monotonic() + 90, log)
+        self._local = threading.local()
+        self._connections: list[http.client.HTTPConnection] = []
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=30)
+            self._connections.append(conn)
+        return conn
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        conn = self._connection()
+        try:
+            conn.request(method, path, body=None if body is None else orjson.dumps(body))
+            response = conn.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            self._local.conn = None
+            raise
+        return response.status, orjson.loads(data) if data else None
+
+    def infer(self, model: str, key: str | None = None, features: list[float] = FEATURES) -> str:
+        """The version that answered an unversioned request; raises on any error."""
+        body = {"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32", "data": features}]}
+        conn = self._connection()
+        headers = {"tessera-routing-key": key} if key is not None else {}
+        try:
+            conn.request("POST", f"/v2/models/{model}/infer", body=orjson.dumps(body), headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            self._local.conn = None
+            raise
+        if response.status != 200:
+            raise AssertionError(f"{self.name}: HTTP {response.status} {data[:200]!r}")
+        return str(orjson.loads(data)["model_version"])
+
+    def rollout(self, model: str) -> dict[str, Any]:
+        status, body = self.call("GET", f"/v2/models/{model}/rollout")
+        assert status == 200, body
+        return dict(body)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        for conn in self._connections:
+            conn.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def _launch(repository: Path, redis_url: str, state_dir: Path, name: str, *flags: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "server", "serve", "--model-repository", str(repository), "--host", "127.0.0.1",
+         "--http-port", "0", "--grpc-port", "0", "--redis-url", redis_url, "--state-dir", str(state_dir),
+         "--replica-id", name, "--drift", "false", "--allow-repository-admin", "true",
+         "--rollout-tick-s", "0.1", "--drain-timeout-s", "5", *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)},
+    )
+
+
+def _ports(proc: subprocess.Popen[str], deadline: float, log: list[str]) -> tuple[int, int]:
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    while time.monotonic() < deadline:
+        line = stdout.readline()
+        log.append(line)
+        match = LISTENING.search(line)
+        if match:  # keep the pipe from filling, and the log for a failing test's report
+            threading.Thread(target=lambda: log.extend(stdout), daemon=True).start()
+            return int(match.group(1)), int(match.group(2))
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError("replica did not start")
+
+
+def start_replicas(repository: Path, redis_url: str, tmp: Path, count: int, *flags: str) -> list[Replica]:
+    """Start `count` replicas at once (they start in parallel) and wait until each listens."""
+    base = len(list(tmp.glob("state-*")))
+    names = [f"replica-{base + i}" for i in range(count)]
+    procs = [_launch(repository, redis_url, tmp / f"state-{n}", n, *flags) for n in names]
+    return [Replica(n, p, []) for n, p in zip(names, procs, strict=True)]
+
+
+def wait_for(predicate: Any, timeout_s: float = 30.0, what: str = "condition", show: Any = None) -> float:
+    """Poll until `predicate()` is true; returns the seconds it took. `show()` explains a timeout."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not reached within {timeout_s} s" + (f": {show()}" if show else ""))
+
+
+class Traffic:
+    """Unversioned requests spread over replicas (round robin) on a thread; records errors and answers."""
+
+    def __init__(self, replicas: list[Replica], models: list[str]) -> None:
+        self.replicas = list(replicas)
+        self.models = models
+        self.errors: list[str] = []
+        self.answers: list[tuple[str, str]] = []  # (model, version)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def remove(self, replica: Replica) -> None:
+        """Send nothing more to `replica` (returns once a request to it can no longer be in flight)."""
+        with self._lock:
+            self.replicas = [r for r in self.replicas if r is not replica]
+
+    def _run(self) -> None:
+        i = 0
+        rng = random.Random(0)
+        while not self._stop.is_set():
+            with self._lock:
+                replica, model = self.replicas[i % len(self.replicas)], self.models[i % len(self.models)]
+                i += 1
+                try:
+                    features = [rng.gauss(0.0, 1.0) for _ in range(8)]
+                    self.answers.append((model, replica.infer(model, key=f"k{i}", features=features)))
+                except Exception as exc:
+                    self.errors.append(f"{replica.name} {model}: {exc}")
+            time.sleep(0.002)
