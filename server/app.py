@@ -21,9 +21,10 @@ from .grpc_api.rollout_service import RolloutService
 from .grpc_api.service import SERVICE_NAME, InferenceService
 from .http_api import build_http_app
 from .metrics import Metrics
+from .repository.fleet_admin import FleetAdmin
 from .repository.manager import ModelManager
 from .repository.watcher import RepositoryWatcher
-from .routing import build_rollout_controller
+from .routing import build_rollout_controller, replica_name
 from .settings import ServerSettings
 
 __all__ = ["App"]
@@ -55,6 +56,11 @@ class App:
         self.rollouts = build_rollout_controller(settings, self.manager, self.metrics, self.audit)
         self.dataplane = DataPlane(self.manager, self.metrics, admin_enabled=settings.allow_repository_admin,
                                    rollouts=self.rollouts)
+        self.fleet_admin: FleetAdmin | None = None
+        if settings.redis_url and settings.model_control_mode == "explicit":
+            self.fleet_admin = FleetAdmin(self.manager, settings.redis_url, replica_name(settings),
+                                          settings.fleet_admin_timeout_s)
+            self.dataplane.set_fleet_admin(self.fleet_admin, self.fleet_admin.fleet_index)
         self.drift: DriftSidePath | None = None
         if settings.drift_enabled:
             self.drift = DriftSidePath.create(
@@ -87,6 +93,8 @@ class App:
         if s.model_control_mode == "poll":
             self._watcher = RepositoryWatcher(self.manager, s.repository_poll_secs)
             self._watcher.start()
+        if self.fleet_admin is not None:
+            await self.fleet_admin.start()
         await self.rollouts.start()
         if self.drift is not None:
             await self.drift.start()
@@ -140,6 +148,8 @@ class App:
             await self._grpc.stop(self.settings.drain_timeout_s)
         if self._watcher is not None:
             await self._watcher.stop()
+        if self.fleet_admin is not None:
+            await self.fleet_admin.stop()
         await self.rollouts.stop()
         if self.drift is not None:
             await self.drift.stop()

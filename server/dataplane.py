@@ -7,7 +7,7 @@ the result. Errors are TesseraError subclasses; transports map them through serv
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -22,7 +22,7 @@ from .routing import RolloutController, RolloutSpec, RolloutState, Router
 from .statistics import ModelStatistics
 from .tensors import InferRequest, InferResponse, Tensor
 
-__all__ = ["DataPlane", "InferenceObserver", "ServerMetadata"]
+__all__ = ["DataPlane", "InferenceObserver", "RepositoryAdmin", "ServerMetadata"]
 
 # Only what is really served: see README "Protocol extensions".
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "model_repository",
@@ -47,6 +47,15 @@ class InferenceObserver(Protocol):
                 outputs: dict[str, Tensor]) -> None: ...
 
 
+class RepositoryAdmin(Protocol):
+    """Where repository load/unload go: the ModelManager, or FleetAdmin (every replica, explicit mode)."""
+
+    async def load(self, name: str, *, config_json: str | None = None,
+                   files: dict[str, bytes] | None = None) -> None: ...
+
+    async def unload(self, name: str, *, unload_dependents: bool = False) -> None: ...
+
+
 class DataPlane:
     """The one place both transports call."""
 
@@ -61,6 +70,13 @@ class DataPlane:
         self._drift_reports: Callable[[], dict[str, Any]] | None = None
         self._metadata = ServerMetadata("tessera", __version__, EXTENSIONS)
         self.accepting = True
+        self._repository_admin: RepositoryAdmin = manager
+        self._fleet_index: Callable[[], Awaitable[dict[str, list[IndexEntry]]]] | None = None
+
+    def set_fleet_admin(self, admin: RepositoryAdmin,
+                        index: Callable[[], Awaitable[dict[str, list[IndexEntry]]]]) -> None:
+        """Send load/unload to `admin` (every replica), and show the fleet's index from `index`."""
+        self._repository_admin, self._fleet_index = admin, index
 
     @property
     def manager(self) -> ModelManager:
@@ -156,6 +172,12 @@ class DataPlane:
     def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
         return [e for e in self._manager.index() if not ready_only or e.state == "READY"]
 
+    async def fleet_index(self) -> dict[str, list[IndexEntry]]:
+        """Each replica's repository index (replica name -> entries). Raises Unsupported outside a fleet."""
+        if self._fleet_index is None:
+            raise Unsupported("the fleet's index needs --redis-url and --model-control-mode explicit")
+        return await self._fleet_index()
+
     def _check_admin(self) -> None:
         if not self._admin_enabled:
             raise Unsupported("repository load/unload is disabled on this server "
@@ -164,11 +186,11 @@ class DataPlane:
     async def load_model(self, name: str, config_json: str | None = None,
                          files: dict[str, bytes] | None = None) -> None:
         self._check_admin()
-        await self._manager.load(check_model_name(name), config_json=config_json, files=files or {})
+        await self._repository_admin.load(check_model_name(name), config_json=config_json, files=files or {})
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         self._check_admin()
-        await self._manager.unload(check_model_name(name))
+        await self._repository_admin.unload(check_model_name(name))
 
     # -- rollouts ------------------------------------------------------------------------------
     def _controller(self) -> RolloutController:

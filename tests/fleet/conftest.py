@@ -22,7 +22,8 @@ def fleet(own_redis: RedisExecutor, tmp_path: Path) -> Iterator[Callable[..., li
     started: list[Replica] = []
 
     def start(repository: Path, *flags: str, count: int = 3) -> list[Replica]:
-        replicas = start_replicas(repository, f"redis://127.0.0.1:{own_redis.port}/0", tmp_path, count, *flags)
+        replicas = start_replicas(repository, f"redis://127.0.0.1:{own_redis.port}/0", tmp_path, len(started),
+                                  count, *flags)
         started.extend(replicas)
         return replicas
 

@@ -130,10 +130,10 @@ def _ports(proc: subprocess.Popen[str], deadline: float, log: list[str]) -> tupl
     raise AssertionError("replica did not start")
 
 
-def start_replicas(repository: Path, redis_url: str, tmp: Path, count: int, *flags: str) -> list[Replica]:
-    """Start `count` replicas at once (they start in parallel) and wait until each listens."""
-    base = len(list(tmp.glob("state-*")))
-    names = [f"replica-{base + i}" for i in range(count)]
+def start_replicas(repository: Path, redis_url: str, tmp: Path, first: int, count: int, *flags: str
+                   ) -> list[Replica]:
+    """Start replicas `first`.. `first + count - 1` at once (in parallel) and wait until each listens."""
+    names = [f"replica-{first + i}" for i in range(count)]
     procs = [_launch(repository, redis_url, tmp / f"state-{n}", n, *flags) for n in names]
     return [Replica(n, p, []) for n, p in zip(names, procs, strict=True)]
 
