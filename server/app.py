@@ -49,7 +49,7 @@ class App:
 
     def __init__(self, settings: ServerSettings, metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(multiprocess_dir=settings.metrics_multiprocess_dir)
         self.manager = ModelManager(settings.model_repository, settings, self.metrics)
         self._watcher: RepositoryWatcher | None = None
         self.audit = AuditLog(settings.state_dir / "audit.jsonl")

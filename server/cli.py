@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import json
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -172,6 +174,13 @@ def run_server(settings: ServerSettings) -> None:
 
 
 def _run_workers(settings: ServerSettings) -> int:
+    from .metrics import mark_worker_dead, prepare_multiprocess_dir
+
+    # prometheus-client picks its multiprocess value store when it is imported: the variable must be in
+    # the environment the workers are spawned with.
+    metrics_dir, temporary = prepare_multiprocess_dir(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    settings = dataclasses.replace(settings, metrics_multiprocess_dir=metrics_dir)
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=run_server, args=(settings,), name=f"tessera-{i}") for i in range(settings.workers)]
     for proc in procs:
@@ -186,6 +195,10 @@ def _run_workers(settings: ServerSettings) -> int:
     signal.signal(signal.SIGINT, forward)
     for proc in procs:
         proc.join()
+        if proc.pid is not None:
+            mark_worker_dead(metrics_dir, proc.pid)
+    if temporary:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return max((proc.exitcode or 0) for proc in procs)
 
 

@@ -108,3 +108,6 @@ class ServerSettings:
 
     fleet_admin_timeout_s: float = 30.0
     """Seconds an explicit-mode load/unload waits for every replica to answer (with Redis)."""
+
+    metrics_multiprocess_dir: Path | None = None
+    """Set by `--workers N` (N > 1): where the workers' metric values meet, so one scrape shows all."""
