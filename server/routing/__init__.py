@@ -8,14 +8,13 @@ from .fleet_store import FleetStore
 from .router import Route, Router
 from .spec import RolloutSpec
 from .state import Phase, RolloutState
-from .store import FileStateStore, RedisStateStore, StateStore
+from .store import FileStateStore, StateStore
 
 __all__ = [
     "FileStateStore",
     "FleetRolloutController",
     "FleetStore",
     "Phase",
-    "RedisStateStore",
     "RolloutController",
     "RolloutSpec",
     "RolloutState",
