@@ -95,10 +95,12 @@ def test_killing_the_leader_mid_canary_hands_the_rollout_on(fleet, tmp_path, own
             "analysis": {"max_p99_ratio": 100}}
     with Traffic(replicas, ["tabular"]) as traffic:
         _start(replicas[1], "tabular", spec)
-        wait_for(lambda: replicas[0].rollout("tabular")["step"] >= 1, timeout_s=20, what="second step")
+        wait_for(lambda: replicas[0].rollout("tabular").get("step", -1) >= 1, timeout_s=20, what="second step")
         token, _, holder = lease.get("tessera:rollouts:leader").decode().partition(" ")
         leader = next(r for r in replicas if r.name == holder)
-        step_at_kill = leader.rollout("tabular")["step"]
+        at_kill = leader.rollout("tabular")
+        step_at_kill = at_kill["step"]
+        assert at_kill["phase"] == "CANARY"
         traffic.remove(leader)
         leader.kill()
         survivors = [r for r in replicas if r is not leader]
