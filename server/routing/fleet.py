@@ -58,6 +58,7 @@ class FleetRolloutController(RolloutController):
         self._revisions: dict[str, int] = {}  # model -> revision of the shared state applied here
         self._merged: dict[str, StepEvidence] = {}
         self._changed = asyncio.Event()
+        self._lock = asyncio.Lock()
         self._listener: asyncio.Task[None] | None = None
         self._redis_down = False
 
@@ -137,6 +138,10 @@ class FleetRolloutController(RolloutController):
 
     async def _write(self, state: RolloutState, event: str, actor: str, reason: str, token: int) -> bool:
         """One fenced compare-and-set write; applied here at once when accepted. Raises Redis' errors."""
+        async with self._lock:
+            return await self._write_locked(state, event, actor, reason, token)
+
+    async def _write_locked(self, state: RolloutState, event: str, actor: str, reason: str, token: int) -> bool:
         expected = self._revisions.get(state.model, 0)
         revision = await self._fleet.write(state, token=token, expected_revision=expected, event=event,
                                            actor=actor, reason=reason, replica=self.replica)
@@ -169,16 +174,20 @@ class FleetRolloutController(RolloutController):
         self._metrics.rollout_weight.labels(state.model, str(state.candidate_version)).set(state.weight)
 
     async def _sync(self) -> None:
-        """Apply every shared state whose revision differs from the one applied here."""
-        shared = await self._fleet.read_all()
-        for model, (state, revision) in shared.items():
-            if self._revisions.get(model) != revision:
-                self._apply(state, revision)
-        if self.leader:  # Redis lost what it held: write back what the fleet serves
-            for model in [m for m in self.rollouts if m not in shared]:
-                self._revisions[model] = 0
-                await self._write(self.rollouts[model].state, "reseeded", "system", "Redis had lost it",
-                                  self.token)
+        """Apply every shared state whose revision differs from the one applied here.
+
+        Reads and writes take turns (one lock): a read that started before a write made here could
+        otherwise apply the older state over the newer one for a tick."""
+        async with self._lock:
+            shared = await self._fleet.read_all()
+            for model, (state, revision) in shared.items():
+                if self._revisions.get(model) != revision:
+                    self._apply(state, revision)
+            if self.leader:  # Redis lost what it held: write back what the fleet serves
+                for model in [m for m in self.rollouts if m not in shared]:
+                    self._revisions[model] = 0
+                    await self._write_locked(self.rollouts[model].state, "reseeded", "system", "Redis had lost it",
+                                             self.token)
 
     # -- the tick ------------------------------------------------------------------------------
     async def _run(self) -> None:

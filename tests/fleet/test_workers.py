@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import signal
@@ -10,10 +11,12 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import make_models
 import orjson
 import port_for
+from prometheus_client.mmap_dict import MmapedDict
 
 from .replicas import FEATURES, LISTENING, ROOT
 
@@ -29,6 +32,12 @@ def _scrape(port: int) -> str:
 
 def _total(text: str, name: str) -> float:
     return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
+
+
+def _served_by(path: Path) -> float:
+    """Successful requests one worker recorded in its own file."""
+    return sum(value for key, value, _, _ in MmapedDict.read_all_values_from_file(str(path))
+               if json.loads(key)[1] == "tessera_request_success_total")
 
 
 def test_one_scrape_of_any_worker_counts_every_workers_requests(tmp_path):
@@ -61,7 +70,9 @@ def test_one_scrape_of_any_worker_counts_every_workers_requests(tmp_path):
             conn.request("POST", "/v2/models/tabular/infer", body=body)
             assert conn.getresponse().status == 200
             conn.close()
-        assert len(list(metrics_dir.glob("counter_*.db"))) == 2  # one per worker; the stale one went
+        per_worker = [_served_by(path) for path in metrics_dir.glob("counter_*.db")]
+        assert len(per_worker) == 2 and all(per_worker), per_worker  # both served; the stale file went
+        assert sum(per_worker) == sent
         for _ in range(6):  # whichever worker answers the scrape
             text = _scrape(http_port)
             assert _total(text, "tessera_request_success_total") == sent
