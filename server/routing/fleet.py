@@ -274,8 +274,11 @@ def _same_rollout(a: RolloutState, b: RolloutState) -> bool:
 
 
 def replica_name(settings: ServerSettings) -> str:
-    """This replica's name in the fleet: --replica-id, else <hostname>-<pid> (unique per process)."""
-    return settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    """This process's name in the fleet: --replica-id, else <hostname>-<pid>. Under --workers N each worker
+    is a replica of its own (its own lease attempts, its own admin cursor): the pid is appended."""
+    if settings.replica_id and settings.workers <= 1:
+        return settings.replica_id
+    return f"{settings.replica_id or socket.gethostname()}-{os.getpid()}"
 
 
 def build_rollout_controller(settings: ServerSettings, manager: ModelManager, metrics: Metrics,
