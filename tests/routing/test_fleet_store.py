@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from server.routing import FleetStore, Phase, RolloutSpec, RolloutState
+from server.routing import FleetStore, Phase, RolloutSpec, RolloutState, replica_name
 from server.routing.fleet_store import ADMIN_TOKEN, CONFLICT, STALE
+from server.settings import ServerSettings
 from tests.drift.conftest import drift_redis_proc, drift_redisdb, redis_url
 
 __all__ = ["drift_redis_proc", "drift_redisdb", "redis_url"]
@@ -58,3 +61,13 @@ async def test_a_fence_lost_with_redis_data_restarts_above_the_floor(store: Flee
     token = await store.acquire("a", 5.0)
     await store.client.flushdb()  # Redis restarted without persistence
     assert await store.acquire("b", 5.0, floor=token + 10) == token + 11
+
+
+@pytest.mark.parametrize(("replica_id", "workers", "unique"), [
+    pytest.param("pod-a", 1, False, id="named-pod"),
+    pytest.param("pod-a", 2, True, id="named-pod-with-workers"),
+    pytest.param("", 1, True, id="unnamed"),
+])
+def test_every_process_has_its_own_name_in_the_fleet(replica_id: str, workers: int, unique: bool) -> None:
+    name = replica_name(ServerSettings(model_repository=".", replica_id=replica_id, workers=workers))
+    assert name.startswith(replica_id) and name.endswith(f"-{os.getpid()}") == unique
