@@ -28,6 +28,8 @@ def fleet(own_redis: RedisExecutor, tmp_path: Path) -> Iterator[Callable[..., li
         return replicas
 
     yield start
+    for replica in started:  # all drain at once
+        replica.terminate()
     for replica in started:
         replica.stop()
     if os.environ.get("TESSERA_TEST_LOGS"):

@@ -89,11 +89,16 @@ class Replica:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """Close this test's connections and send SIGTERM (the drain starts); `stop` waits for the exit."""
         for conn in self._connections:
             conn.close()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        self.terminate()
+        if self.proc.poll() is None:
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
