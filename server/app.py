@@ -25,9 +25,10 @@ from .grpc_api.service import SERVICE_NAME, InferenceService
 from .http_api import build_http_app
 from .http_api.security import TlsPeerProtocol
 from .metrics import Metrics
+from .repository.fleet_admin import FleetAdmin
 from .repository.manager import ModelManager
 from .repository.watcher import RepositoryWatcher
-from .routing import FileStateStore, RedisStateStore, RolloutController, StateStore
+from .routing import build_rollout_controller, replica_name
 from .settings import ServerSettings
 from .tls import FileWatcher, ServerTlsContext, TlsFiles
 
@@ -63,17 +64,19 @@ class App:
         self.file_watcher = FileWatcher(settings.tls_reload_s)
         if self.authorizer.enabled:
             self.file_watcher.add(self.authorizer.refresh)
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(multiprocess_dir=settings.metrics_multiprocess_dir)
         self.manager = ModelManager(settings.model_repository, settings, self.metrics)
         self._watcher: RepositoryWatcher | None = None
-        store: StateStore = (RedisStateStore(settings.redis_url) if settings.redis_url
-                             else FileStateStore(settings.state_dir))
         self.audit = AuditLog(settings.state_dir / "audit.jsonl")
-        self.rollouts = RolloutController(self.manager, self.metrics, store, self.audit,
-                                          tick_s=settings.rollout_tick_s)
+        self.rollouts = build_rollout_controller(settings, self.manager, self.metrics, self.audit)
         self.dataplane = DataPlane(self.manager, self.metrics, admin_enabled=settings.allow_repository_admin,
                                    rollouts=self.rollouts, authorizer=self.authorizer, audit=self.audit,
                                    metrics_auth=settings.metrics_auth)
+        self.fleet_admin: FleetAdmin | None = None
+        if settings.redis_url and settings.model_control_mode == "explicit":
+            self.fleet_admin = FleetAdmin(self.manager, settings.redis_url, replica_name(settings),
+                                          settings.fleet_admin_timeout_s)
+            self.dataplane.set_fleet_admin(self.fleet_admin, self.fleet_admin.fleet_index)
         self.drift: DriftSidePath | None = None
         if settings.drift_enabled:
             self.drift = DriftSidePath.create(
@@ -106,6 +109,8 @@ class App:
         if s.model_control_mode == "poll":
             self._watcher = RepositoryWatcher(self.manager, s.repository_poll_secs)
             self._watcher.start()
+        if self.fleet_admin is not None:
+            await self.fleet_admin.start()
         await self.rollouts.start()
         if self.drift is not None:
             await self.drift.start()
@@ -169,6 +174,8 @@ class App:
         if self._watcher is not None:
             await self._watcher.stop()
         await self.file_watcher.stop()
+        if self.fleet_admin is not None:
+            await self.fleet_admin.stop()
         await self.rollouts.stop()
         if self.drift is not None:
             await self.drift.stop()

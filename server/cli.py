@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import json
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -93,6 +95,16 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--drift-stream-maxlen", type=int, default=int(_env("drift-stream-maxlen", "1000") or 1000))
     p.add_argument("--drift-buffer-windows", type=int, default=int(_env("drift-buffer-windows", "256") or 256))
     p.add_argument("--log-level", default=_env("log-level", "INFO"))
+    # The fleet: replicas sharing --redis-url share rollouts and (explicit mode) repository admin.
+    p.add_argument("--rollout-tick-s", type=float, default=float(_env("rollout-tick-s", "0.5") or 0.5),
+                   help="seconds between checks of each active rollout (and fleet syncs)")
+    p.add_argument("--rollout-lease-s", type=float, default=float(_env("rollout-lease-s", "0") or 0),
+                   help="rollout leader lease, seconds (0: three ticks)")
+    p.add_argument("--replica-id", default=_env("replica-id", "") or "",
+                   help="this replica's name in the fleet (default <hostname>-<pid>)")
+    p.add_argument("--fleet-admin-timeout-s", type=float,
+                   default=float(_env("fleet-admin-timeout-s", "30") or 30),
+                   help="seconds a load/unload waits for every replica's answer (explicit mode, Redis)")
     _add_security_flags(p)
 
 
@@ -193,6 +205,8 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
         drift_buffer_windows=args.drift_buffer_windows,
         log_level=args.log_level.upper(),
         **_security_settings(args),
+        rollout_tick_s=args.rollout_tick_s, rollout_lease_s=args.rollout_lease_s, replica_id=args.replica_id,
+        fleet_admin_timeout_s=args.fleet_admin_timeout_s,
     )
     problem = settings.exposure_problem()
     if problem is not None:
@@ -240,6 +254,13 @@ def run_server(settings: ServerSettings) -> None:
 
 
 def _run_workers(settings: ServerSettings) -> int:
+    from .metrics import mark_worker_dead, prepare_multiprocess_dir
+
+    # prometheus-client picks its multiprocess value store when it is imported: the variable must be in
+    # the environment the workers are spawned with.
+    metrics_dir, temporary = prepare_multiprocess_dir(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    settings = dataclasses.replace(settings, metrics_multiprocess_dir=metrics_dir)
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=run_server, args=(settings,), name=f"tessera-{i}") for i in range(settings.workers)]
     for proc in procs:
@@ -254,6 +275,10 @@ def _run_workers(settings: ServerSettings) -> int:
     signal.signal(signal.SIGINT, forward)
     for proc in procs:
         proc.join()
+        if proc.pid is not None:
+            mark_worker_dead(metrics_dir, proc.pid)
+    if temporary:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return max((proc.exitcode or 0) for proc in procs)
 
 

@@ -100,6 +100,19 @@ class ServerSettings:
     log_level: str = "INFO"
     """Python logging level name."""
 
+    # -- the fleet (replicas sharing --redis-url) ----------------------------------------------
+    replica_id: str = ""
+    """This replica's name in the fleet; empty: <hostname>-<pid> (the pod name in Kubernetes)."""
+
+    rollout_lease_s: float = 0.0
+    """Seconds the rollout leader's lease lasts unless renewed each tick; 0: three ticks, at least 0.5 s."""
+
+    fleet_admin_timeout_s: float = 30.0
+    """Seconds an explicit-mode load/unload waits for every replica to answer (with Redis)."""
+
+    metrics_multiprocess_dir: Path | None = None
+    """Set by `--workers N` (N > 1): where the workers' metric values meet, so one scrape shows all."""
+
     # -- security (TLS, authentication, CORS): see README "Security" ----------------------------
     tls_cert: Path | None = None
     """PEM certificate chain both servers present; TLS is on when this and tls_key are set."""

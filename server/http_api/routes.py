@@ -91,6 +91,10 @@ class HttpRoutes:
         ready_only = documents.decode_index_request(await read_body(request, self._max_body_bytes))
         return _json(documents.encode_index(self._dp.repository_index(ready_only, _creds(request))))
 
+    async def fleet_index(self, request: Request) -> Response:
+        index = await self._dp.fleet_index(_creds(request))
+        return _json({"replicas": {name: documents.encode_index(entries) for name, entries in index.items()}})
+
     async def load(self, request: Request) -> Response:
         require_json(request)
         config, files = documents.decode_load_request(await read_body(request, self._max_body_bytes))
@@ -149,6 +153,7 @@ class HttpRoutes:
                 Route(f"{base}/stats", self.statistics, methods=["GET"]),
             )),
             Route("/v2/repository/index", self.repository_index, methods=["POST"]),
+            Route("/v2/repository/fleet", self.fleet_index, methods=["GET"]),
             Route("/v2/repository/models/{name}/load", self.load, methods=["POST"]),
             Route("/v2/repository/models/{name}/unload", self.unload, methods=["POST"]),
             Route(f"{model}/rollout", self.rollout_status, methods=["GET"]),
