@@ -169,7 +169,9 @@ def test_dockerfile_builds_a_non_root_image_with_a_healthcheck() -> None:
 
 
 def _checkov() -> str | None:
-    return os.environ.get("CHECKOV") or shutil.which("checkov")
+    """CHECKOV, else the venv .ci/setup makes for it, else one on PATH."""
+    local = DEPLOY.parent / ".venv-checkov" / "bin" / "checkov"
+    return os.environ.get("CHECKOV") or (str(local) if local.exists() else None) or shutil.which("checkov")
 
 
 @pytest.mark.skipif(_checkov() is None, reason="checkov not installed (set CHECKOV=path; deploy/README.md has "
