@@ -90,6 +90,38 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--drift-stream-maxlen", type=int, default=int(_env("drift-stream-maxlen", "1000") or 1000))
     p.add_argument("--drift-buffer-windows", type=int, default=int(_env("drift-buffer-windows", "256") or 256))
     p.add_argument("--log-level", default=_env("log-level", "INFO"))
+    # -- bounded decoding, slow clients, rate limits (issue 11) --
+    p.add_argument("--max-request-elements", type=int,
+                   default=int(_env("max-request-elements", str(1 << 24)) or 0),
+                   help="tensor elements one inference request may declare (all inputs)")
+    p.add_argument("--max-request-tensor-bytes", type=int,
+                   default=int(_env("max-request-tensor-bytes", str(128 << 20)) or 0),
+                   help="decoded tensor bytes one inference request may declare (all inputs)")
+    p.add_argument("--decode-off-loop-bytes", type=int,
+                   default=int(_env("decode-off-loop-bytes", str(1 << 20)) or 0),
+                   help="bodies/messages at least this big are decoded on a worker thread")
+    p.add_argument("--body-budget-bytes", type=int, default=int(_env("body-budget-bytes", str(256 << 20)) or 0),
+                   help="bytes held in request bodies process-wide before 429 / RESOURCE_EXHAUSTED (0: off)")
+    p.add_argument("--http-header-timeout-s", type=float,
+                   default=float(_env("http-header-timeout-s", "10") or 0),
+                   help="seconds to send a complete request head before the connection is closed (0: off)")
+    p.add_argument("--http-body-timeout-s", type=float, default=float(_env("http-body-timeout-s", "30") or 0),
+                   help="seconds to send the whole body after the head before the connection is closed (0: off)")
+    p.add_argument("--http-max-header-bytes", type=int,
+                   default=int(_env("http-max-header-bytes", str(64 << 10)) or 0),
+                   help="largest request head; larger ones get 431 and the connection closes")
+    p.add_argument("--http-max-connections", type=int,
+                   default=int(_env("http-max-connections", "2048") or 0),
+                   help="concurrent HTTP connections or requests before 503 (0: unlimited)")
+    p.add_argument("--grpc-max-connection-idle-s", type=float,
+                   default=float(_env("grpc-max-connection-idle-s", "300") or 0),
+                   help="seconds a gRPC connection may stay without calls before it is closed")
+    p.add_argument("--rate-limit-rps", type=float, default=float(_env("rate-limit-rps", "0") or 0),
+                   help="inference requests per second per client (token bucket); 0: off")
+    p.add_argument("--rate-limit-burst", type=int, default=int(_env("rate-limit-burst", "0") or 0),
+                   help="rate-limit bucket size (0: one second's worth)")
+    p.add_argument("--stream-queue-share", type=float, default=float(_env("stream-queue-share", "0.25") or 0),
+                   help="share of a model's queue one gRPC stream may hold")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,7 +155,16 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
         drift_stream_maxlen=args.drift_stream_maxlen,
         drift_buffer_windows=args.drift_buffer_windows,
         log_level=args.log_level.upper(),
+        **_limit_settings(args),
     )
+
+
+def _limit_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The bounded-decoding, slow-client and rate-limit settings (issue 11)."""
+    names = ("max_request_elements", "max_request_tensor_bytes", "decode_off_loop_bytes", "body_budget_bytes",
+             "http_header_timeout_s", "http_body_timeout_s", "http_max_header_bytes", "http_max_connections",
+             "grpc_max_connection_idle_s", "rate_limit_rps", "rate_limit_burst", "stream_queue_share")
+    return {name: getattr(args, name) for name in names}
 
 
 async def _serve(settings: ServerSettings) -> None:

@@ -5,6 +5,8 @@
   after `max_queue_delay_us` from its oldest request; with no delay, whatever is queued goes.
 - Requests whose non-batch dims or dtypes differ never share a batch.
 - The queue is bounded: a full queue raises Overloaded at once.
+- A request that belongs to a QueueShare (one gRPC stream) is refused with Overloaded when its
+  share already has max(1, fraction * queue limit) requests queued or running here.
 - Timeouts fire from a timer while the request waits, even when every instance is busy; an
   expired request is never computed. Cancelled requests (client gone) are skipped.
 - Without dynamic batching (or with max_batch_size 0) each request runs alone, through the same queue.
@@ -23,6 +25,7 @@ from ..metrics import Labels, Metrics
 from ..repository.spec import ModelSpec
 from ..statistics import ModelStatistics
 from ..tensors import Tensor
+from .fairness import QueueShare, current_share
 from .stacking import BatchKey, batch_key, split_outputs, stack_inputs
 
 __all__ = ["DEFAULT_QUEUE_LIMIT", "DynamicBatcher"]
@@ -71,6 +74,7 @@ class DynamicBatcher:
         self._default_timeout_us = batching.default_timeout_us if batching else 0
         self._allow_override = batching.allow_timeout_override if batching else True
         self._queue: deque[_Pending] = deque()
+        self._by_share: dict[QueueShare, int] = {}
         self._arrived = asyncio.Event()
         self._slots = asyncio.Semaphore(self._runner.instances)
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -86,14 +90,32 @@ class DynamicBatcher:
                      ) -> tuple[dict[str, Tensor], int]:
         """Queue a validated request; return its outputs and the nanoseconds it waited in the queue.
 
-        Raises Overloaded (queue full), ModelNotReady (version draining), DeadlineExceeded,
-        ExecutionFailed. Runs on the event loop.
+        Raises Overloaded (queue full, or the caller's QueueShare spent), ModelNotReady (version
+        draining), DeadlineExceeded, ExecutionFailed. Runs on the event loop.
         """
         if not self._accepting:
             raise ModelNotReady(f"model '{self._spec.name}' version {self._spec.version} is unloading")
         if len(self._queue) >= self._queue_limit:
             raise Overloaded(f"model '{self._spec.name}' version {self._spec.version}: queue is full "
                              f"({self._queue_limit} requests); retry later")
+        share = current_share.get()
+        if share is None:
+            return await self._submit(feeds, rows, timeout_us)
+        held = self._by_share.get(share, 0)
+        if held >= share.cap(self._queue_limit):
+            raise Overloaded(f"model '{self._spec.name}' version {self._spec.version}: this stream already "
+                             f"has {held} requests queued, its share of the queue ({self._queue_limit} "
+                             f"requests); retry later")
+        self._by_share[share] = held + 1
+        try:
+            return await self._submit(feeds, rows, timeout_us)
+        finally:
+            left = self._by_share.pop(share) - 1
+            if left:
+                self._by_share[share] = left
+
+    async def _submit(self, feeds: dict[str, Tensor], rows: int, timeout_us: int
+                      ) -> tuple[dict[str, Tensor], int]:
         loop = asyncio.get_running_loop()
         pending = _Pending(feeds, rows, batch_key(feeds) if self._merge else (), loop.create_future(),
                            time.perf_counter_ns())

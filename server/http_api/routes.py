@@ -15,9 +15,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..admission import Admission
 from ..dataplane import DataPlane
 from ..metrics import CONTENT_TYPE_LATEST, Metrics
 from ..protocol.http_codec import HEADER_LENGTH, decode_infer_request, encode_infer_response
+from ..protocol.limits import DEFAULT_LIMITS, DecodeLimits
+from ..protocol.validation import model_shape_check
 from . import documents
 from .body import read_body
 from .errors import HTTP_EXCEPTION_HANDLERS, ErrorMiddleware
@@ -47,10 +50,13 @@ def _model(request: Request) -> tuple[str, str]:
 class HttpRoutes:
     """The handlers, bound to one DataPlane."""
 
-    def __init__(self, dataplane: DataPlane, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(self, dataplane: DataPlane, metrics: Metrics, max_body_bytes: int,
+                 admission: Admission | None = None, limits: DecodeLimits = DEFAULT_LIMITS) -> None:
         self._dp = dataplane
         self._metrics = metrics
         self._max_body_bytes = max_body_bytes
+        self._admission = admission or Admission()
+        self._limits = limits
         self._openapi = orjson.dumps(orjson.loads(_OPENAPI_PATH.read_bytes()))  # checked once, at start
 
     async def live(self, request: Request) -> Response:
@@ -72,11 +78,16 @@ class HttpRoutes:
         return _json(documents.encode_model_config(self._dp.model_config(*_model(request))))
 
     async def infer(self, request: Request) -> Response:
-        body = await read_body(request, self._max_body_bytes)
         name, version = _model(request)
-        infer_request = decode_infer_request(body, request.headers.get(HEADER_LENGTH), name, version,
-                                             request.headers.get(ROUTING_KEY_HEADER))
-        encoded = encode_infer_response(await self._dp.infer(infer_request), infer_request)
+        self._admission.admit(request.client.host if request.client else "")
+        with self._admission.bodies.hold() as hold:  # held until the model is done with the body's views
+            body = await read_body(request, self._max_body_bytes, hold)
+            infer_request = await self._limits.decode(
+                len(body), decode_infer_request, body, request.headers.get(HEADER_LENGTH), name, version,
+                request.headers.get(ROUTING_KEY_HEADER), self._limits,
+                model_shape_check(self._dp.manager, name, version))
+            response = await self._dp.infer(infer_request)
+        encoded = encode_infer_response(response, infer_request)
         headers = {} if encoded.header_length is None else {HEADER_LENGTH: str(encoded.header_length)}
         return Response(encoded.body, headers=headers, media_type=encoded.media_type)
 
@@ -154,10 +165,12 @@ class HttpRoutes:
         ]
 
 
-def build_http_app(dataplane: DataPlane, metrics: Metrics, max_body_bytes: int) -> Starlette:
-    """The ASGI app serving the V2 HTTP API over `dataplane`; bodies over `max_body_bytes` get 413."""
+def build_http_app(dataplane: DataPlane, metrics: Metrics, max_body_bytes: int,
+                   admission: Admission | None = None, limits: DecodeLimits = DEFAULT_LIMITS) -> Starlette:
+    """The ASGI app serving the V2 HTTP API over `dataplane`; bodies over `max_body_bytes` get 413,
+    inference requests pass `admission` (rate limits, body budget) and are decoded under `limits`."""
     return Starlette(
-        routes=HttpRoutes(dataplane, metrics, max_body_bytes).routes(),
+        routes=HttpRoutes(dataplane, metrics, max_body_bytes, admission, limits).routes(),
         middleware=[Middleware(ErrorMiddleware)],
         exception_handlers=HTTP_EXCEPTION_HANDLERS,
     )
