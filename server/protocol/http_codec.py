@@ -209,6 +209,9 @@ def _decode_input(entry: Any, index: int, body: memoryview, offset: int,
         if offset + size > len(body):
             raise InvalidInput(f"{where}: binary_data_size {size} runs past the end of the body "
                                f"({len(body) - offset} bytes remain)")
+        if datatype == "BYTES":
+            budget.payload(name, size)
+        budget.model(name, datatype, shape)
         return name, datatype, _binary_array(body[offset : offset + size], datatype, shape, name), size
     if "data" not in entry:
         raise InvalidInput(f"{where}: has neither 'data' nor 'binary_data_size'")
