@@ -18,7 +18,7 @@ from ..admission import Admission, peer_host
 from ..batching import QueueShare
 from ..dataplane import DataPlane
 from ..protocol.grpc_codec import decode_infer_request, encode_infer_response, encode_statistics, parse_message
-from ..protocol.limits import DEFAULT_LIMITS, DecodeLimits
+from ..protocol.limits import DEFAULT_LIMITS, DecodeLimits, response_bytes
 from ..protocol.validation import model_shape_check
 from ..tensors import InferRequest
 from .errors import abort_status, guarded
@@ -68,17 +68,17 @@ class InferenceService:
 
     async def _decode(self, raw: bytes, key: str | None, ids: list[str]) -> InferRequest:
         """Parse and decode, off the loop for big messages; the request's id is appended to `ids`."""
-        msg = await self._limits.decode(len(raw), parse_message, pb.ModelInferRequest, raw)
+        msg = await self._limits.off_loop(len(raw), parse_message, pb.ModelInferRequest, raw)
         ids.append(msg.id)
         check = model_shape_check(self._dp.manager, msg.model_name, msg.model_version)
-        return await self._limits.decode(len(raw), decode_infer_request, msg, key, self._limits, check)
+        return await self._limits.off_loop(len(raw), decode_infer_request, msg, key, self._limits, check)
 
     async def _infer(self, raw: bytes, peer: str, key: str | None, ids: list[str]) -> pb.ModelInferResponse:
         self._admission.admit(peer)
         with self._admission.bodies.hold() as hold:  # held until the model is done with the views
             hold.grow(len(raw))
             response = await self._dp.infer(await self._decode(raw, key, ids))
-        return encode_infer_response(response)
+        return await self._limits.off_loop(response_bytes(response), encode_infer_response, response)
 
     async def server_live(self, request: pb.ServerLiveRequest, context: Ctx) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self._dp.live())

@@ -19,7 +19,7 @@ from ..admission import Admission
 from ..dataplane import DataPlane
 from ..metrics import CONTENT_TYPE_LATEST, Metrics
 from ..protocol.http_codec import HEADER_LENGTH, decode_infer_request, encode_infer_response
-from ..protocol.limits import DEFAULT_LIMITS, DecodeLimits
+from ..protocol.limits import DEFAULT_LIMITS, DecodeLimits, response_bytes
 from ..protocol.validation import model_shape_check
 from . import documents
 from .body import read_body
@@ -82,12 +82,13 @@ class HttpRoutes:
         self._admission.admit(request.client.host if request.client else "")
         with self._admission.bodies.hold() as hold:  # held until the model is done with the body's views
             body = await read_body(request, self._max_body_bytes, hold)
-            infer_request = await self._limits.decode(
+            infer_request = await self._limits.off_loop(
                 len(body), decode_infer_request, body, request.headers.get(HEADER_LENGTH), name, version,
                 request.headers.get(ROUTING_KEY_HEADER), self._limits,
                 model_shape_check(self._dp.manager, name, version))
             response = await self._dp.infer(infer_request)
-        encoded = encode_infer_response(response, infer_request)
+        encoded = await self._limits.off_loop(response_bytes(response), encode_infer_response, response,
+                                              infer_request)
         headers = {} if encoded.header_length is None else {HEADER_LENGTH: str(encoded.header_length)}
         return Response(encoded.body, headers=headers, media_type=encoded.media_type)
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
 from ..errors import InvalidInput
-from ..tensors import Parameters
+from ..tensors import InferResponse, Parameters
 from .datatypes import V2_TO_NUMPY
 
-__all__ = ["DEFAULT_LIMITS", "MAX_DIMS", "DecodeLimits", "ShapeCheck", "timeout_us"]
+__all__ = ["DEFAULT_LIMITS", "MAX_DIMS", "DecodeLimits", "ShapeCheck", "response_bytes", "timeout_us"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -43,14 +43,16 @@ class DecodeLimits:
     """Dimensions per input shape."""
 
     off_loop_bytes: int = 1 << 20
-    """Bodies and messages at least this big are decoded on a worker thread, not the event loop."""
+    """Bodies, messages and responses at least this big are decoded / encoded on a worker thread."""
 
-    async def decode(self, size: int, decode: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        """`decode(*args, **kwargs)`, on a worker thread when `size` bytes reach `off_loop_bytes`, so a
-        big request never holds the event loop (numpy and the parsers release the GIL for most of it)."""
+    async def off_loop(self, size: int, work: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        """`work(*args, **kwargs)` (a decode or an encode), on a worker thread when `size` bytes reach
+        `off_loop_bytes`, so a big request never holds the event loop for long (numpy releases the
+        GIL for most of its work; pure-Python steps share it with the loop in switch intervals)."""
         if size >= self.off_loop_bytes:
-            return await asyncio.to_thread(decode, *args, **kwargs)
-        return decode(*args, **kwargs)
+            return await asyncio.to_thread(work, *args, **kwargs)
+        return work(*args, **kwargs)
+
 
     def check(self, name: str, datatype: str, shape: Sequence[object], model_check: ShapeCheck | None = None,
               spent: tuple[int, int] = (0, 0)) -> tuple[int, ...]:
@@ -113,3 +115,8 @@ def timeout_us(parameters: Parameters) -> int:
         raise InvalidInput(f"parameter 'timeout' must be a non-negative integer of microseconds, "
                            f"got {timeout!r}")
     return timeout
+
+
+def response_bytes(response: InferResponse) -> int:
+    """Roughly what encoding `response` walks (an object element counts as 8 bytes)."""
+    return sum(array.nbytes for array in response.outputs.values())
