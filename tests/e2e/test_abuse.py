@@ -4,6 +4,7 @@ other clients are still served."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -69,9 +70,8 @@ def _response(sock: socket.socket) -> tuple[int, dict[str, Any]]:
 
 
 def _grpc_infer(server: RunningServer, msg: service_pb2.ModelInferRequest) -> grpc.RpcError:
-    with grpc.insecure_channel(server.grpc_url) as channel:
-        with pytest.raises(grpc.RpcError) as caught:
-            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(msg, timeout=30)
+    with grpc.insecure_channel(server.grpc_url) as channel, pytest.raises(grpc.RpcError) as caught:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(msg, timeout=30)
     return caught.value
 
 
@@ -197,9 +197,9 @@ def test_body_budget_exhausted_is_overloaded(repository: Path, server_factory: A
     else:
         msg = _grpc_request([1, 4])
         msg.id = padding
-        with grpc.insecure_channel(small.grpc_url, options=[("grpc.max_send_message_length", -1)]) as channel:
-            with pytest.raises(grpc.RpcError) as caught:
-                service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(msg, timeout=30)
+        with (grpc.insecure_channel(small.grpc_url) as channel,
+              pytest.raises(grpc.RpcError) as caught):
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(msg, timeout=30)
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "budget of 1048576" in caught.value.details()
         with grpcclient.InferenceServerClient(small.grpc_url) as client:
@@ -287,10 +287,8 @@ def test_slow_clients_are_closed_while_others_are_served(server: RunningServer) 
         index = 0
         while not stop.wait(0.2):
             for sock in trickle_head + trickle_body:
-                try:
+                with contextlib.suppress(OSError):
                     sock.send(head[index % 20 : index % 20 + 1] if sock in trickle_head else b" ")
-                except OSError:
-                    pass
             index += 1
 
     started = time.monotonic()
