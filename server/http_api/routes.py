@@ -22,7 +22,7 @@ from ..protocol.http_codec import HEADER_LENGTH, decode_infer_request, encode_in
 from ..protocol.limits import DEFAULT_LIMITS, DecodeLimits, response_bytes
 from ..protocol.validation import model_shape_check
 from . import documents
-from .body import read_body
+from .body import read_body, read_body_buffer
 from .errors import HTTP_EXCEPTION_HANDLERS, ErrorMiddleware
 
 __all__ = ["ROUTING_KEY_HEADER", "build_http_app"]
@@ -81,7 +81,7 @@ class HttpRoutes:
         name, version = _model(request)
         self._admission.admit(request.client.host if request.client else "")
         with self._admission.bodies.hold() as hold:  # held until the model is done with the body's views
-            body = await read_body(request, self._max_body_bytes, hold)
+            body = await read_body_buffer(request, self._max_body_bytes, hold)
             infer_request = await self._limits.off_loop(
                 len(body), decode_infer_request, body, request.headers.get(HEADER_LENGTH), name, version,
                 request.headers.get(ROUTING_KEY_HEADER), self._limits,

@@ -106,7 +106,7 @@ def _parameters(obj: dict[str, Any], where: str) -> Parameters:
 
 
 # -- request -----------------------------------------------------------------------------------
-def decode_infer_request(body: bytes, header_length: str | None, model_name: str,
+def decode_infer_request(body: bytes | bytearray, header_length: str | None, model_name: str,
                          model_version: str | None = None, routing_key: str | None = None,
                          limits: DecodeLimits = DEFAULT_LIMITS,
                          model_check: ShapeCheck | None = None) -> InferRequest:
