@@ -8,7 +8,7 @@ built here: `strings` (CategoryMapper, BYTES[-1,-1] -> INT64, max_batch_size 8) 
 (FP32[-1,64] -> [-1,10]). The small client sends one `mlp` row every `--interval-ms` (open loop:
 latency counts from the scheduled send, so a stalled server is not hidden by a waiting client);
 the big client sends one binary-extension request of `--elements` two-byte BYTES elements in
-8 rows. `--server-path` runs another checkout's server (e.g. the code before the change).
+`--rows` rows. `--server-path` runs another checkout's server (e.g. the code before the change).
 Not a test: it prints one line per round and the medians.
 """
 
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "model_repository"))
 import make_models  # noqa: E402
 
 
-def build_repository(root: Path) -> Path:
+def build_repository(root: Path, max_batch_size: int = 8) -> Path:
     node = helper.make_node("CategoryMapper", ["INPUT0"], ["OUTPUT0"], domain="ai.onnx.ml",
                             cats_strings=["aa", "ab", "ba"], cats_int64s=[1, 2, 3], default_int64=0)
     graph = helper.make_graph(
@@ -50,7 +50,8 @@ def build_repository(root: Path) -> Path:
     model.ir_version = 8
     (root / "strings" / "1").mkdir(parents=True)
     onnx.save(model, str(root / "strings" / "1" / "model.onnx"))
-    (root / "strings" / "config.pbtxt").write_text('name: "strings"\nmax_batch_size: 8\ndynamic_batching { }\n')
+    (root / "strings" / "config.pbtxt").write_text(
+        f'name: "strings"\nmax_batch_size: {max_batch_size}\ndynamic_batching {{ }}\n')
     make_models.make_mlp(root, "mlp", [64, 256, 256, 10])
     return root
 
@@ -62,9 +63,9 @@ def http_request(path: str, body: bytes, header_length: int | None = None, close
             % (path.encode(), extra, conn, len(body))) + body
 
 
-def big_body(elements: int) -> tuple[bytes, int]:
+def big_body(elements: int, rows: int = 8) -> tuple[bytes, int]:
     blob = (struct.pack("<I", 2) + b"ab") * elements
-    header = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "BYTES", "shape": [8, elements // 8],
+    header = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "BYTES", "shape": [rows, elements // rows],
                                      "parameters": {"binary_data_size": len(blob)}}],
                          "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": True}}]}).encode()
     return header + blob, len(header)
@@ -138,7 +139,7 @@ def one_round(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
 def measure(args: argparse.Namespace, server: Server) -> dict[str, Any]:
     small, small_header = small_body()
     small_request = http_request("/v2/models/mlp/infer", small, small_header)
-    big, big_header = big_body(args.elements)
+    big, big_header = big_body(args.elements, args.rows)
     big_request = http_request("/v2/models/strings/infer", big, big_header, close=True)
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -200,6 +201,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--elements", type=int, default=10_000_000, help="two-byte BYTES elements (6 B each)")
+    parser.add_argument("--rows", type=int, default=8, help="rows of the big request (the model's max_batch_size)")
     parser.add_argument("--interval-ms", type=float, default=5.0, help="small-request schedule (open loop)")
     parser.add_argument("--lead-s", type=float, default=1.0)
     parser.add_argument("--tail-s", type=float, default=0.5)
@@ -210,7 +212,7 @@ def main() -> None:
     args = parser.parse_args()
     os.sched_setaffinity(0, {args.load_cpu})
     with tempfile.TemporaryDirectory() as tmp:
-        repository = build_repository(Path(tmp) / "repository")
+        repository = build_repository(Path(tmp) / "repository", max(8, args.rows))
         rows = []
         for index in range(args.rounds):
             row = one_round(args, repository)

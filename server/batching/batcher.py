@@ -42,7 +42,7 @@ DEFAULT_QUEUE_LIMIT = 4096
 
 # String elements per ONNX Runtime run of a batched model; a bigger batch runs a step of rows at a
 # time (each step's GIL-held string conversion stays in the tens of milliseconds).
-STRING_ELEMENTS_PER_RUN = 1 << 20
+STRING_ELEMENTS_PER_RUN = 1 << 18
 
 
 @dataclass(slots=True, eq=False)
