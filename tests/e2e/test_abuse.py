@@ -26,6 +26,9 @@ from onnx import TensorProto
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from server.grpc_api import service
+from server.http_api import routes
+
 from ..conftest import RunningServer, _serve_in_thread, make_models, server_settings
 
 SERVICE = "/inference.GRPCInferenceService"
@@ -255,6 +258,59 @@ def test_a_big_body_does_not_stall_small_requests(server: RunningServer) -> None
     thread.join()
     assert outcome["status"] == 200
     assert small >= 5  # served while the big body was read, decoded, computed and encoded
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_a_big_body_is_decoded_off_the_event_loop(server: RunningServer, monkeypatch: pytest.MonkeyPatch,
+                                                  transport: str) -> None:
+    # The big request's decode waits until small requests have been answered: that can only happen
+    # when the decode does not hold the event loop (on the loop, it would wait in vain).
+    decoding, small_done = threading.Event(), threading.Event()
+    waited: list[bool] = []
+    module = routes if transport == "http" else service
+    original = module.decode_infer_request
+
+    def decode(body: Any, *args: Any, **kwargs: Any) -> Any:
+        if (len(body) if transport == "http" else body.ByteSize()) > 1 << 20:
+            decoding.set()
+            waited.append(small_done.wait(5))
+        return original(body, *args, **kwargs)
+
+    monkeypatch.setattr(module, "decode_infer_request", decode)
+    body, header_length = _text_body(300_000)
+    statuses: list[str] = []
+
+    def big() -> None:
+        if transport == "http":
+            with socket.create_connection(("127.0.0.1", server.app.http_port), timeout=60) as sock:
+                sock.sendall(b"POST /v2/models/text/infer HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+                             b"inference-header-content-length: %d\r\ncontent-length: %d\r\n\r\n%s"
+                             % (header_length, len(body), body))
+                statuses.append(str(_response_status(sock)))
+        else:
+            msg = service_pb2.ModelInferRequest(model_name="text")
+            msg.inputs.add(name="INPUT0", datatype="BYTES", shape=[8, 300_000 // 8])
+            msg.raw_input_contents.append(body[header_length:])
+            with grpc.insecure_channel(server.grpc_url, options=[("grpc.max_receive_message_length", -1)]) as ch:
+                service_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer(msg, timeout=60)
+                statuses.append("200")
+
+    thread = threading.Thread(target=big)
+    thread.start()
+    assert decoding.wait(30)
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        for _ in range(3):
+            client.infer("fp32", [_grpc_input(np.ones((1, 4), np.float32))], client_timeout=10)
+    small_done.set()
+    thread.join()
+    assert waited == [True] and statuses == ["200"]
+
+
+def _response_status(sock: socket.socket) -> int:
+    data = b""
+    while chunk := sock.recv(1 << 20):
+        data += chunk
+    return int(data.split()[1])
 
 
 # -- finding 7: slow clients -------------------------------------------------------------------
