@@ -26,6 +26,7 @@ __all__ = [
     "bytes_elements_to_tensor",
     "deserialize_bytes_tensor",
     "element_size",
+    "fixed_width_is_cheaper",
     "serialize_bytes_tensor",
 ]
 
@@ -201,10 +202,16 @@ def _walk_prefixes(view: memoryview, count: int, name: str) -> tuple[npt.NDArray
     return np.frombuffer(starts, dtype=np.int64), np.frombuffer(lengths, dtype=np.int64)
 
 
-# A fixed-width str array costs 4 bytes per character of the longest element for every element;
-# beyond this many bytes per payload byte (one long element among tiny ones) objects are cheaper.
-_MAX_WIDTH_AMPLIFICATION = 16
-_ROWS_PER_STEP = 1 << 20
+_ROWS_PER_STEP = 1 << 16
+# What one element costs as a Python object in an object array: the pointer and a small str/bytes
+# object's header (its characters come on top).
+_OBJECT_ELEMENT_BYTES = 56
+
+
+def fixed_width_is_cheaper(count: int, width: int, payload: int) -> bool:
+    """Whether `count` elements (the longest `width` characters, `payload` in all) take less memory
+    as one `<U{width}` array (4 bytes per character of the longest, for every element) than as objects."""
+    return width > 0 and 4 * count * width <= _OBJECT_ELEMENT_BYTES * count + payload
 
 
 def _strings(view: memoryview, octets: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64],
@@ -212,7 +219,7 @@ def _strings(view: memoryview, octets: npt.NDArray[np.uint8], starts: npt.NDArra
     count = len(starts)
     width = int(lengths.max())
     payload = int(lengths.sum())
-    if width and count * width * 4 <= _MAX_WIDTH_AMPLIFICATION * max(payload, 1) + (1 << 16):
+    if fixed_width_is_cheaper(count, width, payload):
         text = _fixed_width_ascii(octets, starts, lengths, width)
         if text is not None:
             return text

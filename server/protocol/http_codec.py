@@ -20,6 +20,7 @@ from .datatypes import (
     V2_TO_NUMPY,
     V2_TO_WIRE_DTYPE,
     deserialize_bytes_tensor,
+    fixed_width_is_cheaper,
     serialize_bytes_tensor,
 )
 from .limits import DEFAULT_LIMITS, DecodeLimits, ShapeCheck, timeout_us
@@ -43,9 +44,6 @@ _JSON_KINDS: dict[str, frozenset[str]] = {
     "f": frozenset("iuf"),
 }
 _UNSUPPORTED_PARAMETERS = ("shared_memory_region", "classification")
-# A fixed-width str array costs the longest element's width for every element; beyond this many
-# characters per character of data (one long string among tiny ones), objects are cheaper.
-_MAX_WIDTH_AMPLIFICATION = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,8 +294,8 @@ def _leaves(data: Any) -> list[Any]:
 
 
 def _json_bytes(data: Any, where: str) -> Tensor:
-    """JSON strings as one fixed-width str array (a few bytes per element) unless one long string
-    among short ones would make it wider than objects, or a string ends in NUL (numpy drops it)."""
+    """JSON strings as one fixed-width str array (a few bytes per element) where that is cheaper than
+    objects (not when one long string makes it wide), unless a string ends in NUL (numpy drops it)."""
     items = _leaves(data)
     for value in items:
         if not isinstance(value, str):
@@ -306,8 +304,7 @@ def _json_bytes(data: Any, where: str) -> Tensor:
         return np.empty(0, dtype=np.object_)
     width = max(map(len, items))
     chars = sum(map(len, items))
-    if width and len(items) * width <= _MAX_WIDTH_AMPLIFICATION * chars and not any(
-            value.endswith("\x00") for value in items):
+    if fixed_width_is_cheaper(len(items), width, chars) and not any(value.endswith("\x00") for value in items):
         return np.array(items, dtype=f"<U{width}")
     array = np.empty(len(items), dtype=np.object_)
     array[:] = items

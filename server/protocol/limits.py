@@ -53,7 +53,6 @@ class DecodeLimits:
             return await asyncio.to_thread(work, *args, **kwargs)
         return work(*args, **kwargs)
 
-
     def check(self, name: str, datatype: str, shape: Sequence[object], model_check: ShapeCheck | None = None,
               spent: tuple[int, int] = (0, 0)) -> tuple[int, ...]:
         """The declared shape as a tuple of ints, once it is known to fit; raises InvalidInput.
