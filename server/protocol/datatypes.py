@@ -28,6 +28,7 @@ __all__ = [
     "element_size",
     "fixed_width_is_cheaper",
     "serialize_bytes_tensor",
+    "text_array",
 ]
 
 V2_TO_NUMPY: dict[str, np.dtype[Any]] = {
@@ -223,8 +224,24 @@ def _strings(view: memoryview, octets: npt.NDArray[np.uint8], starts: npt.NDArra
         text = _fixed_width_ascii(octets, starts, lengths, width)
         if text is not None:
             return text
-    out = np.empty(count, dtype=np.object_)
-    out[:] = [bytes(view[s : s + n]) for s, n in zip(starts.tolist(), lengths.tolist(), strict=True)]
+    spans = list(zip(starts.tolist(), lengths.tolist(), strict=True))
+    try:  # UTF-8 text is decoded here, on the decoding thread, rather than for ONNX Runtime on the loop
+        items: list[str] | list[bytes] = [str(view[s : s + n], "utf-8") for s, n in spans]
+    except UnicodeDecodeError:
+        items = [bytes(view[s : s + n]) for s, n in spans]
+    return text_array(items)
+
+
+def text_array(items: list[str] | list[bytes]) -> Tensor:
+    """Decoded elements as a flat tensor: one fixed-width str array when they are text, none ends in
+    NUL (numpy would drop it) and that is cheaper than objects; otherwise an object array of them."""
+    if items and isinstance(items[0], str):
+        width = max(map(len, items))
+        if fixed_width_is_cheaper(len(items), width, sum(map(len, items))) and not any(
+                value.endswith("\x00") for value in items):
+            return np.array(items, dtype=f"<U{width}")
+    out = np.empty(len(items), dtype=np.object_)
+    out[:] = items
     return out
 
 

@@ -20,8 +20,8 @@ from .datatypes import (
     V2_TO_NUMPY,
     V2_TO_WIRE_DTYPE,
     deserialize_bytes_tensor,
-    fixed_width_is_cheaper,
     serialize_bytes_tensor,
+    text_array,
 )
 from .limits import DEFAULT_LIMITS, DecodeLimits, ShapeCheck, timeout_us
 
@@ -300,15 +300,7 @@ def _json_bytes(data: Any, where: str) -> Tensor:
     for value in items:
         if not isinstance(value, str):
             raise InvalidInput(f"{where}: BYTES 'data' must hold strings, got {_json_type(value)}")
-    if not items:
-        return np.empty(0, dtype=np.object_)
-    width = max(map(len, items))
-    chars = sum(map(len, items))
-    if fixed_width_is_cheaper(len(items), width, chars) and not any(value.endswith("\x00") for value in items):
-        return np.array(items, dtype=f"<U{width}")
-    array = np.empty(len(items), dtype=np.object_)
-    array[:] = items
-    return array
+    return text_array(items)
 
 
 def _decode_outputs(header: dict[str, Any], parameters: Parameters) -> list[RequestedOutput]:
