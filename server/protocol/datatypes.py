@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import struct
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -144,31 +145,40 @@ def _uniform_lengths(octets: npt.NDArray[np.uint8], count: int) -> int | None:
     return int(first) if bool((prefixes == first).all()) else None
 
 
-def bytes_elements_to_tensor(values: Sequence[bytes]) -> Tensor:
+def bytes_elements_to_tensor(values: Iterable[bytes], count: int) -> Tensor:
     """BYTES elements already split (gRPC `bytes_contents`, JSON strings encoded) as a flat tensor,
     in the same cheap form as `deserialize_bytes_tensor`. Works a step of elements at a time, so
-    at most one step's worth of Python objects is alive beside the result."""
-    count = len(values)
+    at most one step's worth of Python objects is alive beside the result. `values` holds `count`."""
     if count == 0:
         return np.empty(0, dtype=np.object_)
     payload = bytearray()
     lengths = np.empty(count, dtype=np.int64)
+    elements = iter(values)
     for first in range(0, count, _ROWS_PER_STEP):
-        step = values[first : first + _ROWS_PER_STEP]
+        step = list(islice(elements, _ROWS_PER_STEP))
         lengths[first : first + len(step)] = np.fromiter(map(len, step), dtype=np.int64, count=len(step))
         payload += b"".join(step)
+    octets = np.frombuffer(payload, dtype=np.uint8)
+    width = int(lengths[0])
+    if width and bool((lengths == width).all()):
+        text = _ascii_rows(octets.reshape(count, width))
+        if text is not None:
+            return text
     starts = np.zeros(count, dtype=np.int64)
     np.cumsum(lengths[:-1], out=starts[1:])
-    view = memoryview(payload)
-    return _strings(view, np.frombuffer(payload, dtype=np.uint8), starts, lengths)
+    return _strings(memoryview(payload), octets, starts, lengths)
 
 
 def _uniform_ascii(octets: npt.NDArray[np.uint8], count: int, width: int) -> Tensor | None:
     """Elements of one length as a `<U{width}` array (None when one is not ASCII or ends in NUL)."""
-    chars = octets.reshape(count, 4 + width)[:, 4:]
+    return _ascii_rows(octets.reshape(count, 4 + width)[:, 4:])
+
+
+def _ascii_rows(chars: npt.NDArray[np.uint8]) -> Tensor | None:
+    """Rows of element bytes as a `<U{width}` array (None when one is not ASCII or ends in NUL)."""
     if chars.max() >= 0x80 or not bool(chars[:, -1].all()):
         return None
-    return _widen(chars, width)
+    return _widen(chars, chars.shape[1])
 
 
 def _widen(chars: npt.NDArray[np.uint8], width: int) -> Tensor:

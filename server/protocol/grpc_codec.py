@@ -85,7 +85,7 @@ def _from_contents(tensor: pb.ModelInferRequest.InferInputTensor, datatype: str,
         raise InvalidInput(f"input '{tensor.name}': {len(values)} values in contents, but "
                            f"{datatype}{list(shape)} needs {count}")
     if datatype == "BYTES":
-        return bytes_elements_to_tensor(values).reshape(shape)
+        return bytes_elements_to_tensor(values, count).reshape(shape)
     return np.asarray(values, dtype=V2_TO_NUMPY[datatype]).reshape(shape)
 
 

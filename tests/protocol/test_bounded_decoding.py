@@ -167,7 +167,7 @@ def test_malformed_grpc_bytes_name_the_message() -> None:
 def test_bytes_elements_round_trip_in_every_form(items: list[bytes]) -> None:
     array = np.array(items, dtype=np.object_)
     for decoded in (deserialize_bytes_tensor(serialize_bytes_tensor(array), len(items), "x"),
-                    bytes_elements_to_tensor(items)):
+                    bytes_elements_to_tensor(items, len(items))):
         as_bytes = [v if isinstance(v, bytes) else v.encode() for v in decoded.tolist()]
         assert as_bytes == items
 
