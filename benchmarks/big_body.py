@@ -9,7 +9,8 @@ built here: `strings` (CategoryMapper, BYTES[-1,-1] -> INT64, max_batch_size 8) 
 latency counts from the scheduled send, so a stalled server is not hidden by a waiting client);
 the big client sends one binary-extension request of `--elements` two-byte BYTES elements in
 `--rows` rows. `--server-path` runs another checkout's server (e.g. the code before the change).
-Not a test: it prints one line per round and the medians.
+Not a test: it prints one line per round (with the 1-minute load average when it began: on a shared
+machine, rounds under load are not comparable) and the medians.
 """
 
 from __future__ import annotations
@@ -129,9 +130,10 @@ class Server:
 
 
 def one_round(args: argparse.Namespace, repository: Path) -> dict[str, Any]:
+    load = os.getloadavg()[0]
     server = Server(repository, args.server_cpu, args.server_path, args.server_arg or [])
     try:
-        return measure(args, server)
+        return {**measure(args, server), "load1": load}
     finally:
         server.stop()
 
