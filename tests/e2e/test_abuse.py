@@ -51,7 +51,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repository: Path) -> Iterator[RunningServer]:
-    running, shutdown = _serve_in_thread(server_settings(repository, **TIMEOUTS))
+    running, shutdown = _serve_in_thread(server_settings(repository))
     yield running
     shutdown()
 
@@ -328,7 +328,8 @@ def _closed(sock: socket.socket, deadline: float) -> bool:
     return False
 
 
-def test_slow_clients_are_closed_while_others_are_served(server: RunningServer) -> None:
+def test_slow_clients_are_closed_while_others_are_served(repository: Path, server_factory: Any) -> None:
+    server = server_factory(repository, **TIMEOUTS)
     port = server.app.http_port
     head = b"POST /v2/models/fp32/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n"
     silent, partial, trickle_head, trickle_body = ([socket.create_connection(("127.0.0.1", port))
