@@ -86,7 +86,14 @@ def _from_contents(tensor: pb.ModelInferRequest.InferInputTensor, datatype: str,
                            f"{datatype}{list(shape)} needs {count}")
     if datatype == "BYTES":
         return bytes_elements_to_tensor(values, count).reshape(shape)
-    return np.asarray(values, dtype=V2_TO_NUMPY[datatype]).reshape(shape)
+    dtype = V2_TO_NUMPY[datatype]
+    if dtype.itemsize < 4 and dtype.kind in "iu" and count:
+        # int_contents / uint_contents are 32-bit: narrower datatypes must not wrap (70000 as UINT16).
+        wide = np.asarray(values, dtype=np.int64)
+        info = np.iinfo(dtype)
+        if wide.min() < info.min or wide.max() > info.max:
+            raise InvalidInput(f"input '{tensor.name}': contents hold values outside the range of {datatype}")
+    return np.asarray(values, dtype=dtype).reshape(shape)
 
 
 def _payload_bytes(tensor: pb.ModelInferRequest.InferInputTensor, datatype: str, raw: bytes | None) -> int:

@@ -267,7 +267,13 @@ def _json_numbers(data: Any, dtype: np.dtype[Any], where: str) -> Tensor:
         info = np.iinfo(dtype)
         if raw.min() < info.min or raw.max() > info.max:
             raise InvalidInput(f"{where}: 'data' holds values outside the range of {dtype}")
-    return raw.astype(dtype, copy=False)
+    if dtype.kind != "f":
+        return raw.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):  # JSON numbers are finite: one that overflows the datatype is refused
+        out = raw.astype(dtype, copy=False)
+    if not np.isfinite(out).all():
+        raise InvalidInput(f"{where}: 'data' holds values outside the range of {dtype}")
+    return out
 
 
 def _json_big_integers(data: Any, dtype: np.dtype[Any], where: str) -> Tensor:
