@@ -19,12 +19,12 @@ from .audit import AuditLog
 from .auth import ANONYMOUS, Authorizer, Credentials, Principal, Scope
 from .errors import InvalidInput, ModelNotFound, PermissionDenied, TesseraError, Unauthenticated, Unsupported
 from .metrics import Metrics
+from .model_statistics import ModelStatistics
 from .names import MAX_NAME_CHARS, check_model_name
-from .protocol.validation import prepare_inputs, select_outputs
 from .repository.manager import IndexEntry, ModelManager, ModelMetadata
 from .routing import RolloutController, RolloutSpec, RolloutState, Router
-from .statistics import ModelStatistics
 from .tensors import InferRequest, InferResponse, Tensor
+from .validation import prepare_inputs, select_outputs
 
 __all__ = ["DataPlane", "InferenceObserver", "RepositoryAdmin", "ServerMetadata"]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from ..repository.spec import ModelSpec
+from ..spec import ModelSpec
 from .metrics import MonitorMetrics, TapMetrics
 from .monitor import DriftMonitor, MonitorConfig
 from .profiles import ProfileStore, config_feature_names

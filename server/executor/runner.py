@@ -10,17 +10,17 @@ import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from ..errors import ExecutionFailed
-from ..repository.spec import ModelSpec
+from ..spec import ModelSpec
 from ..tensors import Tensor
 from .session import create_sessions
 
-__all__ = ["OrtRunner", "Runner"]
+__all__ = ["OrtRunner"]
 
 
 def _yield_to_event_loop() -> None:
@@ -32,17 +32,6 @@ def _yield_to_event_loop() -> None:
     """
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-
-
-class Runner(Protocol):
-    """What a batcher needs from an executor."""
-
-    @property
-    def instances(self) -> int: ...
-
-    async def run(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]: ...
-
-    def close(self) -> None: ...
 
 
 class OrtRunner:

@@ -12,16 +12,16 @@ import numpy as np
 from google.protobuf.message import DecodeError, Message
 
 from .._generated import grpc_service_pb2 as pb
-from ..errors import InvalidInput
-from ..statistics import Duration, ModelStatistics
-from ..tensors import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
-from .datatypes import (
+from ..datatypes import (
     V2_TO_NUMPY,
     V2_TO_WIRE_DTYPE,
     bytes_elements_to_tensor,
     deserialize_bytes_tensor,
     serialize_bytes_tensor,
 )
+from ..errors import InvalidInput
+from ..model_statistics import Duration, ModelStatistics
+from ..tensors import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
 from .limits import DEFAULT_LIMITS, DecodeLimits, ShapeCheck, timeout_us
 
 __all__ = ["decode_infer_request", "encode_infer_response", "encode_statistics", "parse_message"]

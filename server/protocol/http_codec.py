@@ -14,15 +14,15 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..errors import InvalidInput, Unsupported
-from ..tensors import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
-from .datatypes import (
+from ..datatypes import (
     V2_TO_NUMPY,
     V2_TO_WIRE_DTYPE,
     deserialize_bytes_tensor,
     serialize_bytes_tensor,
     text_array,
 )
+from ..errors import InvalidInput, Unsupported
+from ..tensors import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
 from .limits import DEFAULT_LIMITS, DecodeLimits, ShapeCheck, timeout_us
 
 __all__ = [

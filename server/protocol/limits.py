@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
+from ..datatypes import V2_TO_NUMPY
 from ..errors import InvalidInput
 from ..tensors import InferResponse, Parameters
-from .datatypes import V2_TO_NUMPY
 
 __all__ = ["DEFAULT_LIMITS", "MAX_DIMS", "DecodeLimits", "ShapeCheck", "response_bytes", "timeout_us"]
 

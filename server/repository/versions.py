@@ -21,12 +21,12 @@ from ..executor.runner import OrtRunner
 from ..executor.session import graph_tensors
 from ..executor.warmup import warm_up
 from ..metrics import Labels, Metrics
+from ..model_statistics import ModelStatistics
 from ..names import check_file_name
 from ..settings import ServerSettings
-from ..statistics import ModelStatistics
+from ..spec import ModelSpec
 from .config import DEFAULT_MODEL_FILENAME, build_spec, complete_config, version_policy
 from .source import ModelSource, VersionKey, with_policy
-from .spec import ModelSpec
 
 __all__ = [
     "IndexEntry",

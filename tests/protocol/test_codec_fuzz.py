@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server._generated import grpc_service_pb2 as pb
+from server.datatypes import V2_TO_NUMPY, V2_TO_WIRE_DTYPE, serialize_bytes_tensor
 from server.errors import InvalidInput, TesseraError
 from server.protocol import grpc_codec, http_codec
-from server.protocol.datatypes import V2_TO_NUMPY, V2_TO_WIRE_DTYPE, serialize_bytes_tensor
 from server.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
 
 # Bounded and reproducible: the same examples on every run, and no example database kept between runs.

@@ -10,10 +10,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import InvalidInput, TesseraError
-from ..repository.spec import ModelSpec, TensorSpec
-from ..tensors import InferRequest, Tensor
-from .limits import ShapeCheck
+from .errors import InvalidInput, TesseraError
+from .protocol.limits import ShapeCheck
+from .spec import ModelSpec, TensorSpec
+from .tensors import InferRequest, Tensor
 
 __all__ = ["declared_shape_check", "model_shape_check", "prepare_inputs", "select_outputs"]
 
