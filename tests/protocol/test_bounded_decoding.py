@@ -21,7 +21,8 @@ from server.datatypes import (
 )
 from server.errors import InvalidInput
 from server.protocol import grpc_codec, http_codec
-from server.protocol.limits import DecodeLimits, timeout_us
+from server.protocol.limits import DecodeLimits
+from server.protocol.request_core import timeout_us
 
 SMALL = DecodeLimits(max_elements=1000, max_bytes=2000)
 

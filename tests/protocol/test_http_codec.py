@@ -206,7 +206,7 @@ BAD_REQUESTS = [
     pytest.param(*_binary_request(8, b"\0" * 4),
                  "input 'x': binary_data_size 8 runs past the end of the body (4 bytes remain)",
                  id="binary-size-past-end"),
-    pytest.param(*_binary_request(4, b"\0" * 4), "input 'x': FP32[2] needs 8 bytes of binary data, got 4",
+    pytest.param(*_binary_request(4, b"\0" * 4), "input 'x': FP32[2] needs 8 bytes of raw data, got 4",
                  id="binary-size-short"),
     pytest.param(*_binary_request(8, b"\0" * 12),
                  "the inputs declare 8 bytes of binary data, the body carries 12", id="trailing-bytes"),
