@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .batch import cli as batch_cli
 from .drift import cli as drift_cli
 from .settings import ServerSettings
 
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     drift_cli.add_subcommands(sub)
+    batch_cli.add_subcommands(sub)
     return parser
 
 
@@ -192,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command in drift_cli.COMMANDS:
         return drift_cli.run(args)
+    if args.command in batch_cli.COMMANDS:
+        return batch_cli.run(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
