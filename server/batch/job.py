@@ -43,9 +43,9 @@ class BatchJob:
     progress: bool | None = None
     """None: a bar on a terminal, plain lines otherwise; False: quiet."""
 
-    def identity(self, version: int, plan: list[str]) -> dict[str, Any]:
+    def identity(self, version: int, input_location: str, plan: list[str]) -> dict[str, Any]:
         """What a resumed run must share with the run that started the output."""
-        return {"model": self.model.name, "version": version, "input": self.input, "inputs": plan,
+        return {"model": self.model.name, "version": version, "input": input_location, "inputs": plan,
                 "keep": list(self.keep), "on_error": self.on_error}
 
 

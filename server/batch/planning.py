@@ -26,7 +26,8 @@ class JobPlan:
     spec: ModelSpec
 
     def identity(self, job: BatchJob) -> dict[str, object]:
-        return job.identity(self.spec.version, self.columns.describe())
+        where = self.source.location.url if self.source.location.remote else self.source.location.path
+        return job.identity(self.spec.version, where, self.columns.describe())
 
 
 def plan_job(job: BatchJob, spec: ModelSpec) -> JobPlan:

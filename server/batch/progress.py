@@ -27,7 +27,7 @@ class Progress:
         self._total = total_rows
         self._done = 0
         self._started = time.monotonic()
-        self._interval_s = 0.2 if self._tty else line_interval_s
+        self._interval_s = min(0.2, line_interval_s) if self._tty else line_interval_s
         self._last_shown = self._started
 
     def advance(self, rows: int) -> None:
