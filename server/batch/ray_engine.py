@@ -2,7 +2,7 @@
 
 read_parquet -> map_batches on a pool of actors that each load the model once (the same repository and
 executor code as the local engine) -> write_parquet. Order is preserved, and files are named
-`part-<task>.parquet`, so reading the output in name order gives the rows of the input files in name
+`part-<task>-<write uuid>.parquet`, so reading the output in name order gives the rows of the input files in name
 order: the local engine's output files concatenated in input order.
 """
 
@@ -69,6 +69,11 @@ class _Scorer:
             return schema.empty_table()
         return pa.Table.from_batches([self._plan.to_arrow(prepared.keep, outputs)], schema=schema)
 
+    def close(self) -> None:
+        """Free the sessions and the loop (Ray ends actor processes without calling this)."""
+        self._model.close()
+        self._loop.close()
+
     def _write_rejects(self, rejects: pa.RecordBatch) -> None:
         location = resolve(self._output, self._storage_options)
         writer = FileWriter(location, f"{REJECTS_DIR}/ray-{uuid.uuid4().hex}.parquet", rejects.schema)
@@ -85,7 +90,8 @@ def _names_provider() -> Any:
 
     class PartNames(FilenameProvider):
         def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-            return f"{_PART_PREFIX}{task_index:06d}.parquet"
+            # Ray requires the write's uuid in the name; the task index first keeps name order = row order.
+            return f"{_PART_PREFIX}{task_index:06d}-{write_uuid}.parquet"
 
     return PartNames()
 
@@ -171,10 +177,13 @@ def _execute(ray: Any, job: BatchJob, plan: JobPlan) -> None:
     context.execution_options.preserve_order = True
     context.enable_progress_bars = job.progress is not False
     actors = job.ray_actors or max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
+    with_paths = job.on_error == "fail"  # to name the file in the error
     dataset = ray.data.read_parquet([f.path for f in plan.source.fragments], filesystem=plan.source.filesystem,
-                                    columns=plan.columns.read_columns, include_paths=job.on_error == "fail")
+                                    include_paths=with_paths)
+    dataset = dataset.select_columns([*plan.columns.read_columns, *([_PATH_COLUMN] if with_paths else [])])
     scored = dataset.map_batches(
         _Scorer, fn_constructor_kwargs={"ref": job.model, "plan": plan.columns, "on_error": job.on_error,
                                         "output": job.output, "storage_options": job.storage_options},
-        batch_size=job.batch_rows, batch_format="pyarrow", concurrency=actors, num_cpus=1)
+        batch_size=job.batch_rows, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=1)
     scored.write_parquet(plan.output.path, filesystem=plan.output.filesystem, filename_provider=_names_provider())

@@ -33,3 +33,10 @@ def tabular_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tabular-input")
     write_tabular(root, files=4, rows=62_500, row_group_rows=10_000)
     return root
+
+
+@pytest.fixture(scope="session")
+def wide_model(batch_repository: Path) -> Path:
+    """A model slow enough (~50k rows/s here) for a run to be caught half-way."""
+    make_models.make_mlp(batch_repository, "wide", [128, 1024, 1024, 128])
+    return batch_repository
