@@ -211,10 +211,13 @@ def _check_rows(column: pa.Array, item: InputColumns, name: str, rejections: _Re
         rejections.add(np.asarray(column.is_null()), f"null in column '{name}'")
     if not item.from_list:
         return
-    lengths = pc.list_value_length(column).fill_null(item.width).to_numpy(zero_copy_only=False)
-    wrong = lengths != item.width
-    if wrong.any():
-        rejections.add(wrong, f"column '{name}' does not hold {item.width} values")
+    if pa.types.is_fixed_size_list(column.type):  # its size was checked against the schema
+        lengths = np.full(len(column), item.width)
+    else:
+        lengths = pc.list_value_length(column).fill_null(item.width).to_numpy(zero_copy_only=False)
+        wrong = lengths != item.width
+        if wrong.any():
+            rejections.add(wrong, f"column '{name}' does not hold {item.width} values")
     flat = column.flatten()
     if flat.null_count:
         # flatten() skips null rows, so element positions map to rows through the non-null lengths.

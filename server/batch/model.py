@@ -91,7 +91,9 @@ class ScoringModel:
     @classmethod
     def create(cls, spec: ModelSpec) -> ScoringModel:
         """Create the sessions of `spec` (its files must still be on disk). Blocking."""
-        return cls(spec, OrtRunner.create(spec))
+        # Normal priority for the ORT threads: nothing here waits on the event loop but the pipeline,
+        # and a lowered priority lets the reader and writer (and any other process) take compute's core.
+        return cls(spec, OrtRunner.create(spec, yield_to_loop=False))
 
     @classmethod
     def load(cls, ref: ModelRef) -> ScoringModel:

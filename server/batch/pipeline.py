@@ -161,7 +161,8 @@ class LocalPipeline:
         fragment = item.fragment
         if item.kind == "start":
             self._open = _Open(
-                FileWriter(self._output, fragment.name, self._plan.output_schema(fragment.schema)),
+                FileWriter(self._output, fragment.name, self._plan.output_schema(fragment.schema),
+                           dictionary_columns=self._plan.keep),
                 FileWriter(self._output, f"{REJECTS_DIR}/{fragment.name}", self._plan.rejects_schema(fragment.schema)))
             return
         current = self._open

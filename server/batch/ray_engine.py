@@ -186,4 +186,5 @@ def _execute(ray: Any, job: BatchJob, plan: JobPlan) -> None:
                                         "output": job.output, "storage_options": job.storage_options},
         batch_size=job.batch_rows, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=1)
-    scored.write_parquet(plan.output.path, filesystem=plan.output.filesystem, filename_provider=_names_provider())
+    scored.write_parquet(plan.output.path, filesystem=plan.output.filesystem, filename_provider=_names_provider(),
+                         use_dictionary=list(plan.columns.keep))  # as the local engine: outputs never pay

@@ -1,0 +1,1 @@
+"""Tessera's own measurements against peers and ceilings (not shipped in the wheel)."""
