@@ -139,6 +139,11 @@ class ColumnPlan:
     batched: bool
 
     @property
+    def scalar_columns(self) -> list[str]:
+        """Kept columns and one-value outputs: the columns whose statistics can serve a filter."""
+        return [*self.keep, *(o.field.name for o in self.outputs if not _is_list(o.field.type))]
+
+    @property
     def read_columns(self) -> list[str]:
         names = [*self.keep, *(c for i in self.inputs for c in i.columns)]
         return list(dict.fromkeys(names))

@@ -162,7 +162,7 @@ class LocalPipeline:
         if item.kind == "start":
             self._open = _Open(
                 FileWriter(self._output, fragment.name, self._plan.output_schema(fragment.schema),
-                           dictionary_columns=self._plan.keep),
+                           dictionary_columns=self._plan.keep, statistics_columns=self._plan.scalar_columns),
                 FileWriter(self._output, f"{REJECTS_DIR}/{fragment.name}", self._plan.rejects_schema(fragment.schema)))
             return
         current = self._open
