@@ -108,10 +108,12 @@ def batch_command(workdir: Path, model: str, data: str, out: Path, *extra: str) 
 def run_batch(workdir: Path, model: str, data: str, cpus: str | None, *extra: str) -> dict[str, float]:
     out = workdir / "out" / f"{model}-{time.monotonic_ns()}"
     stdout, rss_kib, wall = _run_child(_pinned(batch_command(workdir, model, data, out, *extra), cpus))
-    match = re.search(r"([\d,]+) rows scored.* in ([\d.]+) s \(([\d,]+) rows/s\)", stdout)
+    match = re.search(r"([\d,]+) rows scored.* in ([\d.]+) s \(([\d,]+) rows/s, ([\d.]+) CPU-s\)", stdout)
     assert match is not None, stdout
     subprocess.run(["rm", "-rf", str(out)], check=True)
-    return {"rows": float(match[1].replace(",", "")), "rows_per_s": float(match[3].replace(",", "")),
+    rows = float(match[1].replace(",", ""))
+    return {"rows": rows, "rows_per_s": float(match[3].replace(",", "")),
+            "cpu_us_per_row": float(match[4]) / rows * 1e6 if rows else 0.0,
             "peak_rss_mib": rss_kib / 1024, "process_wall_s": wall}
 
 
@@ -127,11 +129,11 @@ def ceiling(repository: str, model: str, data: str, batch_rows: int) -> None:
     x = table.column("input").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
     batches = [np.ascontiguousarray(x[i:i + batch_rows]) for i in range(0, len(x), batch_rows)]
     session.run(None, {"input": batches[0]})
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for batch in batches:
         session.run(None, {"input": batch})
-    seconds = time.perf_counter() - started
-    print(json.dumps({"rows": len(x), "rows_per_s": len(x) / seconds}))
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    print(json.dumps({"rows": len(x), "rows_per_s": len(x) / seconds, "cpu_us_per_row": cpu / len(x) * 1e6}))
 
 
 def run_ceiling(workdir: Path, model: str, data: str, cpus: str | None) -> dict[str, float]:
@@ -151,12 +153,18 @@ def throughput(workdir: Path, rounds: int, cpus: str | None) -> dict[str, Any]:
             top = run_ceiling(workdir, model, data, cpus)
             got = run_batch(workdir, model, data, cpus)
             ratio = got["rows_per_s"] / top["rows_per_s"]
+            cpu_ratio = got["cpu_us_per_row"] / top["cpu_us_per_row"]
             per_round.append({"ceiling_rows_per_s": top["rows_per_s"], "batch_rows_per_s": got["rows_per_s"],
-                              "ratio": ratio, "load_1m": load})
-            print(f"{kind} round {r + 1}: ceiling {top['rows_per_s']:,.0f} rows/s, tessera batch "
-                  f"{got['rows_per_s']:,.0f} rows/s, ratio {ratio:.1%} (load {load:.1f})", flush=True)
+                              "ratio": ratio, "ceiling_cpu_us_per_row": top["cpu_us_per_row"],
+                              "batch_cpu_us_per_row": got["cpu_us_per_row"], "cpu_ratio": cpu_ratio,
+                              "load_1m": load})
+            print(f"{kind} round {r + 1}: ceiling {top['rows_per_s']:,.0f} rows/s "
+                  f"({top['cpu_us_per_row']:.2f} CPU-us/row), tessera batch {got['rows_per_s']:,.0f} rows/s "
+                  f"({got['cpu_us_per_row']:.2f} CPU-us/row), ratio {ratio:.1%}, CPU x{cpu_ratio:.2f} "
+                  f"(load {load:.1f})", flush=True)
         results[kind] = {"rounds": per_round,
                          "median_ratio": statistics.median(p["ratio"] for p in per_round),
+                         "median_cpu_ratio": statistics.median(p["cpu_ratio"] for p in per_round),
                          "median_ceiling": statistics.median(p["ceiling_rows_per_s"] for p in per_round),
                          "median_batch": statistics.median(p["batch_rows_per_s"] for p in per_round)}
     return results

@@ -60,11 +60,13 @@ class BatchResult:
     """Already complete in the manifest when the run started."""
 
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    """CPU time of the whole process (every thread) over `seconds`."""
 
     def summary(self, output: str) -> str:
         rate = self.rows / self.seconds if self.seconds > 0 else 0.0
         lines = [f"tessera batch: {self.scored:,} rows scored, {self.rejected:,} rejected, "
                  f"{self.files_done} files written ({self.files_skipped} already done) in {self.seconds:.1f} s "
-                 f"({rate:,.0f} rows/s) -> {output}"]
+                 f"({rate:,.0f} rows/s, {self.cpu_seconds:.1f} CPU-s) -> {output}"]
         lines += [f"  rejected: {count:,} x {reason}" for reason, count in self.reasons.most_common()]
         return "\n".join(lines)

@@ -71,7 +71,7 @@ class LocalPipeline:
     async def run(self, fragments: list[Fragment]) -> BatchResult:
         """Raises InvalidInput (bad data with --on-error fail) or ExecutionFailed; what was committed
         stays committed, the file being written is discarded."""
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         slots = asyncio.Semaphore(self._model.instances + self._job.queue_batches)
         work: asyncio.Queue[_Item | None] = asyncio.Queue()
         try:
@@ -85,6 +85,7 @@ class LocalPipeline:
                 await asyncio.to_thread(self._abort, self._open)
             raise errors.exceptions[0] from None
         self._result.seconds = time.monotonic() - started
+        self._result.cpu_seconds = time.process_time() - cpu_started
         return self._result
 
     # -- read ----------------------------------------------------------------------------------
