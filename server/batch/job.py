@@ -67,6 +67,6 @@ class BatchResult:
         rate = self.rows / self.seconds if self.seconds > 0 else 0.0
         lines = [f"tessera batch: {self.scored:,} rows scored, {self.rejected:,} rejected, "
                  f"{self.files_done} files written ({self.files_skipped} already done) in {self.seconds:.1f} s "
-                 f"({rate:,.0f} rows/s, {self.cpu_seconds:.1f} CPU-s) -> {output}"]
+                 f"({rate:,.0f} rows/s, {self.cpu_seconds:.2f} CPU-s) -> {output}"]
         lines += [f"  rejected: {count:,} x {reason}" for reason, count in self.reasons.most_common()]
         return "\n".join(lines)

@@ -47,6 +47,7 @@ class Manifest:
             if others:
                 raise SystemExit(f"tessera batch: output {location.url} is not empty and holds no "
                                  f"{MANIFEST_NAME}; give an empty or new directory")
+            manifest._save()  # before any output: a run killed after its first rename still resumes
             return manifest
         if found.get("job") != manifest._job:
             raise SystemExit(f"tessera batch: output {location.url} holds the results of another job "
@@ -66,6 +67,9 @@ class Manifest:
     def record(self, name: str, record: FragmentRecord) -> None:
         """Mark input file `name` complete (blocking; the manifest lands whole or not at all)."""
         self.done[name] = record
+        self._save()
+
+    def _save(self) -> None:
         body = json.dumps({"format": _FORMAT, "job": self._job,
                            "fragments": {k: vars_of(v) for k, v in sorted(self.done.items())}},
                           indent=1).encode()
