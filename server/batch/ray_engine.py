@@ -27,7 +27,7 @@ from .model import ModelRef, ScoringModel, load_spec
 from .output import REJECTS_DIR, FileWriter
 from .planning import JobPlan, plan_job
 
-__all__ = ["RAY_MARKER", "run_ray"]
+__all__ = ["RAY_MARKER", "ScoringActor", "TesseraErrorCarrier", "error_from_ray", "run_ray"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ _PART_PREFIX = "part-"
 _PATH_COLUMN = "path"  # what read_parquet(include_paths=True) adds
 
 
-class _Scorer:
+class ScoringActor:
     """A pool actor: loads the model once, then scores one Arrow table per call."""
 
     def __init__(self, ref: ModelRef, plan: ColumnPlan, on_error: str, output: str,
@@ -119,7 +119,7 @@ def _prepare_output(output: Location, identity: dict[str, Any]) -> None:
         stream.write(json.dumps(identity).encode())
 
 
-def _ray_error(exc: Exception) -> TesseraError:
+def error_from_ray(exc: Exception) -> TesseraError:
     """Ray wraps an actor's exception in its own; find ours in the text it carries."""
     text = str(exc)
     marker = f"{TesseraErrorCarrier.__name__}: "
@@ -163,7 +163,7 @@ def run_ray(job: BatchJob) -> BatchResult:
     except Exception as exc:
         if isinstance(exc, TesseraError | SystemExit):
             raise
-        raise _ray_error(exc) from exc
+        raise error_from_ray(exc) from exc
     finally:
         if started_here:
             ray.shutdown()
@@ -182,7 +182,7 @@ def _execute(ray: Any, job: BatchJob, plan: JobPlan) -> None:
                                     include_paths=with_paths)
     dataset = dataset.select_columns([*plan.columns.read_columns, *([_PATH_COLUMN] if with_paths else [])])
     scored = dataset.map_batches(
-        _Scorer, fn_constructor_kwargs={"ref": job.model, "plan": plan.columns, "on_error": job.on_error,
+        ScoringActor, fn_constructor_kwargs={"ref": job.model, "plan": plan.columns, "on_error": job.on_error,
                                         "output": job.output, "storage_options": job.storage_options},
         batch_size=job.batch_rows, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=1)

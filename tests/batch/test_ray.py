@@ -16,7 +16,7 @@ import pytest
 from server.batch import BatchJob, ModelRef, run_job
 from server.batch.model import load_spec
 from server.batch.planning import plan_job
-from server.batch.ray_engine import RAY_MARKER, TesseraErrorCarrier, _ray_error, _Scorer
+from server.batch.ray_engine import RAY_MARKER, ScoringActor, TesseraErrorCarrier, error_from_ray
 from server.errors import InvalidInput
 
 from .data import read_dir, write_tabular
@@ -80,15 +80,15 @@ def test_bad_data_in_an_actor_stops_the_job_naming_the_column(batch_repository: 
     spec, store = load_spec(job.model)
     store.close()
     plan = plan_job(job, spec)
-    scorer = _Scorer(job.model, plan.columns, "fail", str(tmp_path / "out"), {})
+    scorer = ScoringActor(job.model, plan.columns, "fail", str(tmp_path / "out"), {})
     table = pq.read_table(tmp_path / "in" / "part-0.parquet", columns=plan.columns.read_columns)
     try:
         with pytest.raises(TesseraErrorCarrier) as caught:
             scorer(table)
     finally:
         scorer.close()
-    wrapped = RuntimeError(f"ray::MapBatches(_Scorer)() ...\n{type(caught.value).__name__}: {caught.value}\n")
-    error = _ray_error(wrapped)
+    wrapped = RuntimeError(f"ray::MapBatches(ScoringActor)() ...\n{type(caught.value).__name__}: {caught.value}\n")
+    error = error_from_ray(wrapped)
     assert isinstance(error, InvalidInput) and "null in column 'age'" in error.message
 
 
