@@ -1,7 +1,7 @@
 """`tessera batch` (local engine) against its compute ceiling, its peak memory as the input grows, and
 the Ray engine on this machine.
 
-    PYTHONPATH=. python benchmarks/batch_benchmark.py [--rounds 5] [--cpus 0,1] [--workdir /tmp/tessera-batch-bench]
+    python -m benchmarks.batch_benchmark [--rounds 5] [--cpus 0,1] [--workdir /tmp/tessera-batch-bench]
 
 - Throughput: interleaved rounds of (a) the ceiling: one ONNX Runtime session made by the executor code
   from the same spec (same threads, same options), run in a child process over the same rows at the

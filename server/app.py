@@ -1,6 +1,6 @@
 """App: the composition root. Builds every part from ServerSettings, starts them in order, drains on stop.
 
-One event loop serves both protocols; both share one scheduler per model version, so gRPC and
+One event loop serves both protocols; both share one batcher per model version, so gRPC and
 HTTP requests batch together.
 """
 
@@ -9,22 +9,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import Any
 
 import grpc
 import uvicorn
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .audit import AuditLog
+from .auth import Authorizer
 from .dataplane import DataPlane
 from .drift import DriftSidePath, TapConfig, spec_feature_names
+from .grpc_api.credentials import server_credentials
 from .grpc_api.rollout_service import RolloutService
 from .grpc_api.service import SERVICE_NAME, InferenceService
 from .http_api import build_http_app
+from .http_api.security import TlsPeerProtocol
 from .metrics import Metrics
+from .repository.fleet_admin import FleetAdmin
 from .repository.manager import ModelManager
 from .repository.watcher import RepositoryWatcher
-from .routing import FileStateStore, RedisStateStore, RolloutController, StateStore
+from .routing import build_rollout_controller, replica_name
 from .settings import ServerSettings
+from .tls import FileWatcher, ServerTlsContext, TlsFiles
 
 __all__ = ["App"]
 
@@ -47,17 +53,30 @@ class App:
     """A running Tessera server: model manager, DataPlane, gRPC and HTTP servers."""
 
     def __init__(self, settings: ServerSettings, metrics: Metrics | None = None) -> None:
+        """Raises ValueError for settings that must not start (see ServerSettings.exposure_problem) and
+        for malformed auth files, OSError for missing ones."""
+        problem = settings.exposure_problem()
+        if problem is not None:
+            raise ValueError(problem)
         self.settings = settings
-        self.metrics = metrics or Metrics()
+        self.tls = TlsFiles.from_settings(settings)
+        self.authorizer = Authorizer(settings.auth_tokens_file, settings.auth_cert_identities_file)
+        self.file_watcher = FileWatcher(settings.tls_reload_s)
+        if self.authorizer.enabled:
+            self.file_watcher.add(self.authorizer.refresh)
+        self.metrics = metrics or Metrics(multiprocess_dir=settings.metrics_multiprocess_dir)
         self.manager = ModelManager(settings.model_repository, settings, self.metrics)
         self._watcher: RepositoryWatcher | None = None
-        store: StateStore = (RedisStateStore(settings.redis_url) if settings.redis_url
-                             else FileStateStore(settings.state_dir))
         self.audit = AuditLog(settings.state_dir / "audit.jsonl")
-        self.rollouts = RolloutController(self.manager, self.metrics, store, self.audit,
-                                          tick_s=settings.rollout_tick_s)
+        self.rollouts = build_rollout_controller(settings, self.manager, self.metrics, self.audit)
         self.dataplane = DataPlane(self.manager, self.metrics, admin_enabled=settings.allow_repository_admin,
-                                   rollouts=self.rollouts)
+                                   rollouts=self.rollouts, authorizer=self.authorizer, audit=self.audit,
+                                   metrics_auth=settings.metrics_auth)
+        self.fleet_admin: FleetAdmin | None = None
+        if settings.redis_url and settings.model_control_mode == "explicit":
+            self.fleet_admin = FleetAdmin(self.manager, settings.redis_url, replica_name(settings),
+                                          settings.fleet_admin_timeout_s)
+            self.dataplane.set_fleet_admin(self.fleet_admin, self.fleet_admin.fleet_index)
         self.drift: DriftSidePath | None = None
         if settings.drift_enabled:
             self.drift = DriftSidePath.create(
@@ -90,12 +109,15 @@ class App:
         if s.model_control_mode == "poll":
             self._watcher = RepositoryWatcher(self.manager, s.repository_poll_secs)
             self._watcher.start()
+        if self.fleet_admin is not None:
+            await self.fleet_admin.start()
         await self.rollouts.start()
         if self.drift is not None:
             await self.drift.start()
         await self._start_grpc()
         await self._start_http()
-        ready = [e for e in self.dataplane.repository_index() if e.state == "READY"]
+        self.file_watcher.start()
+        ready = [e for e in self.manager.index() if e.state == "READY"]
         logger.info("tessera listening: gRPC %s:%d, HTTP %s:%d; READY: %s", s.host, self.grpc_port, s.host,
                     self.http_port, ", ".join(f"{e.name}/{e.version}" for e in ready) or "none")
 
@@ -111,7 +133,10 @@ class App:
                                          RolloutService(self.dataplane).handler()))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = f"[{s.host}]:{s.grpc_port}" if ":" in s.host else f"{s.host}:{s.grpc_port}"
-        self.grpc_port = server.add_insecure_port(address)
+        if self.tls is None:
+            self.grpc_port = server.add_insecure_port(address)
+        else:
+            self.grpc_port = server.add_secure_port(address, server_credentials(self.tls, s.tls_reload_s))
         await server.start()
         self._grpc = server
         for service in ("", SERVICE_NAME):
@@ -119,9 +144,14 @@ class App:
 
     async def _start_http(self) -> None:
         s = self.settings
-        app = build_http_app(self.dataplane, self.metrics, s.http_max_body_bytes)
-        config = uvicorn.Config(app, http="httptools", lifespan="off", access_log=False, log_config=None,
-                                timeout_graceful_shutdown=max(1, round(s.drain_timeout_s)))
+        app = build_http_app(self.dataplane, self.metrics, s.http_max_body_bytes, s.cors_origins)
+        tls: dict[str, Any] = {}
+        if self.tls is not None:  # one SSLContext, reloaded in place when the files change
+            context = ServerTlsContext(self.tls)
+            self.file_watcher.add(context.refresh)
+            tls = {"http": TlsPeerProtocol, "ssl_context_factory": lambda _config, _default: context.context}
+        config = uvicorn.Config(app, **{"http": "httptools", **tls}, lifespan="off", access_log=False,
+                                log_config=None, timeout_graceful_shutdown=max(1, round(s.drain_timeout_s)))
         self._http = uvicorn.Server(config)
         sock = _bind(s.host, s.http_port, reuse_port=s.workers > 1)
         self.http_port = sock.getsockname()[1]
@@ -143,8 +173,12 @@ class App:
             await self._grpc.stop(self.settings.drain_timeout_s)
         if self._watcher is not None:
             await self._watcher.stop()
+        await self.file_watcher.stop()
+        if self.fleet_admin is not None:
+            await self.fleet_admin.stop()
         await self.rollouts.stop()
         if self.drift is not None:
             await self.drift.stop()
         await self.manager.stop()
+        await self.audit.flush()
         logger.info("tessera stopped")

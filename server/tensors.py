@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import numpy.typing as npt
 
 __all__ = ["InferRequest", "InferResponse", "Parameters", "RequestedOutput", "Tensor"]
@@ -64,7 +63,3 @@ class InferResponse:
     id: str = ""
     parameters: Parameters = field(default_factory=dict)
 
-
-def is_bytes_tensor(array: Tensor) -> bool:
-    """Whether an array holds BYTES elements (numpy object or bytes dtype)."""
-    return array.dtype == np.object_ or array.dtype.kind in ("S", "U")

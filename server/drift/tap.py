@@ -43,8 +43,8 @@ class TapConfig:
 
     queue_size: int = 256
     """Observations waiting to be folded; beyond this they are dropped and counted. Kept small on
-    purpose: measured on a 512-feature model, a 4096-deep queue (and turns that drain it) raised the
-    serving p99 from ~11 ms to ~50 ms, a 64-deep one left it at the baseline's."""
+    purpose: a deep queue lets the turns that drain it grow long enough to show in the serving p99
+    (BENCHMARKS.md, "Side paths")."""
 
     models: frozenset[str] | None = None
     """Models watched; None watches every model."""
@@ -59,9 +59,8 @@ class TapConfig:
     """Observations folded per turn of the background task; more waiting shortens the pause after it."""
 
     fold_interval_s: float = 0.1
-    """Shortest pause between turns, so that under load each turn stacks many requests into one fold.
-    A fold's cost is mostly per feature, not per row (measured: 512 features cost 2.6 ms for one
-    row and 3.7 ms for 32); windows last a minute, so nobody waits for it."""
+    """Shortest pause between turns, so that under load each turn stacks many requests into one fold:
+    a fold's cost is mostly per feature, not per row; windows last a minute, so nobody waits for it."""
 
     cpu_budget: float = 0.02
     """Share of the event loop's CPU time the folding may take on average (0.02: 2%). After each
@@ -74,10 +73,9 @@ class TapConfig:
     (sums, min, max) a group of columns at a time, so no request waits behind a whole fold."""
 
     block_columns: int = 16
-    """Most columns whose moments and sketches are updated in one step: each column costs a fixed
-    ~7 us (more for the first fold of a window, which creates its sketch), whatever its rows.
-    At 16, a step of a 512-feature model takes ~0.1 ms (p99 0.5 ms here; 64 columns: 0.4 / 1.4 ms)
-    for the same CPU per turn, since the reductions are not repeated per step."""
+    """Most columns whose moments and sketches are updated in one step: each column has a fixed cost
+    whatever its rows, so this bounds one step's length (step lengths: BENCHMARKS.md, "Side paths");
+    the CPU per turn is the same at any value, since the reductions are not repeated per step."""
 
     def __post_init__(self) -> None:
         if self.window_s <= 0 and self.window_rows <= 0:

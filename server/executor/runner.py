@@ -35,7 +35,7 @@ def _yield_to_event_loop() -> None:
 
 
 class Runner(Protocol):
-    """What a scheduler needs from an executor."""
+    """What a batcher needs from an executor."""
 
     @property
     def instances(self) -> int: ...

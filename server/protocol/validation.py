@@ -1,4 +1,4 @@
-"""Checks a decoded request against its model version and prepares the feeds for the scheduler.
+"""Checks a decoded request against its model version and prepares the feeds for the batcher.
 
 Messages name the tensor, what the model expects and what arrived, e.g.
 "input 'x': expected FP32[-1,4], got INT64[2,3]".

@@ -216,7 +216,6 @@ def _batching(config: mc.ModelConfig) -> BatchingSpec | None:
         max_queue_size=policy.max_queue_size,
         default_timeout_us=policy.default_timeout_microseconds,
         allow_timeout_override=policy.allow_timeout_override,
-        preserve_ordering=db.preserve_ordering,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["is_version_name", "list_models", "list_versions"]
+__all__ = ["is_version_name", "list_models"]
 
 
 def is_version_name(name: str) -> bool:
@@ -18,9 +18,3 @@ def list_models(root: Path) -> list[str]:
         return []
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
-
-def list_versions(model_dir: Path) -> list[int]:
-    """Numeric subdirectories, as integers."""
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and is_version_name(p.name))

@@ -56,7 +56,6 @@ class BatchingSpec:
     max_queue_size: int = 0
     default_timeout_us: int = 0
     allow_timeout_override: bool = False
-    preserve_ordering: bool = False
 
 
 @dataclass(frozen=True, slots=True)

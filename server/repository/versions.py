@@ -80,14 +80,13 @@ class ModelVersion:
 
     spec: ModelSpec
     runner: OrtRunner
-    scheduler: DynamicBatcher
+    batcher: DynamicBatcher
     stats: ModelStatistics
     metadata: ModelMetadata
     labels: Labels
     output_datatypes: dict[str, str]
     key: VersionKey
     state: VersionState = VersionState.LOADING
-    warmup_runs: int = 0
 
     def adopt_policy(self, config: mc.ModelConfig) -> None:
         """Take a new version policy without reloading (nothing the sessions use changed)."""
@@ -157,12 +156,12 @@ async def build_version(source: ModelSource, number: int, settings: ServerSettin
     labels = (source.name, str(number))
     metrics.warmup_runs.labels(*labels).inc(runs)
     stats = ModelStatistics(source.name, str(number))
-    scheduler = DynamicBatcher(runner, spec, stats, metrics, labels)
-    scheduler.start()
+    batcher = DynamicBatcher(runner, spec, stats, metrics, labels)
+    batcher.start()
     return ModelVersion(
-        spec=spec, runner=runner, scheduler=scheduler, stats=stats, metadata=_metadata(spec), labels=labels,
+        spec=spec, runner=runner, batcher=batcher, stats=stats, metadata=_metadata(spec), labels=labels,
         output_datatypes={t.name: t.datatype for t in spec.outputs}, key=source.version_key(number),
-        state=VersionState.READY, warmup_runs=runs,
+        state=VersionState.READY,
     )
 
 
@@ -188,5 +187,5 @@ def _release_memory(runner: OrtRunner) -> None:
 async def release_version(version: ModelVersion, drain_timeout_s: float, loader: Executor) -> None:
     """Finish the version's queued and in-flight requests, then free its sessions and thread pool."""
     version.state = VersionState.UNLOADING
-    await version.scheduler.stop(drain_timeout_s)
+    await version.batcher.stop(drain_timeout_s)
     await asyncio.get_running_loop().run_in_executor(loader, _release_memory, version.runner)

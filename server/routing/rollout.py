@@ -38,7 +38,7 @@ SHADOW_DRAIN_INTERVAL_S = 0.02
 
 # (feeds, rows, stable outputs)
 _Copy = tuple[dict[str, Tensor], int, dict[str, Tensor]]
-# Resolves a candidate version to (its scheduler's submit function, its max_batch_size) when copies run.
+# Resolves a candidate version to (its batcher's submit function, its max_batch_size) when copies run.
 Submitter = Callable[[int], tuple[Callable[..., Awaitable[tuple[dict[str, Tensor], int]]], int]]
 
 

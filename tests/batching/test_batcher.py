@@ -24,7 +24,8 @@ from server.statistics import ModelStatistics
 
 
 class GatedRunner:
-    """Doubles its input; each run waits until the test opens the gate. Records batch sizes."""
+    """Doubles its input; each run waits until the test opens the gate. Records batch sizes, and lets
+    the test wait until a number of runs are inside it (no sleeps: the test synchronises on state)."""
 
     def __init__(self, instances: int = 1) -> None:
         self.instances = instances
@@ -32,9 +33,12 @@ class GatedRunner:
         self.gate.set()
         self.batches: list[int] = []
         self.running = 0
+        self._changed = asyncio.Condition()
 
     async def run(self, feeds):
-        self.running += 1
+        async with self._changed:
+            self.running += 1
+            self._changed.notify_all()
         try:
             await self.gate.wait()
             x = feeds["x"]
@@ -43,8 +47,18 @@ class GatedRunner:
         finally:
             self.running -= 1
 
+    async def wait_running(self, count: int) -> None:
+        """Return once `count` runs are waiting at the gate."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: self.running >= count), 10)
+
     def close(self) -> None:
         pass
+
+
+async def queued() -> None:
+    """Let every task created so far reach its first await: `submit` queues its request before that."""
+    await asyncio.sleep(0)
 
 
 DEFAULT_BATCHING = BatchingSpec()
@@ -74,9 +88,9 @@ async def test_queued_requests_are_merged_and_each_gets_its_own_rows():
     runner.gate.clear()
     batcher = make_batcher(runner, make_spec())
     first = asyncio.create_task(batcher.submit({"x": rows([0])}, 1))
-    await asyncio.sleep(0.01)  # first batch is running; the rest queue up behind it
+    await runner.wait_running(1)  # first batch is running; the rest queue up behind it
     rest = [asyncio.create_task(batcher.submit({"x": rows([i, i + 0.5])}, 2)) for i in range(1, 4)]
-    await asyncio.sleep(0.01)
+    await queued()
     runner.gate.set()
     results = await asyncio.gather(first, *rest)
     assert runner.batches == [1, 6]
@@ -90,7 +104,7 @@ async def test_a_batch_never_exceeds_max_batch_size():
     runner.gate.clear()
     batcher = make_batcher(runner, make_spec(max_batch_size=4))
     tasks = [asyncio.create_task(batcher.submit({"x": rows([i] * 3)}, 3)) for i in range(5)]
-    await asyncio.sleep(0.01)
+    await queued()
     runner.gate.set()
     await asyncio.gather(*tasks)
     assert max(runner.batches) <= 4 and sum(runner.batches) == 15
@@ -102,10 +116,10 @@ async def test_requests_with_different_non_batch_dims_are_never_merged():
     runner.gate.clear()
     batcher = make_batcher(runner, make_spec())
     blocker = asyncio.create_task(batcher.submit({"x": rows([0])}, 1))
-    await asyncio.sleep(0.01)
+    await runner.wait_running(1)
     narrow = [asyncio.create_task(batcher.submit({"x": rows([1], width=2)}, 1)) for _ in range(2)]
     wide = [asyncio.create_task(batcher.submit({"x": rows([2], width=3)}, 1)) for _ in range(2)]
-    await asyncio.sleep(0.01)
+    await queued()
     runner.gate.set()
     await asyncio.gather(blocker, *narrow, *wide)
     assert runner.batches == [1, 2, 2]
@@ -119,7 +133,7 @@ async def test_max_queue_delay_waits_for_the_preferred_batch_size():
     tasks = []
     for i in range(4):
         tasks.append(asyncio.create_task(batcher.submit({"x": rows([i])}, 1)))
-        await asyncio.sleep(0.005)
+        await queued()  # one at a time: the batcher holds the first ones until the preferred size
     await asyncio.gather(*tasks)
     assert runner.batches == [4]
     await batcher.stop()
@@ -130,7 +144,7 @@ async def test_without_dynamic_batching_each_request_runs_alone():
     runner.gate.clear()
     batcher = make_batcher(runner, make_spec(batching=None))
     tasks = [asyncio.create_task(batcher.submit({"x": rows([i])}, 1)) for i in range(3)]
-    await asyncio.sleep(0.01)
+    await queued()
     runner.gate.set()
     await asyncio.gather(*tasks)
     assert runner.batches == [1, 1, 1]
@@ -142,13 +156,13 @@ async def test_full_queue_rejects_at_once():
     runner.gate.clear()
     batcher = make_batcher(runner, make_spec(batching=BatchingSpec(max_queue_size=2)))
     running = asyncio.create_task(batcher.submit({"x": rows([0])}, 1))
-    await asyncio.sleep(0.01)
-    queued = [asyncio.create_task(batcher.submit({"x": rows([1])}, 1)) for _ in range(2)]
-    await asyncio.sleep(0)
+    await runner.wait_running(1)
+    waiting = [asyncio.create_task(batcher.submit({"x": rows([1])}, 1)) for _ in range(2)]
+    await queued()
     with pytest.raises(Overloaded, match="queue is full"):
         await batcher.submit({"x": rows([3])}, 1)
     runner.gate.set()
-    await asyncio.gather(running, *queued)
+    await asyncio.gather(running, *waiting)
     await batcher.stop()
 
 
@@ -157,14 +171,13 @@ async def test_timeout_fires_while_the_executor_is_busy_and_the_request_is_never
     runner.gate.clear()
     batcher = make_batcher(runner, make_spec())
     busy = asyncio.create_task(batcher.submit({"x": rows([0])}, 1))
-    await asyncio.sleep(0.01)
-    started = asyncio.get_running_loop().time()
+    await runner.wait_running(1)
     with pytest.raises(DeadlineExceeded, match="timed out after 20000 us"):
         await batcher.submit({"x": rows([7])}, 1, timeout_us=20_000)
-    assert asyncio.get_running_loop().time() - started < 0.5  # fired while the executor was still busy
+    assert runner.running == 1 and not busy.done()  # it fired while the executor was still busy
     runner.gate.set()
     await busy
-    await asyncio.sleep(0.01)
+    await batcher.stop()
     assert runner.batches == [1]  # the expired request was never run
     await batcher.stop()
 
@@ -174,7 +187,7 @@ async def test_queue_policy_default_timeout_applies_without_a_request_timeout():
     runner.gate.clear()
     batcher = make_batcher(runner, make_spec(batching=BatchingSpec(default_timeout_us=10_000)))
     busy = asyncio.create_task(batcher.submit({"x": rows([0])}, 1))
-    await asyncio.sleep(0.001)
+    await runner.wait_running(1)
     with pytest.raises(DeadlineExceeded):
         await batcher.submit({"x": rows([1])}, 1)
     runner.gate.set()
@@ -187,10 +200,10 @@ async def test_cancelled_requests_are_skipped():
     runner.gate.clear()
     batcher = make_batcher(runner, make_spec())
     busy = asyncio.create_task(batcher.submit({"x": rows([0])}, 1))
-    await asyncio.sleep(0.01)
+    await runner.wait_running(1)
     gone = asyncio.create_task(batcher.submit({"x": rows([1])}, 1))
     kept = asyncio.create_task(batcher.submit({"x": rows([2])}, 1))
-    await asyncio.sleep(0.01)
+    await queued()
     gone.cancel()
     runner.gate.set()
     await asyncio.gather(busy, kept)
@@ -203,9 +216,9 @@ async def test_stop_drains_queued_requests_then_refuses_new_ones():
     runner.gate.clear()
     batcher = make_batcher(runner, make_spec())
     tasks = [asyncio.create_task(batcher.submit({"x": rows([i])}, 1)) for i in range(3)]
-    await asyncio.sleep(0.01)
+    await runner.wait_running(1)
     stopping = asyncio.create_task(batcher.stop())
-    await asyncio.sleep(0.01)
+    await queued()
     with pytest.raises(ModelNotReady):
         await batcher.submit({"x": rows([9])}, 1)
     runner.gate.set()
@@ -218,7 +231,7 @@ async def test_instances_run_batches_in_parallel():
     runner.gate.clear()
     batcher = make_batcher(runner, make_spec(batching=None))
     tasks = [asyncio.create_task(batcher.submit({"x": rows([i])}, 1)) for i in range(3)]
-    await asyncio.sleep(0.02)
+    await runner.wait_running(2)
     assert runner.running == 2
     runner.gate.set()
     await asyncio.gather(*tasks)
