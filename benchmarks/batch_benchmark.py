@@ -34,7 +34,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "model_repository"))
 
 MODELS = {"small": ("mlp_small", [64, 256, 256, 10]), "heavy": ("mlp_heavy", [512, 2048, 2048, 512])}
 ROWS = {"small": 1_500_000, "heavy": 40_000}
@@ -61,7 +60,7 @@ def _write(path: Path, rows: int, width: int, seed: int, first_id: int = 0) -> N
 
 
 def prepare(workdir: Path) -> None:
-    import make_models
+    from benchmarks.sample_models import make_models
 
     repository = workdir / "repository"
     for name, sizes in MODELS.values():
@@ -137,8 +136,8 @@ def ceiling(repository: str, model: str, data: str, batch_rows: int) -> None:
 
 
 def run_ceiling(workdir: Path, model: str, data: str, cpus: str | None) -> dict[str, float]:
-    command = [sys.executable, __file__, "ceiling", "--repository", str(workdir / "repository"), "--model", model,
-               "--data", data]
+    command = [sys.executable, "-m", "benchmarks.batch_benchmark", "ceiling", "--repository",
+               str(workdir / "repository"), "--model", model, "--data", data]
     stdout, _, _ = _run_child(_pinned(command, cpus))
     return dict(json.loads(stdout.strip().splitlines()[-1]))
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import make_models  # model_repository/make_models.py, on sys.path from tests/conftest.py
 import pytest
 
 from ..s3_server import bucket, s3_endpoint
+from ..sample_models import make_models
 from .data import write_tabular
 
 __all__ = ["bucket", "s3_endpoint"]  # the S3 server fixtures, shared from tests/s3_server.py
