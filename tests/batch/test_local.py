@@ -4,6 +4,7 @@ Runtime, row order and kept columns preserved, multi-input and max_batch_size 0 
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +207,22 @@ def test_feature_names_come_from_the_config(batch_repository: Path, tmp_path: Pa
     want = session(batch_repository / "tabular" / "1" / "model.onnx").run(None, {"features": features(table)})[0]
     got = list_matrix(pq.read_table(tmp_path / "out" / "part-0.parquet").column("probabilities"))
     assert np.max(np.abs(got - want)) <= 1e-6
+
+
+def test_each_input_takes_its_feature_names_from_the_config(batch_repository: Path, tmp_path: Path) -> None:
+    repository = tmp_path / "repository"
+    shutil.copytree(batch_repository / "two_input", repository / "two_input")
+    config = repository / "two_input" / "config.pbtxt"
+    config.write_text(config.read_text()
+                      + 'parameters { key: "feature_names.a" value: { string_value: "a0,a1,a2,a3" } }\n'
+                      + 'parameters { key: "feature_names.b" value: { string_value: "b0,b1,b2,b3" } }\n')
+    rng = np.random.default_rng(4)
+    a = rng.integers(-9, 9, (500, 4)).astype(np.int32)
+    b = rng.standard_normal((500, 4)).astype(np.float32)
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({**{f"b{j}": b[:, j] for j in range(4)}, **{f"a{j}": a[:, j] for j in range(4)}}),
+                   tmp_path / "in" / "x.parquet")
+    run_job(_job(repository, "two_input", tmp_path / "in", tmp_path / "out"))
+    out = pq.read_table(tmp_path / "out" / "x.parquet")
+    want_sum, _ = session(repository / "two_input" / "1" / "model.onnx").run(None, {"a": a, "b": b})
+    assert np.max(np.abs(list_matrix(out.column("sum")) - want_sum)) <= 1e-6
