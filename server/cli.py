@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .auth import Authorizer, hash_token
+from .batch import cli as batch_cli
 from .cli_help import HelpFormatter
 from .drift import cli as drift_cli
 from .settings import ServerSettings
@@ -209,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_hash_token(sub)
     drift_cli.add_subcommands(sub)
+    batch_cli.add_subcommands(sub)
     _add_loadtest(sub)
     return parser
 
@@ -356,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command in drift_cli.COMMANDS:
         return drift_cli.run(args)
+    if args.command in batch_cli.COMMANDS:
+        return batch_cli.run(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
