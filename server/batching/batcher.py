@@ -26,6 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..background import spawn
 from ..errors import DeadlineExceeded, ModelNotReady, Overloaded
 from ..metrics import Labels, Metrics
 from ..model_statistics import ModelStatistics
@@ -103,7 +104,7 @@ class DynamicBatcher:
 
     # -- public --------------------------------------------------------------------------------
     def start(self) -> None:
-        self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self._labels}")
+        self._loop_task = spawn(self._run(), f"batcher-{self._labels}")
 
     async def submit(self, feeds: dict[str, Tensor], rows: int, timeout_us: int = 0
                      ) -> tuple[dict[str, Tensor], int]:

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .background import run_steps, spawn
+from ..background import spawn
+from .background import run_steps
 from .metrics import TapMetrics
 from .publishers import Publisher
 from .stats import DEFAULT_MAX_CATEGORIES, DEFAULT_SKETCH_K, FeatureKey, WindowSummary

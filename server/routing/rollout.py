@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..background import spawn
 from ..batching.stacking import batch_key, stack_inputs
 from ..metrics import Metrics
 from ..tensors import Tensor
@@ -95,7 +96,7 @@ class Rollout:
     # -- off the request path ------------------------------------------------------------------
     def start(self) -> None:
         if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._mirror(), name=f"shadow-{self.state.model}")
+            self._worker = spawn(self._mirror(), f"shadow-{self.state.model}")
 
     async def stop(self) -> None:
         if self._worker is not None:
