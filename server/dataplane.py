@@ -59,7 +59,7 @@ class RepositoryAdmin(Protocol):
     async def load(self, name: str, *, config_json: str | None = None,
                    files: dict[str, bytes] | None = None) -> None: ...
 
-    async def unload(self, name: str, *, unload_dependents: bool = False) -> None: ...
+    async def unload(self, name: str) -> None: ...
 
 
 class DataPlane:
@@ -185,10 +185,10 @@ class DataPlane:
         if rollout is not None:
             rollout.observe(arm, True, elapsed / 1e9, feeds, rows, outputs)
         for observer in self._observers:
-            observer.observe(model.spec.name, labels[1], feeds, outputs)
+            observer.observe(model.spec.name, model.version, feeds, outputs)
         return InferResponse(
             model_name=model.spec.name,
-            model_version=labels[1],
+            model_version=model.version,
             outputs=selected,
             datatypes=model.output_datatypes,
             id=request.id,
@@ -250,8 +250,7 @@ class DataPlane:
 
         await self._admin(creds, "load", check_model_name(name), load)
 
-    async def unload_model(self, name: str, unload_dependents: bool = False,
-                           creds: Credentials = ANONYMOUS) -> None:
+    async def unload_model(self, name: str, creds: Credentials = ANONYMOUS) -> None:
         async def unload(actor: str) -> None:
             await self._repository_admin.unload(name)
 

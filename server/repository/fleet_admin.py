@@ -88,9 +88,9 @@ class FleetAdmin:
         encoded = {k: base64.b64encode(v).decode() for k, v in (files or {}).items()}
         await self._broadcast({"op": "load", "model": name, "config": config_json or "", "files": json.dumps(encoded)})
 
-    async def unload(self, name: str, *, unload_dependents: bool = False) -> None:
+    async def unload(self, name: str) -> None:
         """Unload here, then on every replica. Raises like load."""
-        await self._manager.unload(name, unload_dependents=unload_dependents)
+        await self._manager.unload(name)
         await self._broadcast({"op": "unload", "model": name})
 
     async def fleet_index(self) -> dict[str, list[IndexEntry]]:

@@ -123,8 +123,8 @@ class RolloutController:
         if rollout is not None:
             return rollout.state.candidate_version if rollout.state.phase is Phase.PROMOTED \
                 else rollout.state.stable_version
-        ready = [int(v.labels[1]) for v in self._manager.loaded_versions(model)
-                 if self._manager.is_ready(model, v.labels[1]) and int(v.labels[1]) != exclude]
+        ready = [v.spec.version for v in self._manager.loaded_versions(model)
+                 if self._manager.is_ready(model, v.version) and v.spec.version != exclude]
         if not ready:
             raise ModelNotReady(f"model '{model}' has no ready version to compare with")
         return max(ready)
