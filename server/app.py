@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 
 import grpc
 import uvicorn
@@ -17,7 +18,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from .audit import AuditLog
 from .dataplane import DataPlane
 from .drift import DriftSidePath, TapConfig, spec_feature_names
+from .grpc_api.h2 import H2Limits
+from .grpc_api.rollout_service import SERVICE_NAME as ROLLOUT_SERVICE_NAME
 from .grpc_api.rollout_service import RolloutService
+from .grpc_api.rpc import Rpc, route_table
+from .grpc_api.server import GrpcServer
 from .grpc_api.service import SERVICE_NAME, InferenceService
 from .http_api import build_http_app
 from .metrics import Metrics
@@ -46,8 +51,10 @@ def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
 class App:
     """A running Tessera server: model manager, DataPlane, gRPC and HTTP servers."""
 
-    def __init__(self, settings: ServerSettings, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: ServerSettings, metrics: Metrics | None = None,
+                 grpc_ssl: ssl.SSLContext | None = None) -> None:
         self.settings = settings
+        self._grpc_ssl = grpc_ssl
         self.metrics = metrics or Metrics()
         self.manager = ModelManager(settings.model_repository, settings, self.metrics)
         self._watcher: RepositoryWatcher | None = None
@@ -73,6 +80,7 @@ class App:
             if self.drift.monitor is not None:
                 self.dataplane.set_drift_reports(self.drift.monitor.latest_reports)
         self._grpc: grpc.aio.Server | None = None
+        self.grpc_server: GrpcServer | None = None  # ours, when settings.grpc_server == "ours"
         self._health = health.aio.HealthServicer()
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -101,6 +109,28 @@ class App:
 
     async def _start_grpc(self) -> None:
         s = self.settings
+        if s.grpc_server == "ours":
+            await self._start_our_grpc()
+        else:
+            await self._start_grpcio()
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _start_our_grpc(self) -> None:
+        s = self.settings
+        health_table = {"Check": Rpc("unary_unary", self._health.Check, health_pb2.HealthCheckRequest),
+                        "Watch": Rpc("unary_stream", self._health.Watch, health_pb2.HealthCheckRequest)}
+        routes = route_table({SERVICE_NAME: InferenceService(self.dataplane).rpc_table(),
+                              ROLLOUT_SERVICE_NAME: RolloutService(self.dataplane).rpc_table(),
+                              "grpc.health.v1.Health": health_table})
+        limits = H2Limits(max_concurrent_streams=s.grpc_max_concurrent_streams,
+                          idle_timeout_s=s.grpc_idle_timeout_s)
+        self.grpc_server = GrpcServer(routes, max_message_bytes=s.grpc_max_message_bytes, limits=limits,
+                                      ssl_context=self._grpc_ssl)
+        self.grpc_port = await self.grpc_server.start(_bind(s.host, s.grpc_port, reuse_port=s.workers > 1))
+
+    async def _start_grpcio(self) -> None:
+        s = self.settings
         options = [
             ("grpc.max_receive_message_length", s.grpc_max_message_bytes),
             ("grpc.max_send_message_length", s.grpc_max_message_bytes),
@@ -111,11 +141,11 @@ class App:
                                          RolloutService(self.dataplane).handler()))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = f"[{s.host}]:{s.grpc_port}" if ":" in s.host else f"{s.host}:{s.grpc_port}"
+        if self._grpc_ssl is not None:
+            raise ValueError("grpcio's server takes its TLS credentials from the security flags, not an SSLContext")
         self.grpc_port = server.add_insecure_port(address)
         await server.start()
         self._grpc = server
-        for service in ("", SERVICE_NAME):
-            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     async def _start_http(self) -> None:
         s = self.settings
@@ -141,6 +171,8 @@ class App:
             await self._http_task
         if self._grpc is not None:
             await self._grpc.stop(self.settings.drain_timeout_s)
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(self.settings.drain_timeout_s)
         if self._watcher is not None:
             await self._watcher.stop()
         await self.rollouts.stop()

@@ -70,6 +70,11 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="serve repository load/unload (true/false)")
     p.add_argument("--grpc-max-message-bytes", type=int,
                    default=int(_env("grpc-max-message-bytes", str(64 << 20)) or 0))
+    p.add_argument("--grpc-server", choices=("ours", "grpcio"), default=_env("grpc-server", "grpcio"),
+                   help="ours: Tessera's HTTP/2 gRPC server on the serving loop; grpcio: grpc.aio")
+    p.add_argument("--grpc-max-concurrent-streams", type=int,
+                   default=int(_env("grpc-max-concurrent-streams", "1024") or 1024))
+    p.add_argument("--grpc-idle-timeout-s", type=float, default=float(_env("grpc-idle-timeout-s", "300") or 300))
     p.add_argument("--http-max-body-bytes", type=int,
                    default=int(_env("http-max-body-bytes", str(64 << 20)) or 0))
     p.add_argument("--intra-op-threads", type=int, default=int(_env("intra-op-threads", "1") or 1),
@@ -114,6 +119,8 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
         repository_storage_options=args.repository_storage_options,
         allow_repository_admin=args.allow_repository_admin,
         grpc_max_message_bytes=args.grpc_max_message_bytes, http_max_body_bytes=args.http_max_body_bytes,
+        grpc_server=args.grpc_server, grpc_max_concurrent_streams=args.grpc_max_concurrent_streams,
+        grpc_idle_timeout_s=args.grpc_idle_timeout_s,
         intra_op_threads=args.intra_op_threads, allow_spinning=args.allow_spinning,
         drain_timeout_s=args.drain_timeout_s, redis_url=args.redis_url, state_dir=Path(args.state_dir),
         drift_enabled=args.drift,

@@ -51,6 +51,15 @@ class ServerSettings:
     grpc_max_message_bytes: int = 64 * 1024 * 1024
     """Largest gRPC message accepted or sent."""
 
+    grpc_server: str = "grpcio"
+    """Which gRPC server serves the port: "ours" (HTTP/2 on the serving loop) or "grpcio" (grpc.aio)."""
+
+    grpc_max_concurrent_streams: int = 1024
+    """Calls one gRPC connection may have open at once (ours; SETTINGS_MAX_CONCURRENT_STREAMS)."""
+
+    grpc_idle_timeout_s: float = 300.0
+    """Seconds a gRPC connection may send nothing while none of its calls computes (ours)."""
+
     http_max_body_bytes: int = 64 * 1024 * 1024
     """Largest HTTP request body accepted; larger bodies get 413."""
 

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeAlias
+from collections.abc import AsyncIterator
+from typing import TypeAlias
 
 import grpc
 
 from .._generated import grpc_service_pb2 as pb
 from ..dataplane import DataPlane
 from ..protocol.grpc_codec import decode_infer_request, encode_infer_response, encode_statistics
-from .errors import abort_status, guarded
+from .errors import abort_status
+from .rpc import Rpc, RpcTable, generic_handler
 
 __all__ = ["ROUTING_KEY_METADATA", "SERVICE_NAME", "InferenceService"]
 
@@ -128,28 +129,24 @@ class InferenceService:
         await self._dp.unload_model(request.model_name, dependents)
         return pb.RepositoryModelUnloadResponse()
 
+    def rpc_table(self) -> RpcTable:
+        """Every RPC of the service, for both servers (ours and grpcio's)."""
+        return {
+            "ServerLive": Rpc("unary_unary", self.server_live, pb.ServerLiveRequest),
+            "ServerReady": Rpc("unary_unary", self.server_ready, pb.ServerReadyRequest),
+            "ModelReady": Rpc("unary_unary", self.model_ready, pb.ModelReadyRequest),
+            "ServerMetadata": Rpc("unary_unary", self.server_metadata, pb.ServerMetadataRequest),
+            "ModelMetadata": Rpc("unary_unary", self.model_metadata, pb.ModelMetadataRequest),
+            "ModelConfig": Rpc("unary_unary", self.model_config, pb.ModelConfigRequest),
+            "ModelInfer": Rpc("unary_unary", self.model_infer, pb.ModelInferRequest),
+            "ModelStreamInfer": Rpc("stream_stream", self.model_stream_infer, pb.ModelInferRequest),
+            "ModelStatistics": Rpc("unary_unary", self.model_statistics, pb.ModelStatisticsRequest),
+            "RepositoryIndex": Rpc("unary_unary", self.repository_index, pb.RepositoryIndexRequest),
+            "RepositoryModelLoad": Rpc("unary_unary", self.repository_model_load, pb.RepositoryModelLoadRequest),
+            "RepositoryModelUnload": Rpc("unary_unary", self.repository_model_unload,
+                                         pb.RepositoryModelUnloadRequest),
+        }
+
     def handler(self) -> grpc.GenericRpcHandler:
-        """The generic handler that serves every RPC, each wrapped by the one error mapping."""
-        unary: dict[str, tuple[Callable[..., Any], Any]] = {
-            "ServerLive": (self.server_live, pb.ServerLiveRequest),
-            "ServerReady": (self.server_ready, pb.ServerReadyRequest),
-            "ModelReady": (self.model_ready, pb.ModelReadyRequest),
-            "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest),
-            "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest),
-            "ModelConfig": (self.model_config, pb.ModelConfigRequest),
-            "ModelInfer": (self.model_infer, pb.ModelInferRequest),
-            "ModelStatistics": (self.model_statistics, pb.ModelStatisticsRequest),
-            "RepositoryIndex": (self.repository_index, pb.RepositoryIndexRequest),
-            "RepositoryModelLoad": (self.repository_model_load, pb.RepositoryModelLoadRequest),
-            "RepositoryModelUnload": (self.repository_model_unload, pb.RepositoryModelUnloadRequest),
-        }
-        methods: dict[str, grpc.RpcMethodHandler] = {
-            name: grpc.unary_unary_rpc_method_handler(
-                guarded(fn), request_deserializer=req.FromString,
-                response_serializer=lambda m: m.SerializeToString())
-            for name, (fn, req) in unary.items()
-        }
-        methods["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
-            self.model_stream_infer, request_deserializer=pb.ModelInferRequest.FromString,
-            response_serializer=lambda m: m.SerializeToString())
-        return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
+        """grpcio's generic handler for the table, each unary RPC wrapped by the one error mapping."""
+        return generic_handler(SERVICE_NAME, self.rpc_table())
