@@ -30,10 +30,10 @@ class Raw:
         self.data = data
 
     @classmethod
-    def FromString(cls, data: bytes) -> Raw:  # noqa: N802 - protobuf's spelling
+    def FromString(cls, data: bytes) -> Raw:
         return cls(data)
 
-    def SerializeToString(self) -> bytes:  # noqa: N802
+    def SerializeToString(self) -> bytes:
         return self.data
 
 
