@@ -100,7 +100,8 @@ class MessageReader:
         return bool(self._buffer)
 
     def feed(self, data: bytes) -> list[tuple[bool, bytes]]:
-        """Raises MessageTooLarge as soon as a prefix declares more than the limit (before buffering it)."""
+        """Raises MessageTooLarge as soon as a prefix declares more than the limit (before buffering it),
+        ValueError for a flag byte other than 0 or 1."""
         if not self._buffer and len(data) >= 5 and data[0] == 0 and int.from_bytes(data[1:5], "big") == len(data) - 5:
             if len(data) - 5 > self._limit:
                 raise MessageTooLarge(f"message of {len(data) - 5} bytes exceeds the limit of {self._limit}")
@@ -113,6 +114,8 @@ class MessageReader:
             length = int.from_bytes(buffer[position + 1:position + 5], "big")
             if length > self._limit:
                 raise MessageTooLarge(f"message of {length} bytes exceeds the limit of {self._limit}")
+            if buffer[position] > 1:
+                raise ValueError(f"invalid compressed flag {buffer[position]}")
             if len(buffer) - position - 5 < length:
                 break
             out.append((buffer[position] == 1, bytes(buffer[position + 5:position + 5 + length])))

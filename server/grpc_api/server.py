@@ -265,6 +265,11 @@ class GrpcProtocol(asyncio.Protocol):
     def active_calls(self) -> int:
         return len(self._calls)
 
+    @property
+    def buffered_send_bytes(self) -> int:
+        """Response bytes held for the peer's flow-control windows."""
+        return self._conn.buffered_send_bytes
+
     def drain(self) -> None:
         """GOAWAY with the last stream taken; calls in flight finish, then the connection closes."""
         self._conn.start_drain()

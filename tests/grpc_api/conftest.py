@@ -41,6 +41,7 @@ class Raw:
 class EchoState:
     started: int = 0
     cancelled: int = 0
+    big: int = 0
     metadata: list[Any] = field(default_factory=list)
 
 
@@ -49,6 +50,7 @@ def echo_routes(state: EchoState) -> dict[bytes, Rpc]:
         return request
 
     async def big(request: Raw, context: CallContext) -> Raw:
+        state.big += 1
         return Raw(bytes(int(request.data)))
 
     async def slow(request: Raw, context: CallContext) -> Raw:
@@ -58,6 +60,10 @@ def echo_routes(state: EchoState) -> dict[bytes, Rpc]:
         except asyncio.CancelledError:
             state.cancelled += 1
             raise
+        return request
+
+    async def sleep(request: Raw, context: CallContext) -> Raw:
+        await asyncio.sleep(float(request.data))
         return request
 
     async def metadata(request: Raw, context: CallContext) -> Raw:
@@ -80,7 +86,7 @@ def echo_routes(state: EchoState) -> dict[bytes, Rpc]:
         "Echo": Rpc("unary_unary", echo, Raw), "Big": Rpc("unary_unary", big, Raw),
         "Slow": Rpc("unary_unary", slow, Raw), "Metadata": Rpc("unary_unary", metadata, Raw),
         "Fail": Rpc("unary_unary", fail, Raw), "Chat": Rpc("stream_stream", chat, Raw),
-        "Count": Rpc("unary_stream", count, Raw),
+        "Count": Rpc("unary_stream", count, Raw), "Sleep": Rpc("unary_unary", sleep, Raw),
     }
     return route_table({"test.Echo": table})
 
