@@ -206,8 +206,9 @@ class H2Connection:
             for kind, flags, stream_id, payload in frames:
                 try:
                     self._on_frame(kind, flags, stream_id, payload, events)
-                except _StreamError as exc:
-                    self.reset_stream(exc.stream_id, exc.code)
+                except _StreamError as exc:  # RST_STREAM even for a stream we do not hold
+                    self._drop(exc.stream_id)
+                    self._out.append(f.rst_stream_frame(exc.stream_id, exc.code))
                     events.append(StreamReset(exc.stream_id, exc.code, False))
             if oversized:
                 self.counters["max_frame_bytes"] += 1
