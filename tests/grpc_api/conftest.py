@@ -6,6 +6,7 @@ The methods are raw bytes in and out, so what is tested is the transport, not th
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
@@ -116,14 +117,16 @@ class EchoServer:
         return future.result(10)
 
 
-def serve_echo(limits: H2Limits, max_message_bytes: int) -> tuple[EchoServer, Callable[[], None]]:
+def serve_echo(limits: H2Limits, max_message_bytes: int, ssl_context: ssl.SSLContext | None = None
+               ) -> tuple[EchoServer, Callable[[], None]]:
     loop = uvloop.new_event_loop()
     started: Future[EchoServer] = Future()
     stop = threading.Event()
     state = EchoState()
 
     async def main() -> None:
-        server = GrpcServer(echo_routes(state), max_message_bytes=max_message_bytes, limits=limits)
+        server = GrpcServer(echo_routes(state), max_message_bytes=max_message_bytes, limits=limits,
+                            ssl_context=ssl_context)
         port = await server.start(_bind("127.0.0.1", 0, reuse_port=False))
         started.set_result(EchoServer(server, state, port, loop))
         while not stop.is_set():
@@ -147,8 +150,9 @@ def echo_factory() -> Iterator[Callable[..., EchoServer]]:
     """`echo_factory(**H2Limits fields, max_message_bytes=...)`: an echo server with those limits."""
     stops: list[Callable[[], None]] = []
 
-    def start(max_message_bytes: int = 80 << 20, **limits: Any) -> EchoServer:
-        echo, shutdown = serve_echo(H2Limits(**limits), max_message_bytes)
+    def start(max_message_bytes: int = 80 << 20, ssl_context: ssl.SSLContext | None = None,
+              **limits: Any) -> EchoServer:
+        echo, shutdown = serve_echo(H2Limits(**limits), max_message_bytes, ssl_context)
         stops.append(shutdown)
         return echo
 
