@@ -70,7 +70,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="serve repository load/unload (true/false)")
     p.add_argument("--grpc-max-message-bytes", type=int,
                    default=int(_env("grpc-max-message-bytes", str(64 << 20)) or 0))
-    p.add_argument("--grpc-server", choices=("ours", "grpcio"), default=_env("grpc-server", "grpcio"),
+    p.add_argument("--grpc-server", choices=("ours", "grpcio"), default=_env("grpc-server", "ours"),
                    help="ours: Tessera's HTTP/2 gRPC server on the serving loop; grpcio: grpc.aio")
     p.add_argument("--grpc-max-concurrent-streams", type=int,
                    default=int(_env("grpc-max-concurrent-streams", "1024") or 1024))
