@@ -11,11 +11,11 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import cast
 
 import hpack
 
 from . import frames as f
+from .headers import HeaderDecoder, Headers, well_formed_request
 from .limits import H2Limits, LimitCounters
 
 __all__ = [
@@ -23,9 +23,6 @@ __all__ = [
     "StreamReset", "WindowOpened",
 ]
 
-Headers = list[tuple[bytes, bytes]]
-_CONNECTION_HEADERS = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
-_REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":path", b":authority"))
 
 
 @dataclass(slots=True)
@@ -135,8 +132,7 @@ class H2Connection:
         self._out: list[bytes | memoryview] = []
         self._streams: dict[int, _Stream] = {}
         self._blocked: dict[int, None] = {}  # streams with frames waiting for window, in order
-        self._decoder = hpack.Decoder(max_header_list_size=limits.max_header_list_bytes)
-        self._decoder.max_allowed_table_size = limits.header_table_bytes
+        self._decoder = HeaderDecoder(limits.max_header_list_bytes, limits.header_table_bytes)
         self._preface_seen = False
         self._settings_seen = False
         self._highest_stream = 0
@@ -331,7 +327,7 @@ class H2Connection:
     def _on_header_block(self, flags: int, stream_id: int, block: bytes, events: list[Event]) -> None:
         # Every block is decoded, even for a stream we refuse, to keep the HPACK table in step.
         try:
-            headers = cast(Headers, self._decoder.decode(block, raw=True))
+            headers = self._decoder.decode(block)
         except hpack.OversizedHeaderListError:
             self.counters["max_header_list_bytes"] += 1
             raise _ConnectionError(f.ENHANCE_YOUR_CALM, "header list too large") from None
@@ -361,7 +357,7 @@ class H2Connection:
             self.counters["max_concurrent_streams"] += 1
             self._out.append(f.rst_stream_frame(stream_id, f.REFUSED_STREAM))
             return
-        if not _well_formed(headers):
+        if not well_formed_request(headers):
             self._out.append(f.rst_stream_frame(stream_id, f.PROTOCOL_ERROR))
             return
         stream = _Stream(stream_id, self._peer_initial_window, self.limits.stream_window_bytes)
@@ -607,19 +603,3 @@ class H2Connection:
         self.closed = True
         self.goaway_sent = True
         self._out.append(f.goaway_frame(self._highest_stream, code, reason.encode()[:256]))
-
-
-def _well_formed(headers: Headers) -> bool:
-    """RFC 9113 8.2-8.3 for a request: known pseudo-headers first, lowercase names, no connection headers."""
-    regular = False
-    seen: set[bytes] = set()
-    for name, value in headers:
-        if name[:1] == b":":
-            if regular or name not in _REQUEST_PSEUDO or name in seen:
-                return False
-            seen.add(name)
-        else:
-            regular = True
-            if name.lower() != name or name in _CONNECTION_HEADERS or (name == b"te" and value != b"trailers"):
-                return False
-    return b":method" in seen and b":path" in seen and b":scheme" in seen
