@@ -73,7 +73,8 @@ Event = RequestReceived | DataReceived | StreamReset | WindowOpened | PeerGoaway
 
 
 class _Bucket:
-    """A token bucket: `take()` is False once the burst and its refill are spent."""
+    """A token bucket: `take()` is False once the burst and its refill (by time, and by `credit` for
+    useful work) are spent."""
 
     __slots__ = ("_capacity", "_rate", "_stamp", "_tokens")
 
@@ -82,6 +83,9 @@ class _Bucket:
         self._rate = rate
         self._tokens = float(capacity)
         self._stamp = time.monotonic()
+
+    def credit(self, tokens: float) -> None:
+        self._tokens = min(self._capacity, self._tokens + tokens)
 
     def take(self) -> bool:
         self._tokens -= 1.0
@@ -360,6 +364,9 @@ class H2Connection:
         if not well_formed_request(headers):
             self._out.append(f.rst_stream_frame(stream_id, f.PROTOCOL_ERROR))
             return
+        # Each call earns its peer a few control frames (window updates, pings, settings): a busy,
+        # well-behaved client never runs out, an idle flood does.
+        self._control.credit(self.limits.control_frames_per_stream)
         stream = _Stream(stream_id, self._peer_initial_window, self.limits.stream_window_bytes)
         stream.remote_closed = end
         self._streams[stream_id] = stream
@@ -501,6 +508,7 @@ class H2Connection:
             self._out.append(f.frame_header(size, f.DATA, f.END_STREAM if end_stream else 0, stream_id))
             self._out.append(data)
             self._ping_strikes = 0
+            self._control.credit(1)
             if end_stream:
                 self._close_local(stream)
             return
@@ -551,6 +559,7 @@ class H2Connection:
                                             stream.stream_id))
             self._out.append(chunk)
             self._ping_strikes = 0
+            self._control.credit(1)  # the peer acknowledges what we send with WINDOW_UPDATEs
             if done:
                 pending.popleft()
                 if end_stream:

@@ -41,8 +41,11 @@ class H2Limits:
     """Frames that carry no request (SETTINGS, PING, WINDOW_UPDATE, PRIORITY, CONTINUATION, empty
     DATA, unknown) a peer may send in a burst; beyond it and `control_frames_per_s`: ENHANCE_YOUR_CALM."""
 
-    control_frames_per_s: float = 5_000.0
-    """Rate at which that allowance refills."""
+    control_frames_per_s: float = 1_000.0
+    """Rate at which that allowance refills by itself."""
+
+    control_frames_per_stream: int = 16
+    """What each new call (and each DATA frame we send) adds back to that allowance."""
 
     resets_burst: int = 1_000
     """Streams a peer may reset in a burst (rapid reset); beyond it and `resets_per_s`: ENHANCE_YOUR_CALM."""

@@ -95,3 +95,14 @@ def test_a_stream_error_leaves_the_connection_usable() -> None:
     assert events == [StreamReset(3, f.FRAME_SIZE_ERROR, False)]
     assert not conn.closed
     assert isinstance(conn.receive(_request(5))[0], RequestReceived)
+
+
+def test_control_frames_are_earned_by_calls_and_spent_by_floods() -> None:
+    conn = _open(H2Limits(control_frames_burst=100, control_frames_per_s=0.001, control_frames_per_stream=4))
+    encoder = hpack.Encoder()
+    for stream_id in range(1, 2001, 2):  # a busy client: two window updates per call, 2,000 in all
+        conn.receive(_request(stream_id, b"x", encoder) + f.window_update_frame(0, 10) * 2)
+        conn.send_headers(stream_id, b"\x88", end_stream=True)
+    assert not conn.closed
+    conn.receive(f.window_update_frame(0, 1) * 500)  # the same frames with no calls: a flood
+    assert conn.closed
