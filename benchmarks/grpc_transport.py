@@ -1,6 +1,7 @@
 """Tessera's own gRPC transport against grpcio's, a bare grpc.aio server (no model) and Tessera's HTTP path.
 
-perf_analyzer (closed loop, one row per request) drives each target in turn, rotating the order every
+perf_analyzer (closed loop, one row per request) drives each target in turn (ours-stream: ModelStreamInfer
+on our transport, perf_analyzer --streaming), rotating the order every
 round so the machine's drift falls on all of them alike; servers are pinned to --server-cpus and
 perf_analyzer to --client-cpus. Per run: throughput, p50/p99, server CPU per request (the server
 process's CPU time over the run divided by the requests it answered), and rows per batch (from
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "model_repository"))
 import make_models  # noqa: E402 - the sample models' builder lives beside them
 
-TARGETS = ("ours", "grpcio", "http", "bare")
+TARGETS = ("ours", "grpcio", "http", "bare", "ours-stream")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -78,7 +79,7 @@ def _measure(target: str, port: int, pid: int, metrics_port: int | None, model: 
              args: argparse.Namespace, out: Path, round_: int) -> Run:
     protocol = "http" if target == "http" else "grpc"
     pa_args = (f"-m {model} -i {protocol} -u 127.0.0.1:{port} --concurrency-range {concurrency}:{concurrency} "
-               f"-p {args.window_ms} -s 999").split()
+               f"-p {args.window_ms} -s 999").split() + (["--streaming"] if target.endswith("-stream") else [])
     before = _batch_counters(metrics_port, model) if metrics_port else None
     cpu0, wall0 = _cpu_seconds(pid), time.monotonic()
     rows = run_perf_analyzer(pa_args, out / f"pa-{target}-c{concurrency}-r{round_}.csv", args.client_cpus)
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     runs: list[Run] = []
     with ours, grpcio, bare:
         where = {"ours": (ours_grpc, ours.pid, ours_http), "grpcio": (grpcio_grpc, grpcio.pid, grpcio_http),
+                 "ours-stream": (ours_grpc, ours.pid, ours_http),
                  "http": (ours_http, ours.pid, ours_http), "bare": (bare_port, bare.pid, None)}
         for round_ in range(args.rounds):
             for concurrency in (int(c) for c in args.concurrency.split(",")):
@@ -140,12 +142,14 @@ def _report(runs: list[Run], targets: list[str]) -> None:
         for target in targets:
             mine = [by[(target, concurrency, n)] for n in rounds if (target, concurrency, n) in by]
             batch = [r.rows_per_batch for r in mine if r.rows_per_batch is not None]
-            print(f"  {target:7} req/s {statistics.median(r.rps for r in mine):8.0f}  "
+            if not mine:
+                continue
+            print(f"  {target:11} req/s {statistics.median(r.rps for r in mine):8.0f}  "
                   f"p50 {statistics.median(r.p50_ms for r in mine):6.2f} ms  "
                   f"p99 {statistics.median(r.p99_ms for r in mine):6.2f} ms  "
                   f"cpu/req {statistics.median(r.cpu_us_per_request for r in mine):6.0f} us  "
                   f"rows/batch {statistics.median(batch) if batch else float('nan'):5.1f}")
-        for a, b in (("ours", "bare"), ("ours", "grpcio"), ("ours", "http")):
+        for a, b in (("ours", "bare"), ("ours", "grpcio"), ("ours", "http"), ("ours-stream", "ours")):
             if a in targets and b in targets:
                 ratios = [by[(a, concurrency, n)].rps / by[(b, concurrency, n)].rps for n in rounds]
                 p99 = [by[(a, concurrency, n)].p99_ms / by[(b, concurrency, n)].p99_ms for n in rounds]

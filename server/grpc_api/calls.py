@@ -34,6 +34,8 @@ class CallSink(Protocol):
 
     def send_headers(self, stream_id: int, block: bytes, end_stream: bool = False) -> None: ...
     def send_data(self, stream_id: int, data: bytes) -> None: ...
+    def send_response(self, stream_id: int, message: bytes) -> None:
+        """Response headers, one message and OK trailers: a whole unary answer."""
     def acknowledge(self, stream_id: int, size: int) -> None: ...
     def call_finished(self, call: Call) -> None: ...
     async def wait_writable(self, call: Call) -> None: ...
@@ -147,10 +149,18 @@ class Call:
             return
         if self.finished:
             return
-        self.headers_sent = True
-        self.sink.send_headers(self.stream_id, RESPONSE_HEADERS)
-        self.sink.send_data(self.stream_id, prefixed(body))
-        self.finish(grpc.StatusCode.OK, "")
+        if self.context.trailing_metadata():
+            self.headers_sent = True
+            self.sink.send_headers(self.stream_id, RESPONSE_HEADERS)
+            self.sink.send_data(self.stream_id, prefixed(body))
+            self.finish(grpc.StatusCode.OK, "")
+            return
+        self.finished = self.headers_sent = True
+        self.context.mark_done()
+        if self.timer is not None:
+            self.timer.cancel()
+        self.sink.send_response(self.stream_id, prefixed(body))
+        self.sink.call_finished(self)
 
     async def _run_unary_stream(self, request: Any) -> None:
         async def run() -> None:

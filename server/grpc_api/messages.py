@@ -5,14 +5,16 @@ Pure functions and one small reader; see grpc's doc/PROTOCOL-HTTP2.md for the wi
 
 from __future__ import annotations
 
+import base64
 import zlib
+from typing import NamedTuple
 
 import grpc
 import hpack
 
 __all__ = [
-    "ACCEPT_ENCODING", "OK_TRAILERS", "RESPONSE_HEADERS", "MessageReader", "MessageTooLarge", "decompress",
-    "encode_headers", "error_headers", "parse_timeout", "percent_encode", "prefixed",
+    "ACCEPT_ENCODING", "OK_TRAILERS", "RESPONSE_HEADERS", "MessageReader", "MessageTooLarge", "RequestHead",
+    "decompress", "encode_headers", "error_headers", "parse_timeout", "percent_encode", "prefixed", "request_head",
 ]
 
 ACCEPT_ENCODING = b"identity,deflate,gzip"
@@ -31,6 +33,47 @@ RESPONSE_HEADERS = encode_headers([(b":status", b"200"), (b"content-type", b"app
                                    (b"grpc-accept-encoding", ACCEPT_ENCODING)])
 OK_TRAILERS = encode_headers([(b"grpc-status", b"0")])
 _TIMEOUT_UNITS = {ord("H"): 3600.0, ord("M"): 60.0, ord("S"): 1.0, ord("m"): 1e-3, ord("u"): 1e-6, ord("n"): 1e-9}
+
+
+# Headers that are the transport's, not the application's metadata.
+_RESERVED = frozenset((b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding"))
+
+
+class RequestHead(NamedTuple):
+    """What a request's headers say to gRPC; `metadata` as grpc gives it (str values, bytes for -bin)."""
+
+    method: bytes
+    path: bytes
+    content_type: bytes
+    timeout_s: float | None
+    encoding: bytes
+    metadata: tuple[tuple[str, str | bytes], ...]
+
+
+def request_head(headers: list[tuple[bytes, bytes]]) -> RequestHead:
+    path = method = content_type = b""
+    encoding = b"identity"
+    timeout: float | None = None
+    metadata: list[tuple[str, str | bytes]] = []
+    for name, value in headers:
+        if name[:1] == b":":
+            if name == b":path":
+                path = value
+            elif name == b":method":
+                method = value
+        elif name == b"content-type":
+            content_type = value
+        elif name == b"grpc-timeout":
+            timeout = parse_timeout(value)
+        elif name == b"grpc-encoding":
+            encoding = value
+        elif name not in _RESERVED:
+            key = name.decode("latin-1")
+            if key.endswith("-bin"):
+                metadata.append((key, base64.b64decode(value + b"=" * (-len(value) % 4))))
+            else:
+                metadata.append((key, value.decode("latin-1")))
+    return RequestHead(method, path, content_type, timeout, encoding, tuple(metadata))
 
 
 class MessageTooLarge(Exception):

@@ -8,7 +8,6 @@ answers of a batch leave in one write. Every call read in one turn starts in tha
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import socket
 import ssl
@@ -31,16 +30,20 @@ from .h2.connection import (
     WindowOpened,
 )
 from .h2.limits import H2Limits, LimitCounters
-from .messages import SUPPORTED_ENCODINGS, encode_headers, error_headers, parse_timeout
+from .messages import (
+    OK_TRAILERS,
+    RESPONSE_HEADERS,
+    SUPPORTED_ENCODINGS,
+    RequestHead,
+    encode_headers,
+    error_headers,
+    request_head,
+)
 from .rpc import Rpc
 
 __all__ = ["GrpcServer"]
 
 logger = logging.getLogger(__name__)
-
-# Headers that are the transport's, not the application's metadata.
-_RESERVED = frozenset((b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding"))
-
 
 def _peer_name(transport: asyncio.BaseTransport) -> str:
     address = transport.get_extra_info("peername")
@@ -78,6 +81,7 @@ class GrpcProtocol(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None
         self._peer = "unknown"
         self._auth: dict[str, list[bytes]] = {}
+        self._heads: dict[int, tuple[list[tuple[bytes, bytes]], RequestHead]] = {}
         self.opened_at = time.monotonic()
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
@@ -132,29 +136,19 @@ class GrpcProtocol(asyncio.Protocol):
         self._flush()
 
     # -- calls --------------------------------------------------------------------------------------
+    def _head(self, headers: list[tuple[bytes, bytes]]) -> RequestHead:
+        # The HPACK cache hands back the same list for the same block: parse each such list once.
+        cached = self._heads.get(id(headers))
+        if cached is not None and cached[0] is headers:
+            return cached[1]
+        head = request_head(headers)
+        if len(self._heads) >= 64:
+            self._heads.clear()
+        self._heads[id(headers)] = (headers, head)  # holding the list keeps its id from being reused
+        return head
+
     def _start_call(self, event: RequestReceived) -> None:
-        path = method = content_type = b""
-        encoding = b"identity"
-        timeout: float | None = None
-        metadata: list[tuple[str, str | bytes]] = []
-        for name, value in event.headers:
-            if name[:1] == b":":
-                if name == b":path":
-                    path = value
-                elif name == b":method":
-                    method = value
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"grpc-timeout":
-                timeout = parse_timeout(value)
-            elif name == b"grpc-encoding":
-                encoding = value
-            elif name not in _RESERVED:
-                key = name.decode("latin-1")
-                if key.endswith("-bin"):
-                    metadata.append((key, base64.b64decode(value + b"=" * (-len(value) % 4))))
-                else:
-                    metadata.append((key, value.decode("latin-1")))
+        method, path, content_type, timeout, encoding, metadata = self._head(event.headers)
         stream_id = event.stream_id
         if method != b"POST":
             self._reject(stream_id, b"405", grpc.StatusCode.UNIMPLEMENTED, "gRPC calls use POST")
@@ -171,9 +165,10 @@ class GrpcProtocol(asyncio.Protocol):
                          f"grpc-encoding {encoding.decode('latin-1')} is not supported")
             return
         deadline = None if timeout is None else self._loop.time() + timeout
-        call = Call(self, stream_id, rpc, CallContext(tuple(metadata), self._peer, self._auth, deadline),
+        call = Call(self, stream_id, rpc, CallContext(metadata, self._peer, self._auth, deadline),
                     encoding, self._server.max_message_bytes)
-        call.context.attach_writer(call.write)  # server-streaming handlers that call context.write()
+        if rpc.kind == "unary_stream":
+            call.context.attach_writer(call.write)  # server-streaming handlers that call context.write()
         self._calls[stream_id] = call
         if deadline is not None:
             call.timer = self._loop.call_at(deadline, self._expire, call)
@@ -202,6 +197,12 @@ class GrpcProtocol(asyncio.Protocol):
 
     def send_data(self, stream_id: int, data: bytes) -> None:
         self._conn.send_data(stream_id, data)
+        self._schedule_flush()
+
+    def send_response(self, stream_id: int, message: bytes) -> None:
+        self._conn.send_headers(stream_id, RESPONSE_HEADERS)
+        self._conn.send_data(stream_id, message)
+        self._conn.send_headers(stream_id, OK_TRAILERS, end_stream=True)
         self._schedule_flush()
 
     def acknowledge(self, stream_id: int, size: int) -> None:
