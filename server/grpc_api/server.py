@@ -20,10 +20,10 @@ import grpc
 from .calls import Call
 from .context import CallContext
 from .h2 import frames as f
-from .h2.connection import (
+from .h2.connection import H2Connection
+from .h2.events import (
     ConnectionTerminated,
     DataReceived,
-    H2Connection,
     PeerGoaway,
     RequestReceived,
     StreamReset,

@@ -10,91 +10,24 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
 
 import hpack
 
 from . import frames as f
-from .headers import HeaderDecoder, Headers, well_formed_request
-from .limits import H2Limits, LimitCounters
+from .events import (
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    PeerGoaway,
+    RequestReceived,
+    StreamReset,
+    WindowOpened,
+)
+from .headers import HeaderDecoder, well_formed_request
+from .limits import H2Limits, LimitCounters, TokenBucket
 
-__all__ = [
-    "ConnectionTerminated", "DataReceived", "Event", "H2Connection", "PeerGoaway", "RequestReceived",
-    "StreamReset", "WindowOpened",
-]
+__all__ = ["H2Connection"]
 
-
-
-@dataclass(slots=True)
-class RequestReceived:
-    stream_id: int
-    headers: Headers
-    end_stream: bool
-
-
-@dataclass(slots=True)
-class DataReceived:
-    """Request body bytes (padding removed); the receiver calls `acknowledge` when it has taken them."""
-
-    stream_id: int
-    data: bytes
-    end_stream: bool
-
-
-@dataclass(slots=True)
-class StreamReset:
-    """The stream is gone: the peer reset it, or we did for a stream error (`by_peer` False)."""
-
-    stream_id: int
-    code: int
-    by_peer: bool
-
-
-@dataclass(slots=True)
-class WindowOpened:
-    """The peer opened send windows (WINDOW_UPDATE or SETTINGS): held responses may have moved."""
-
-
-@dataclass(slots=True)
-class PeerGoaway:
-    last_stream_id: int
-    code: int
-
-
-@dataclass(slots=True)
-class ConnectionTerminated:
-    """We sent GOAWAY for a connection error: write what is left, then close."""
-
-    code: int
-    reason: str
-
-
-Event = RequestReceived | DataReceived | StreamReset | WindowOpened | PeerGoaway | ConnectionTerminated
-
-
-class _Bucket:
-    """A token bucket: `take()` is False once the burst and its refill (by time, and by `credit` for
-    useful work) are spent."""
-
-    __slots__ = ("_capacity", "_rate", "_stamp", "_tokens")
-
-    def __init__(self, capacity: int, rate: float) -> None:
-        self._capacity = float(capacity)
-        self._rate = rate
-        self._tokens = float(capacity)
-        self._stamp = time.monotonic()
-
-    def credit(self, tokens: float) -> None:
-        self._tokens = min(self._capacity, self._tokens + tokens)
-
-    def take(self) -> bool:
-        self._tokens -= 1.0
-        if self._tokens >= 0:
-            return True
-        now = time.monotonic()
-        self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        return self._tokens >= 0
 
 
 class _Stream:
@@ -146,8 +79,8 @@ class H2Connection:
         self._peer_max_frame = f.DEFAULT_MAX_FRAME
         self._recv_window = limits.connection_window_bytes
         self._conn_unacked = 0
-        self._control = _Bucket(limits.control_frames_burst, limits.control_frames_per_s)
-        self._resets = _Bucket(limits.resets_burst, limits.resets_per_s)
+        self._control = TokenBucket(limits.control_frames_burst, limits.control_frames_per_s)
+        self._resets = TokenBucket(limits.resets_burst, limits.resets_per_s)
         self._last_ping = -1e9
         self._ping_strikes = 0
         self.goaway_sent = False

@@ -5,10 +5,11 @@ Each limit crossed is counted in `LimitCounters` under its field name, so tests 
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass
 
-__all__ = ["H2Limits", "LimitCounters"]
+__all__ = ["H2Limits", "LimitCounters", "TokenBucket"]
 
 LimitCounters = Counter[str]
 """Times each limit was crossed, by H2Limits field name (shared by a server's connections)."""
@@ -74,3 +75,28 @@ class H2Limits:
 
     handshake_timeout_s: float = 10.0
     """Seconds a new connection has to send the preface and SETTINGS."""
+
+
+class TokenBucket:
+    """A token bucket: `take()` is False once the burst and its refill (by time, and by `credit` for
+    useful work) are spent."""
+
+    __slots__ = ("_capacity", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, capacity: int, rate: float) -> None:
+        self._capacity = float(capacity)
+        self._rate = rate
+        self._tokens = float(capacity)
+        self._stamp = time.monotonic()
+
+    def credit(self, tokens: float) -> None:
+        self._tokens = min(self._capacity, self._tokens + tokens)
+
+    def take(self) -> bool:
+        self._tokens -= 1.0
+        if self._tokens >= 0:
+            return True
+        now = time.monotonic()
+        self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        return self._tokens >= 0

@@ -6,7 +6,7 @@ import hpack
 
 from server.grpc_api.h2 import H2Connection, H2Limits
 from server.grpc_api.h2 import frames as f
-from server.grpc_api.h2.connection import DataReceived, RequestReceived, StreamReset, WindowOpened
+from server.grpc_api.h2.events import DataReceived, RequestReceived, StreamReset, WindowOpened
 
 
 def _frames(conn: H2Connection) -> list[f.Frame]:
