@@ -8,11 +8,15 @@ process's CPU time over the run divided by the requests it answered), and rows p
 tessera_batch_size on /metrics). Ratios are taken within a round, then the median over rounds.
 
     PERF_ANALYZER_HOME=/tmp/pa python -m benchmarks.grpc_transport --rounds 3 --concurrency 1,8,32,64
+    # --workers 2 against 1 on both cores (servers and load unpinned):
+    PERF_ANALYZER_HOME=/tmp/pa python -m benchmarks.grpc_transport --targets ours,ours-w2 \
+        --server-cpus 0,1 --client-cpus 0,1 --concurrency 32,64
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -32,6 +36,7 @@ sys.path.insert(0, str(ROOT / "model_repository"))
 import make_models  # noqa: E402 - the sample models' builder lives beside them
 
 TARGETS = ("ours", "grpcio", "http", "bare", "ours-stream")
+OPTIONAL_TARGETS = ("ours-w2",)  # `--workers 2` over our transport (name it in --targets)
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -48,8 +53,16 @@ class Run:
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime + stime, every thread
+    """CPU time of the process and its children (the workers of `--workers N`), every thread."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):  # fields[1]: the parent's pid
+            total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime + stime
+    return total
 
 
 def _batch_counters(http_port: int, model: str) -> tuple[float, float]:
@@ -65,13 +78,14 @@ def _batch_counters(http_port: int, model: str) -> tuple[float, float]:
     return total, count
 
 
-def _tessera(repository: Path, grpc_server: str, cpus: str, out: Path) -> tuple[ServerProcess, int, int]:
+def _tessera(repository: Path, grpc_server: str, cpus: str, out: Path, workers: int = 1
+             ) -> tuple[ServerProcess, int, int]:
     http_port, grpc_port = free_port(), free_port()
     argv = [sys.executable, "-m", "server", "serve", "--model-repository", str(repository), "--host", "127.0.0.1",
             "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--grpc-server", grpc_server,
-            "--state-dir", str(out / f"state-{grpc_server}")]
+            "--state-dir", str(out / f"state-{grpc_server}-w{workers}"), "--workers", str(workers)]
     server = ServerProcess(argv, ready=http_ready(f"http://127.0.0.1:{http_port}/v2/health/ready"),
-                           log=out / f"tessera-{grpc_server}.log", cpus=cpus, cwd=ROOT)
+                           log=out / f"tessera-{grpc_server}-w{workers}.log", cpus=cpus, cwd=ROOT)
     return server, http_port, grpc_port
 
 
@@ -117,10 +131,12 @@ def main(argv: list[str] | None = None) -> None:
     bare = ServerProcess([sys.executable, "-m", "loadtests.bare_server", "--model-repository", str(repository),
                           "--port", str(bare_port)], ready=tcp_ready(bare_port), log=args.out / "bare.log",
                          cpus=args.server_cpus, cwd=ROOT)
+    w2, w2_http, w2_grpc = _tessera(repository, "ours", args.server_cpus, args.out, workers=2)
     runs: list[Run] = []
-    with ours, grpcio, bare:
+    with ours, grpcio, bare, (w2 if "ours-w2" in targets else contextlib.nullcontext()):
         where = {"ours": (ours_grpc, ours.pid, ours_http), "grpcio": (grpcio_grpc, grpcio.pid, grpcio_http),
                  "ours-stream": (ours_grpc, ours.pid, ours_http),
+                 "ours-w2": (w2_grpc, w2.pid if w2.proc else 0, w2_http),
                  "http": (ours_http, ours.pid, ours_http), "bare": (bare_port, bare.pid, None)}
         for round_ in range(args.rounds):
             for concurrency in (int(c) for c in args.concurrency.split(",")):
@@ -149,7 +165,8 @@ def _report(runs: list[Run], targets: list[str]) -> None:
                   f"p99 {statistics.median(r.p99_ms for r in mine):6.2f} ms  "
                   f"cpu/req {statistics.median(r.cpu_us_per_request for r in mine):6.0f} us  "
                   f"rows/batch {statistics.median(batch) if batch else float('nan'):5.1f}")
-        for a, b in (("ours", "bare"), ("ours", "grpcio"), ("ours", "http"), ("ours-stream", "ours")):
+        for a, b in (("ours", "bare"), ("ours", "grpcio"), ("ours", "http"), ("ours-stream", "ours"),
+                     ("ours-w2", "ours")):
             if a in targets and b in targets:
                 ratios = [by[(a, concurrency, n)].rps / by[(b, concurrency, n)].rps for n in rounds]
                 p99 = [by[(a, concurrency, n)].p99_ms / by[(b, concurrency, n)].p99_ms for n in rounds]
