@@ -23,7 +23,7 @@ from .events import (
     StreamReset,
     WindowOpened,
 )
-from .headers import HeaderDecoder, well_formed_request
+from .headers import HeaderDecoder
 from .limits import H2Limits, LimitCounters, TokenBucket
 
 __all__ = ["H2Connection"]
@@ -264,7 +264,7 @@ class H2Connection:
     def _on_header_block(self, flags: int, stream_id: int, block: bytes, events: list[Event]) -> None:
         # Every block is decoded, even for a stream we refuse, to keep the HPACK table in step.
         try:
-            headers = self._decoder.decode(block)
+            headers, well_formed = self._decoder.decode(block)
         except hpack.OversizedHeaderListError:
             self.counters["max_header_list_bytes"] += 1
             raise _ConnectionError(f.ENHANCE_YOUR_CALM, "header list too large") from None
@@ -294,7 +294,7 @@ class H2Connection:
             self.counters["max_concurrent_streams"] += 1
             self._out.append(f.rst_stream_frame(stream_id, f.REFUSED_STREAM))
             return
-        if not well_formed_request(headers):
+        if not well_formed:
             self._out.append(f.rst_stream_frame(stream_id, f.PROTOCOL_ERROR))
             return
         # Each call earns its peer a few control frames (window updates, pings, settings): a busy,

@@ -44,14 +44,15 @@ class HeaderDecoder:
         self._decoder.max_allowed_table_size = max_table_bytes
         self._table = _CountedTable()
         self._decoder.header_table = self._table
-        self._cache: dict[bytes, Headers] = {}
+        self._cache: dict[bytes, tuple[Headers, bool]] = {}
         self._state = self._table_state()
 
     def _table_state(self) -> tuple[int, int, int]:
         table = self._table
         return table.insertions, len(table.dynamic_entries), table.maxsize
 
-    def decode(self, block: bytes) -> Headers:
+    def decode(self, block: bytes) -> tuple[Headers, bool]:
+        """The block's fields, and whether they make a well-formed request (`well_formed_request`)."""
         state = self._table_state()
         if state != self._state:
             self._cache.clear()
@@ -60,10 +61,10 @@ class HeaderDecoder:
         if cached is not None:
             return cached
         headers = cast(Headers, self._decoder.decode(block, raw=True))
-        after = self._table_state()
-        if after == state and len(self._cache) < _CACHE_ENTRIES:
-            self._cache[block] = headers
-        return headers
+        decoded = headers, well_formed_request(headers)
+        if self._table_state() == state and len(self._cache) < _CACHE_ENTRIES:
+            self._cache[block] = decoded
+        return decoded
 
 
 def well_formed_request(headers: Headers) -> bool:

@@ -13,10 +13,10 @@ def test_a_cached_block_follows_the_dynamic_table() -> None:
     encoder = hpack.Encoder()
     decoder.decode(encoder.encode([("x-a", "1")]))  # inserted at index 62
     newest = bytes([0x80 | 62])
-    assert decoder.decode(newest) == [(b"x-a", b"1")]
-    assert decoder.decode(newest) == [(b"x-a", b"1")]  # from the cache
+    assert decoder.decode(newest) == ([(b"x-a", b"1")], False)
+    assert decoder.decode(newest) == ([(b"x-a", b"1")], False)  # from the cache
     decoder.decode(encoder.encode([("x-b", "2")]))  # index 62 now names the new entry
-    assert decoder.decode(newest) == [(b"x-b", b"2")]
+    assert decoder.decode(newest) == ([(b"x-b", b"2")], False)
     decoder.decode(b"\x20")  # table size update to 0: every entry evicted
     with pytest.raises(hpack.HPACKError):
         decoder.decode(newest)
