@@ -8,6 +8,7 @@ process's CPU time over the run divided by the requests it answered), and rows p
 tessera_batch_size on /metrics). Ratios are taken within a round, then the median over rounds.
 
     PERF_ANALYZER_HOME=/tmp/pa python -m benchmarks.grpc_transport --rounds 3 --concurrency 1,8,32,64
+    # the heavy model: --mlp 512,2048,2048,512 --concurrency 32 --targets ours,grpcio,http
     # --workers 2 against 1 on both cores (servers and load unpinned):
     PERF_ANALYZER_HOME=/tmp/pa python -m benchmarks.grpc_transport --targets ours,ours-w2 \
         --server-cpus 0,1 --client-cpus 0,1 --concurrency 32,64
@@ -118,12 +119,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window-ms", type=int, default=1500)
     parser.add_argument("--server-cpus", default="0")
     parser.add_argument("--client-cpus", default="1")
+    parser.add_argument("--mlp", default="64,256,256,10", help="layer sizes of the `mlp` model served")
     parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "grpc_transport")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     model = "mlp"
     repository = Path(tempfile.mkdtemp(prefix="tessera-bench-"))
-    make_models.make_mlp(repository, model, [64, 256, 256, 10])
+    make_models.make_mlp(repository, model, [int(size) for size in args.mlp.split(",")])
     targets = args.targets.split(",")
     ours, ours_http, ours_grpc = _tessera(repository, "ours", args.server_cpus, args.out)
     grpcio, grpcio_http, grpcio_grpc = _tessera(repository, "grpcio", args.server_cpus, args.out)
