@@ -45,17 +45,18 @@ class Call:
     """A call from its HEADERS to its trailers. Runs on the event loop."""
 
     __slots__ = ("_held", "_requests", "_unacked", "blocked_on_peer", "context", "encoding", "finished",
-                 "headers_sent", "max_message_bytes", "messages", "reader", "rpc", "sink", "stream_id", "task",
-                 "timer")
+                 "headers_sent", "held_limit", "max_message_bytes", "messages", "reader", "rpc", "sink", "stream_id",
+                 "task", "timer")
 
     def __init__(self, sink: CallSink, stream_id: int, rpc: Rpc, context: CallContext, encoding: bytes,
-                 max_message_bytes: int) -> None:
+                 max_message_bytes: int, held_limit: int) -> None:
         self.sink = sink
         self.stream_id = stream_id
         self.rpc = rpc
         self.context = context
         self.encoding = encoding
         self.max_message_bytes = max_message_bytes
+        self.held_limit = held_limit  # request bytes a streaming handler may leave unread before the window shuts
         self.reader = MessageReader(max_message_bytes)
         self.messages: list[bytes] = []
         self.task: asyncio.Task[None] | None = None
@@ -91,7 +92,7 @@ class Call:
         for body in bodies:
             self._held += len(body)
             self._requests.put_nowait(body)
-        if self._held <= self.max_message_bytes:
+        if self._held <= self.held_limit:
             self.sink.acknowledge(self.stream_id, len(data) + self._unacked)
             self._unacked = 0
         else:
@@ -201,7 +202,7 @@ class Call:
             if body is None:
                 return
             self._held -= len(body)
-            if self._unacked and self._held <= self.max_message_bytes:
+            if self._unacked and self._held <= self.held_limit:
                 self.sink.acknowledge(self.stream_id, self._unacked)
                 self._unacked = 0
             yield self.rpc.request.FromString(body)

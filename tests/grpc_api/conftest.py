@@ -79,6 +79,10 @@ def echo_routes(state: EchoState) -> dict[bytes, Rpc]:
         async for request in requests:
             yield request
 
+    async def stall(requests: AsyncIterator[Raw], context: CallContext) -> AsyncIterator[Raw]:
+        await asyncio.sleep(3600)  # never reads its requests
+        yield Raw(b"")
+
     async def count(request: Raw, context: CallContext) -> AsyncIterator[Raw]:
         for i in range(int(request.data)):
             yield Raw(str(i).encode())
@@ -88,6 +92,7 @@ def echo_routes(state: EchoState) -> dict[bytes, Rpc]:
         "Slow": Rpc("unary_unary", slow, Raw), "Metadata": Rpc("unary_unary", metadata, Raw),
         "Fail": Rpc("unary_unary", fail, Raw), "Chat": Rpc("stream_stream", chat, Raw),
         "Count": Rpc("unary_stream", count, Raw), "Sleep": Rpc("unary_unary", sleep, Raw),
+        "Stall": Rpc("stream_stream", stall, Raw),
     }
     return route_table({"test.Echo": table})
 

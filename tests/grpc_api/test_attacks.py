@@ -245,6 +245,16 @@ def test_a_peer_that_never_opens_its_window_is_paused_then_dropped(connect, echo
     assert echo.server.counters["idle_timeout_s"] >= 1  # and the stalled connection is closed
 
 
+def test_a_streaming_call_that_is_not_read_stops_opening_its_window(connect, echo_factory) -> None:
+    echo = echo_factory(stream_window_bytes=1 << 20, stream_recv_buffer_bytes=1 << 20)
+    peer = connect(echo.port)
+    half = b"\x00" + (512 << 10).to_bytes(4, "big") + bytes(512 << 10)
+    frames = b"".join(f.frame_header(len(half), f.DATA, 0, 1) + half for _ in range(6))
+    peer.send(peer.headers(1, "/test.Echo/Stall") + frames)  # 3 MiB, ignoring our window
+    assert peer.reset_code(1) == f.FLOW_CONTROL_ERROR  # held: the limit plus one window, no more
+    assert served(echo)
+
+
 def test_streams_beyond_the_limit_are_refused(connect, echo_factory) -> None:
     echo = echo_factory(max_concurrent_streams=10)
     peer = connect(echo.port)
