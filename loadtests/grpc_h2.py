@@ -3,8 +3,9 @@
 Why not grpcio: its Python layer (call objects, the completion-queue poller thread) cost 310-390 us
 of client CPU per call on our 2-core machine, against 140-210 us for this client; at concurrency 1
 that gap is latency perf_analyzer (C++) does not have, and the harness read 0.83x its throughput.
-The h2 state machine was tried too and cost more (470 us). So frames are laid out here, header
-blocks are encoded and decoded by hpack, and each request's bytes are one write.
+The h2 state machine was tried too and cost more (470 us). So frames are laid out here (with the
+frame constants, builders and splitter of server/grpc_api/h2/frames.py, which Tessera's own gRPC
+server uses too), header blocks are encoded and decoded by hpack, and each request's bytes are one write.
 
 What is covered: the client preface and SETTINGS, both levels of flow control (DATA is split to
 the peer's frame size and windows), the peer's stream limit, PING, WINDOW_UPDATE, RST_STREAM,
