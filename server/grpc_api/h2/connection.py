@@ -285,7 +285,9 @@ class H2Connection:
         if stream_id % 2 == 0:
             raise _ConnectionError(f.PROTOCOL_ERROR, "client stream ids are odd")
         if stream_id <= self._highest_stream:
-            raise _ConnectionError(f.STREAM_CLOSED, "HEADERS on a closed stream")
+            # A stream we already closed or reset: its frames may still be in flight (RFC 9113 5.1).
+            self._spend_control()
+            return
         self._highest_stream = stream_id
         if self.goaway_sent:
             self._out.append(f.rst_stream_frame(stream_id, f.REFUSED_STREAM))
