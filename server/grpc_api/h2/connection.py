@@ -9,7 +9,6 @@ and each crossing is counted. Protocol violations become the RFC 9113 connection
 from __future__ import annotations
 
 import time
-from collections import deque
 
 import hpack
 
@@ -25,25 +24,10 @@ from .events import (
 )
 from .headers import HeaderDecoder
 from .limits import H2Limits, LimitCounters, TokenBucket
+from .streams import Stream
 
 __all__ = ["H2Connection"]
 
-
-
-class _Stream:
-    __slots__ = ("local_closed", "pending", "pending_bytes", "recv_window", "remote_closed", "send_window",
-                 "stream_id", "unacked")
-
-    def __init__(self, stream_id: int, send_window: int, recv_window: int) -> None:
-        self.stream_id = stream_id
-        self.send_window = send_window
-        self.recv_window = recv_window
-        self.unacked = 0
-        self.remote_closed = False
-        self.local_closed = False
-        # Frames waiting for window: (is_headers, payload, end_stream); headers wait behind data.
-        self.pending: deque[tuple[bool, memoryview, bool]] = deque()
-        self.pending_bytes = 0
 
 
 class _ConnectionError(Exception):
@@ -67,7 +51,7 @@ class H2Connection:
         self.counters = counters if counters is not None else LimitCounters()
         self._buffer = bytearray()
         self._out: list[bytes | memoryview] = []
-        self._streams: dict[int, _Stream] = {}
+        self._streams: dict[int, Stream] = {}
         self._blocked: dict[int, None] = {}  # streams with frames waiting for window, in order
         self._decoder = HeaderDecoder(limits.max_header_list_bytes, limits.header_table_bytes)
         self._preface_seen = False
@@ -302,7 +286,7 @@ class H2Connection:
         # Each call earns its peer a few control frames (window updates, pings, settings): a busy,
         # well-behaved client never runs out, an idle flood does.
         self._control.credit(self.limits.control_frames_per_stream)
-        stream = _Stream(stream_id, self._peer_initial_window, self.limits.stream_window_bytes)
+        stream = Stream(stream_id, self._peer_initial_window, self.limits.stream_window_bytes)
         stream.remote_closed = end
         self._streams[stream_id] = stream
         events.append(RequestReceived(stream_id, headers, end))
@@ -425,84 +409,31 @@ class H2Connection:
         stream = self._streams.get(stream_id)
         if stream is None or stream.local_closed:
             return
-        if stream.pending:
-            stream.pending.append((True, memoryview(block), end_stream))
-            return
-        self._write_headers(stream, block, end_stream)
+        stream.queue(True, block, end_stream)
+        self._flush_stream(stream)
 
     def send_data(self, stream_id: int, data: bytes | memoryview, end_stream: bool = False) -> None:
         """DATA frames for `data`, as far as the windows allow; the rest is held until they open."""
         stream = self._streams.get(stream_id)
         if stream is None or stream.local_closed:
             return
-        size = len(data)
-        if (not stream.pending and size <= self._send_window and size <= stream.send_window
-                and size <= self._peer_max_frame):
-            self._send_window -= size
-            stream.send_window -= size
-            self._out.append(f.frame_header(size, f.DATA, f.END_STREAM if end_stream else 0, stream_id))
-            self._out.append(data)
-            self._ping_strikes = 0
-            self._control.credit(1)
-            if end_stream:
-                self._close_local(stream)
-            return
-        stream.pending.append((False, memoryview(data), end_stream))
-        stream.pending_bytes += size
-        self.buffered_send_bytes += size
+        stream.queue(False, data, end_stream)
+        self.buffered_send_bytes += len(data)
         self._flush_stream(stream)
 
-    def _write_headers(self, stream: _Stream, block: bytes | memoryview, end_stream: bool) -> None:
-        max_frame = self._peer_max_frame
-        flags = f.END_STREAM if end_stream else 0
-        if len(block) <= max_frame:
-            self._out.append(f.frame_header(len(block), f.HEADERS, flags | f.END_HEADERS, stream.stream_id))
-            self._out.append(block)
-        else:
-            view = memoryview(block)
-            kind = f.HEADERS
-            while view:
-                chunk, view = view[:max_frame], view[max_frame:]
-                last = f.END_HEADERS if not view else 0
-                self._out.append(f.frame_header(len(chunk), kind, flags | last, stream.stream_id))
-                self._out.append(chunk)
-                kind, flags = f.CONTINUATION, 0
-        self._ping_strikes = 0
-        if end_stream:
-            self._close_local(stream)
-
-    def _flush_stream(self, stream: _Stream) -> None:
-        pending = stream.pending
-        while pending:
-            is_headers, payload, end_stream = pending[0]
-            if is_headers:
-                pending.popleft()
-                self._write_headers(stream, payload, end_stream)
-                continue
-            size = min(len(payload), self._send_window, stream.send_window, self._peer_max_frame)
-            if size <= 0 and payload:
-                self._blocked[stream.stream_id] = None
-                return
-            chunk = payload[:size]
-            rest = payload[size:]
-            self._send_window -= size
-            stream.send_window -= size
-            stream.pending_bytes -= size
-            self.buffered_send_bytes -= size
-            done = not rest
-            self._out.append(f.frame_header(size, f.DATA, f.END_STREAM if end_stream and done else 0,
-                                            stream.stream_id))
-            self._out.append(chunk)
+    def _flush_stream(self, stream: Stream) -> None:
+        sent, written, ended = stream.flush(self._out, max(0, self._send_window), self._peer_max_frame)
+        self._send_window -= sent
+        self.buffered_send_bytes -= sent
+        if written:
             self._ping_strikes = 0
-            self._control.credit(1)  # the peer acknowledges what we send with WINDOW_UPDATEs
-            if done:
-                pending.popleft()
-                if end_stream:
-                    self._close_local(stream)
-                    return
-            else:
-                pending[0] = (False, rest, end_stream)
-        self._blocked.pop(stream.stream_id, None)
+            self._control.credit(written)  # the peer acknowledges what we send with WINDOW_UPDATEs
+        if ended:
+            self._close_local(stream)
+        elif stream.pending:
+            self._blocked[stream.stream_id] = None
+        else:
+            self._blocked.pop(stream.stream_id, None)
 
     def _flush_blocked(self) -> None:
         for stream_id in list(self._blocked):
@@ -514,7 +445,7 @@ class H2Connection:
             else:
                 self._flush_stream(stream)
 
-    def _close_local(self, stream: _Stream) -> None:
+    def _close_local(self, stream: Stream) -> None:
         stream.local_closed = True
         if not stream.remote_closed:
             # The call is over while the client still sends: tell it to stop (gRPC over HTTP/2).
