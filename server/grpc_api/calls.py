@@ -249,6 +249,7 @@ class Call:
 
     def cancel(self) -> None:
         """Stop the handler (RST_STREAM or a lost connection); cancellation reaches the batcher."""
+        self.context.mark_cancelled()
         if self.timer is not None:
             self.timer.cancel()
         if self.task is not None and not self.task.done():

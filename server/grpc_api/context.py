@@ -29,8 +29,8 @@ class AbortError(Exception):
 class CallContext:
     """One call's context. Runs on the event loop."""
 
-    __slots__ = ("_auth", "_code", "_deadline", "_details", "_done", "_metadata", "_peer", "_trailing",
-                 "_writer")
+    __slots__ = ("_auth", "_cancelled", "_code", "_deadline", "_details", "_done", "_metadata", "_peer",
+                 "_trailing", "_writer")
 
     def __init__(self, metadata: Metadata, peer: str, auth: dict[str, list[bytes]], deadline: float | None,
                  writer: Callable[[Any], Awaitable[None]] | None = None) -> None:
@@ -43,6 +43,7 @@ class CallContext:
         self._details = ""
         self._trailing: tuple[tuple[str, str | bytes], ...] = ()
         self._done = False
+        self._cancelled = False
 
     def attach_writer(self, writer: Callable[[Any], Awaitable[None]]) -> None:
         """Where `write` sends (the server sets it once, for streaming responses)."""
@@ -103,10 +104,14 @@ class CallContext:
         await self._writer(message)
 
     def cancelled(self) -> bool:
-        return False
+        """Whether the client reset the call, the connection went away, or the deadline passed."""
+        return self._cancelled
 
     def done(self) -> bool:
         return self._done
 
     def mark_done(self) -> None:
         self._done = True
+
+    def mark_cancelled(self) -> None:
+        self._cancelled = self._done = True

@@ -59,7 +59,7 @@ def echo_routes(state: EchoState) -> dict[bytes, Rpc]:
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
-            state.cancelled += 1
+            state.cancelled += context.cancelled()
             raise
         return request
 
