@@ -200,9 +200,7 @@ class GrpcProtocol(asyncio.Protocol):
         self._schedule_flush()
 
     def send_response(self, stream_id: int, message: bytes) -> None:
-        self._conn.send_headers(stream_id, RESPONSE_HEADERS)
-        self._conn.send_data(stream_id, message)
-        self._conn.send_headers(stream_id, OK_TRAILERS, end_stream=True)
+        self._conn.send_response(stream_id, RESPONSE_HEADERS, message, OK_TRAILERS)
         self._schedule_flush()
 
     def acknowledge(self, stream_id: int, size: int) -> None:

@@ -421,6 +421,28 @@ class H2Connection:
         self.buffered_send_bytes += len(data)
         self._flush_stream(stream)
 
+    def send_response(self, stream_id: int, headers: bytes, data: bytes, trailers: bytes) -> None:
+        """A whole answer: headers, one DATA frame's worth of body, trailers. When nothing is held and
+        the windows allow, the six pieces go straight out (the common small unary answer)."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.local_closed:
+            return
+        size, max_frame = len(data), self._peer_max_frame
+        if (stream.pending or size > self._send_window or size > stream.send_window or size > max_frame
+                or len(headers) > max_frame or len(trailers) > max_frame):
+            self.send_headers(stream_id, headers)
+            self.send_data(stream_id, data)
+            self.send_headers(stream_id, trailers, end_stream=True)
+            return
+        self._send_window -= size
+        stream.send_window -= size
+        self._out += (f.frame_header(len(headers), f.HEADERS, f.END_HEADERS, stream_id), headers,
+                      f.frame_header(size, f.DATA, 0, stream_id), data,
+                      f.frame_header(len(trailers), f.HEADERS, f.END_HEADERS | f.END_STREAM, stream_id), trailers)
+        self._ping_strikes = 0
+        self._control.credit(3)
+        self._close_local(stream)
+
     def _flush_stream(self, stream: Stream) -> None:
         sent, written, ended = stream.flush(self._out, max(0, self._send_window), self._peer_max_frame)
         self._send_window -= sent

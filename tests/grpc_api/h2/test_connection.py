@@ -106,3 +106,17 @@ def test_control_frames_are_earned_by_calls_and_spent_by_floods() -> None:
     assert not conn.closed
     conn.receive(f.window_update_frame(0, 1) * 500)  # the same frames with no calls: a flood
     assert conn.closed
+
+
+def test_a_whole_answer_goes_out_at_once_or_waits_like_any_other() -> None:
+    conn = _open(settings=[(f.SETTINGS_INITIAL_WINDOW_SIZE, 10)])
+    conn.receive(_request(1, b"x") + _request(3, b"y"))
+    conn.data_to_send()
+    conn.send_response(1, b"\x88", b"a" * 10, b"\x89")
+    assert [(k, fl, len(p)) for k, fl, _, p in _frames(conn)] == [
+        (f.HEADERS, f.END_HEADERS, 1), (f.DATA, 0, 10), (f.HEADERS, f.END_HEADERS | f.END_STREAM, 1)]
+    conn.send_response(3, b"\x88", b"b" * 25, b"\x89")  # beyond the stream's window: held, trailers behind it
+    assert [(k, len(p)) for k, _, _, p in _frames(conn)] == [(f.HEADERS, 1), (f.DATA, 10)]
+    conn.receive(f.window_update_frame(3, 15))
+    assert [(k, len(p)) for k, _, _, p in _frames(conn)] == [(f.DATA, 15), (f.HEADERS, 1)]
+    assert conn.open_streams == 0
