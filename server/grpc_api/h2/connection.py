@@ -207,7 +207,9 @@ class H2Connection:
         end = bool(flags & f.END_STREAM)
         if end:
             stream.remote_closed = True
-        elif not data:
+        if data:
+            self._control.credit(1)  # a message's bytes are work, not a flood
+        elif not end:
             self._spend_control()
         if flow > len(data):
             self.acknowledge(stream_id, flow - len(data))
@@ -440,7 +442,7 @@ class H2Connection:
                       f.frame_header(size, f.DATA, 0, stream_id), data,
                       f.frame_header(len(trailers), f.HEADERS, f.END_HEADERS | f.END_STREAM, stream_id), trailers)
         self._ping_strikes = 0
-        self._control.credit(3)
+        self._control.credit(6)
         self._close_local(stream)
 
     def _flush_stream(self, stream: Stream) -> None:
@@ -449,7 +451,8 @@ class H2Connection:
         self.buffered_send_bytes -= sent
         if written:
             self._ping_strikes = 0
-            self._control.credit(written)  # the peer acknowledges what we send with WINDOW_UPDATEs
+            # The peer may answer each frame we send with two WINDOW_UPDATEs (stream and connection).
+            self._control.credit(2 * written)
         if ended:
             self._close_local(stream)
         elif stream.pending:

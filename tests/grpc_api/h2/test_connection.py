@@ -120,3 +120,17 @@ def test_a_whole_answer_goes_out_at_once_or_waits_like_any_other() -> None:
     conn.receive(f.window_update_frame(3, 15))
     assert [(k, len(p)) for k, _, _, p in _frames(conn)] == [(f.DATA, 15), (f.HEADERS, 1)]
     assert conn.open_streams == 0
+
+
+def test_a_long_stream_earns_its_window_updates() -> None:
+    """perf_analyzer --streaming: one stream, each message answered, each answer acknowledged by two
+    WINDOW_UPDATEs (stream and connection); far more control frames than the burst, never a flood."""
+    conn = _open(H2Limits(control_frames_burst=50, control_frames_per_s=0.001, control_frames_per_stream=1))
+    block = hpack.Encoder().encode([(":method", "POST"), (":scheme", "http"), (":path", "/s/M")])
+    conn.receive(f.frame_header(len(block), f.HEADERS, f.END_HEADERS, 1) + block)
+    conn.send_headers(1, b"\x88")
+    for _ in range(2000):
+        conn.receive(f.frame_header(10, f.DATA, 0, 1) + bytes(10))
+        conn.send_data(1, bytes(20))
+        conn.receive(f.window_update_frame(1, 20) + f.window_update_frame(0, 20))
+    assert not conn.closed
