@@ -255,6 +255,16 @@ def test_a_streaming_call_that_is_not_read_stops_opening_its_window(connect, ech
     assert served(echo)
 
 
+def test_a_streaming_answer_to_a_peer_that_does_not_read_waits(connect, echo_factory) -> None:
+    echo = echo_factory(stream_send_buffer_bytes=64 << 10)
+    peer = connect(echo.port, settings=[(f.SETTINGS_INITIAL_WINDOW_SIZE, 0)])
+    peer.send(peer.headers(1, "/test.Echo/Count") + peer.message(1, b"100000000"))  # 10^8 answers, none may move
+    time.sleep(1.0)
+    held = echo.call(lambda: max((p.buffered_send_bytes for p in echo.server.connections), default=0))
+    assert 0 < held <= (64 << 10) + 64  # the handler waits at the stream's send buffer limit
+    assert served(echo)
+
+
 def test_streams_beyond_the_limit_are_refused(connect, echo_factory) -> None:
     echo = echo_factory(max_concurrent_streams=10)
     peer = connect(echo.port)

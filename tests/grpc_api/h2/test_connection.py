@@ -134,3 +134,13 @@ def test_a_long_stream_earns_its_window_updates() -> None:
         conn.send_data(1, bytes(20))
         conn.receive(f.window_update_frame(1, 20) + f.window_update_frame(0, 20))
     assert not conn.closed
+
+
+def test_data_beyond_the_connection_window_is_a_flow_control_error() -> None:
+    conn = _open(H2Limits(stream_window_bytes=1 << 20, connection_window_bytes=1 << 20))
+    block = hpack.Encoder().encode([(":method", "POST"), (":scheme", "http"), (":path", "/s/M")])
+    quarter = f.frame_header(1 << 18, f.DATA, 0, 1) + bytes(1 << 18)
+    events = conn.receive(f.frame_header(len(block), f.HEADERS, f.END_HEADERS, 1) + block
+                          + quarter * 4  # the whole window, none of it acknowledged by the receiver
+                          + f.frame_header(1, f.DATA, 0, 1) + b"x")
+    assert conn.closed and events[-1].code == f.FLOW_CONTROL_ERROR  # type: ignore[union-attr]
