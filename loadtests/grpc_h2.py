@@ -3,8 +3,9 @@
 Why not grpcio: its Python layer (call objects, the completion-queue poller thread) cost 310-390 us
 of client CPU per call on our 2-core machine, against 140-210 us for this client; at concurrency 1
 that gap is latency perf_analyzer (C++) does not have, and the harness read 0.83x its throughput.
-The h2 state machine was tried too and cost more (470 us). So frames are laid out here, header
-blocks are encoded and decoded by hpack, and each request's bytes are one write.
+The h2 state machine was tried too and cost more (470 us). So frames are laid out here (with the
+frame constants, builders and splitter of server/grpc_api/h2/frames.py, which Tessera's own gRPC
+server uses too), header blocks are encoded and decoded by hpack, and each request's bytes are one write.
 
 What is covered: the client preface and SETTINGS, both levels of flow control (DATA is split to
 the peer's frame size and windows), the peer's stream limit, PING, WINDOW_UPDATE, RST_STREAM,
@@ -16,7 +17,6 @@ streaming RPCs - the harness sends uncompressed unary calls to loopback only.
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections import deque
 from typing import cast
 from urllib.parse import unquote
@@ -24,21 +24,10 @@ from urllib.parse import unquote
 import grpc
 import hpack
 
+from server.grpc_api.h2 import frames as h2
+
 __all__ = ["GrpcStatusError", "Http2Connection", "grpc_message", "open_connection"]
 
-_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS, _PUSH_PROMISE, _PING, _GOAWAY, _WINDOW_UPDATE, _CONTINUATION = (
-    range(10)
-)
-_END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
-_SETTINGS_ENABLE_PUSH, _SETTINGS_MAX_CONCURRENT_STREAMS, _SETTINGS_INITIAL_WINDOW_SIZE, _SETTINGS_MAX_FRAME_SIZE = (
-    2, 3, 4, 5
-)
-_MAX_WINDOW = 2**31 - 1
-_DEFAULT_WINDOW = 65_535
-_REFUSED_STREAM, _CANCEL = 0x7, 0x8
-_SETTING = struct.Struct(">HI")
-_UINT32 = struct.Struct(">I")
 _STATUS_BY_CODE = {code.value[0]: code for code in grpc.StatusCode}
 # How gRPC reads an HTTP/2 RST_STREAM error code (its doc/PROTOCOL-HTTP2.md).
 _RESET_STATUS = {0x8: grpc.StatusCode.CANCELLED,
@@ -60,10 +49,6 @@ class _RefusedStream(Exception):
 def grpc_message(body: bytes) -> bytes:
     """`body` as a gRPC length-prefixed message (uncompressed)."""
     return b"\x00" + len(body).to_bytes(4, "big") + body
-
-
-def _frame_header(length: int, kind: int, flags: int, stream_id: int) -> bytes:
-    return length.to_bytes(3, "big") + bytes((kind, flags)) + stream_id.to_bytes(4, "big")
 
 
 class _Stream:
@@ -98,8 +83,8 @@ class Http2Connection(asyncio.Protocol):
         self._blocked: deque[int] = deque()  # streams with DATA waiting for window
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._next_stream_id = 1
-        self._send_window = _DEFAULT_WINDOW
-        self._peer_initial_window = _DEFAULT_WINDOW
+        self._send_window = h2.DEFAULT_WINDOW
+        self._peer_initial_window = h2.DEFAULT_WINDOW
         self._peer_max_frame = 16_384
         self._peer_max_streams = 1 << 31
         self._received_unacked = 0
@@ -112,17 +97,18 @@ class Http2Connection(asyncio.Protocol):
 
     @property
     def usable(self) -> bool:
-        return self.error is None and self._next_stream_id <= min(self._last_allowed_stream, _MAX_WINDOW)
+        return self.error is None and self._next_stream_id <= min(self._last_allowed_stream, h2.MAX_WINDOW)
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports don't subclass it
-        settings = (_SETTING.pack(_SETTINGS_ENABLE_PUSH, 0) + _SETTING.pack(_SETTINGS_INITIAL_WINDOW_SIZE, _MAX_WINDOW))
+        settings = (h2.SETTING.pack(h2.SETTINGS_ENABLE_PUSH, 0)
+                    + h2.SETTING.pack(h2.SETTINGS_INITIAL_WINDOW_SIZE, h2.MAX_WINDOW))
         # Large receive windows: answers are never held back by our acknowledgements.
         self._transport.write(
-            _PREFACE + _frame_header(len(settings), _SETTINGS, 0, 0) + settings
-            + _frame_header(4, _WINDOW_UPDATE, 0, 0) + _UINT32.pack(_MAX_WINDOW - _DEFAULT_WINDOW)
+            h2.PREFACE + h2.frame_header(len(settings), h2.SETTINGS, 0, 0) + settings
+            + h2.frame_header(4, h2.WINDOW_UPDATE, 0, 0) + h2.UINT32.pack(h2.MAX_WINDOW - h2.DEFAULT_WINDOW)
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -131,21 +117,14 @@ class Http2Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
         buffer += data
-        position, size = 0, len(buffer)
         try:
-            while size - position >= 9:
-                length = int.from_bytes(buffer[position:position + 3], "big")
-                end = position + 9 + length
-                if end > size:
-                    break
-                kind, flags = buffer[position + 3], buffer[position + 4]
-                stream_id = _UINT32.unpack_from(buffer, position + 5)[0] & _MAX_WINDOW
-                self._on_frame(kind, flags, stream_id, bytes(buffer[position + 9:end]))
-                position = end
+            frames, used, _ = h2.split_frames(buffer, h2.MAX_FRAME_LIMIT)
+            del buffer[:used]
+            for kind, flags, stream_id, payload in frames:
+                self._on_frame(kind, flags, stream_id, payload)
         except Exception as exc:  # a frame we cannot read: the connection is unusable
             self._fail_all(ConnectionError(f"HTTP/2 protocol error: {exc}"))
             self.close()
-        del buffer[:position]
 
     # -- calls ---------------------------------------------------------------------------------------
 
@@ -192,7 +171,8 @@ class Http2Connection(asyncio.Protocol):
         self._next_stream_id += 2
         stream = _Stream(asyncio.get_running_loop().create_future(), self._peer_initial_window, memoryview(message))
         self._streams[stream_id] = stream
-        headers = _frame_header(len(self._request_headers), _HEADERS, _END_HEADERS, stream_id) + self._request_headers
+        headers = (h2.frame_header(len(self._request_headers), h2.HEADERS, h2.END_HEADERS, stream_id)
+                   + self._request_headers)
         self._send_data(stream_id, stream, headers)
         return stream_id, stream
 
@@ -218,8 +198,8 @@ class Http2Connection(asyncio.Protocol):
             chunk, stream.unsent = stream.unsent[:size], stream.unsent[size:]
             self._send_window -= size
             stream.window -= size
-            flags = 0 if stream.unsent else _END_STREAM
-            self._transport.write(headers + _frame_header(size, _DATA, flags, stream_id) + chunk)
+            flags = 0 if stream.unsent else h2.END_STREAM
+            self._transport.write(headers + h2.frame_header(size, h2.DATA, flags, stream_id) + chunk)
             headers = b""
 
     def _expire(self, stream_id: int) -> None:
@@ -228,7 +208,7 @@ class Http2Connection(asyncio.Protocol):
     def _reset(self, stream_id: int, error: Exception | None) -> None:
         """Cancel a stream still open: RST_STREAM to the server, `error` to the caller."""
         if stream_id in self._streams and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(_frame_header(4, _RST_STREAM, 0, stream_id) + _UINT32.pack(_CANCEL))
+            self._transport.write(h2.frame_header(4, h2.RST_STREAM, 0, stream_id) + h2.UINT32.pack(h2.CANCEL))
         self._finish(stream_id, error)
 
     def _finish(self, stream_id: int, error: Exception | None) -> None:
@@ -262,57 +242,57 @@ class Http2Connection(asyncio.Protocol):
     # -- frames --------------------------------------------------------------------------------------
 
     def _on_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
-        if (self._continuing is not None or kind == _CONTINUATION) and (kind, stream_id) != (
-                _CONTINUATION, self._continuing):
+        if (self._continuing is not None or kind == h2.CONTINUATION) and (kind, stream_id) != (
+                h2.CONTINUATION, self._continuing):
             raise ValueError("a header block was interrupted")
-        if kind == _DATA:
+        if kind == h2.DATA:
             self._on_data(flags, stream_id, payload)
-        elif kind in (_HEADERS, _CONTINUATION):
+        elif kind in (h2.HEADERS, h2.CONTINUATION):
             self._on_headers(kind, flags, stream_id, payload)
-        elif kind == _RST_STREAM:
-            code = _UINT32.unpack(payload[:4])[0]
-            if code == _REFUSED_STREAM:
+        elif kind == h2.RST_STREAM:
+            code = h2.UINT32.unpack(payload[:4])[0]
+            if code == h2.REFUSED_STREAM:
                 self._finish(stream_id, _RefusedStream())
             else:
                 status = _RESET_STATUS.get(code, grpc.StatusCode.INTERNAL)
                 self._finish(stream_id, GrpcStatusError(status, f"stream reset by the server (HTTP/2 error {code})"))
-        elif kind == _SETTINGS:
-            if not flags & _ACK:
+        elif kind == h2.SETTINGS:
+            if not flags & h2.ACK:
                 self._on_settings(payload)
-        elif kind == _PING:
-            if not flags & _ACK and self._transport is not None:
-                self._transport.write(_frame_header(8, _PING, _ACK, 0) + payload)
-        elif kind == _GOAWAY:
-            last_stream = _UINT32.unpack(payload[:4])[0] & _MAX_WINDOW
-            code = _UINT32.unpack(payload[4:8])[0]
+        elif kind == h2.PING:
+            if not flags & h2.ACK and self._transport is not None:
+                self._transport.write(h2.frame_header(8, h2.PING, h2.ACK, 0) + payload)
+        elif kind == h2.GOAWAY:
+            last_stream = h2.UINT32.unpack(payload[:4])[0] & h2.MAX_WINDOW
+            code = h2.UINT32.unpack(payload[4:8])[0]
             detail = payload[8:].decode("utf-8", "replace")
             self._last_allowed_stream = last_stream
             self._fail_all(ConnectionError(f"server sent GOAWAY (HTTP/2 error {code}) {detail}".strip()), last_stream)
-        elif kind == _WINDOW_UPDATE:
-            self._on_window_update(stream_id, _UINT32.unpack(payload[:4])[0] & _MAX_WINDOW)
+        elif kind == h2.WINDOW_UPDATE:
+            self._on_window_update(stream_id, h2.UINT32.unpack(payload[:4])[0] & h2.MAX_WINDOW)
         # PRIORITY, PUSH_PROMISE (disabled in our SETTINGS) and unknown kinds carry nothing for us.
 
     def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
         # Padding counts against flow control too, so the whole payload length is acknowledged.
         self._received_unacked += len(payload)
-        if self._received_unacked >= _MAX_WINDOW // 2 and self._transport is not None:
-            self._transport.write(_frame_header(4, _WINDOW_UPDATE, 0, 0) + _UINT32.pack(self._received_unacked))
+        if self._received_unacked >= h2.MAX_WINDOW // 2 and self._transport is not None:
+            self._transport.write(h2.frame_header(4, h2.WINDOW_UPDATE, 0, 0) + h2.UINT32.pack(self._received_unacked))
             self._received_unacked = 0
-        if flags & _END_STREAM:
+        if flags & h2.END_STREAM:
             self._finish(stream_id, GrpcStatusError(grpc.StatusCode.INTERNAL, "stream ended without grpc-status"))
 
     def _on_headers(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
-        if kind == _HEADERS:
+        if kind == h2.HEADERS:
             start, end = 0, len(payload)
-            if flags & _PADDED:
+            if flags & h2.PADDED:
                 start, end = 1, end - payload[0]
-            if flags & _PRIORITY_FLAG:
+            if flags & h2.PRIORITY_FLAG:
                 start += 5
             self._header_block[:] = payload[start:end]
             self._header_flags = flags  # END_STREAM rides on HEADERS, never on CONTINUATION
         else:
             self._header_block += payload
-        if not flags & _END_HEADERS:
+        if not flags & h2.END_HEADERS:
             self._continuing = stream_id
             return
         self._continuing = None
@@ -331,23 +311,23 @@ class Http2Connection(asyncio.Protocol):
             else:
                 message = unquote(fields.get(b"grpc-message", b"").decode("ascii", "replace"))
                 self._finish(stream_id, GrpcStatusError(code, message))
-        elif self._header_flags & _END_STREAM:
+        elif self._header_flags & h2.END_STREAM:
             self._finish(stream_id, GrpcStatusError(grpc.StatusCode.INTERNAL, "stream ended without grpc-status"))
 
     def _on_settings(self, payload: bytes) -> None:
         for offset in range(0, len(payload) - len(payload) % 6, 6):
-            key, value = _SETTING.unpack_from(payload, offset)
-            if key == _SETTINGS_MAX_CONCURRENT_STREAMS:
+            key, value = h2.SETTING.unpack_from(payload, offset)
+            if key == h2.SETTINGS_MAX_CONCURRENT_STREAMS:
                 self._peer_max_streams = value
-            elif key == _SETTINGS_INITIAL_WINDOW_SIZE:
+            elif key == h2.SETTINGS_INITIAL_WINDOW_SIZE:
                 delta = value - self._peer_initial_window
                 self._peer_initial_window = value
                 for stream in self._streams.values():
                     stream.window += delta
-            elif key == _SETTINGS_MAX_FRAME_SIZE:
+            elif key == h2.SETTINGS_MAX_FRAME_SIZE:
                 self._peer_max_frame = value
         assert self._transport is not None
-        self._transport.write(_frame_header(0, _SETTINGS, _ACK, 0))
+        self._transport.write(h2.frame_header(0, h2.SETTINGS, h2.ACK, 0))
         if not self.ready.done():
             self.ready.set_result(None)
         self._unblock()

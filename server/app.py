@@ -23,7 +23,11 @@ from .background import cancel_remaining
 from .dataplane import DataPlane
 from .drift import DriftSidePath, TapConfig, spec_feature_names
 from .grpc_api.credentials import server_credentials
+from .grpc_api.h2 import H2Limits
+from .grpc_api.rollout_service import SERVICE_NAME as ROLLOUT_SERVICE_NAME
 from .grpc_api.rollout_service import RolloutService
+from .grpc_api.rpc import Rpc, route_table
+from .grpc_api.server import GrpcServer
 from .grpc_api.service import SERVICE_NAME, InferenceService
 from .http_api import build_http_app
 from .http_api.connection import ConnectionLimits, guarded_protocol
@@ -102,6 +106,7 @@ class App:
                                           max_bytes=settings.max_request_tensor_bytes,
                                           off_loop_bytes=settings.decode_off_loop_bytes)
         self._grpc: grpc.aio.Server | None = None
+        self.grpc_server: GrpcServer | None = None  # ours, when settings.grpc_server == "ours"
         self._health = health.aio.HealthServicer()
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -133,6 +138,34 @@ class App:
 
     async def _start_grpc(self) -> None:
         s = self.settings
+        if s.grpc_server == "ours":
+            await self._start_our_grpc()
+        else:
+            await self._start_grpcio()
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _start_our_grpc(self) -> None:
+        s = self.settings
+        health_table = {"Check": Rpc("unary_unary", self._health.Check, health_pb2.HealthCheckRequest),
+                        "Watch": Rpc("unary_stream", self._health.Watch, health_pb2.HealthCheckRequest)}
+        inference = InferenceService(self.dataplane, self.admission, self.decode_limits, s.stream_queue_share)
+        routes = route_table({SERVICE_NAME: inference.rpc_table(),
+                              ROLLOUT_SERVICE_NAME: RolloutService(self.dataplane).rpc_table(),
+                              "grpc.health.v1.Health": health_table})
+        limits = H2Limits(max_concurrent_streams=s.grpc_max_concurrent_streams,
+                          idle_timeout_s=s.grpc_max_connection_idle_s)
+        context = None
+        if self.tls is not None:  # one SSLContext (ALPN h2), reloaded in place when the files change
+            tls = ServerTlsContext(self.tls, alpn=("h2",))
+            self.file_watcher.add(tls.refresh)
+            context = tls.context
+        self.grpc_server = GrpcServer(routes, max_message_bytes=s.grpc_max_message_bytes, limits=limits,
+                                      ssl_context=context)
+        self.grpc_port = await self.grpc_server.start(_bind(s.host, s.grpc_port, reuse_port=s.workers > 1))
+
+    async def _start_grpcio(self) -> None:
+        s = self.settings
         options = [
             ("grpc.max_receive_message_length", s.grpc_max_message_bytes),
             ("grpc.max_send_message_length", s.grpc_max_message_bytes),
@@ -157,8 +190,6 @@ class App:
             self.grpc_port = server.add_secure_port(address, server_credentials(self.tls, s.tls_reload_s))
         await server.start()
         self._grpc = server
-        for service in ("", SERVICE_NAME):
-            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     async def _start_http(self) -> None:
         s = self.settings
@@ -195,6 +226,8 @@ class App:
             await self._http_task
         if self._grpc is not None:
             await self._grpc.stop(self.settings.drain_timeout_s)
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(self.settings.drain_timeout_s)
         if self._watcher is not None:
             await self._watcher.stop()
         await self.file_watcher.stop()

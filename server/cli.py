@@ -82,6 +82,11 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--grpc-max-message-bytes", type=int,
                    default=int(_env("grpc-max-message-bytes", str(64 << 20)) or 0),
                    help="largest gRPC message received or sent, bytes")
+    p.add_argument("--grpc-server", choices=("ours", "grpcio"), default=_env("grpc-server", "ours"),
+                   help="ours: Tessera's HTTP/2 gRPC server on the serving loop; grpcio: grpc.aio")
+    p.add_argument("--grpc-max-concurrent-streams", type=int,
+                   default=int(_env("grpc-max-concurrent-streams", "1024") or 1024),
+                   help="streams one gRPC connection may have open at once (ours)")
     p.add_argument("--http-max-body-bytes", type=int,
                    default=int(_env("http-max-body-bytes", str(64 << 20)) or 0),
                    help="largest HTTP request body, bytes (wire and decompressed); larger bodies get 413")
@@ -246,6 +251,7 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
         repository_storage_options=args.repository_storage_options,
         allow_repository_admin=args.allow_repository_admin,
         grpc_max_message_bytes=args.grpc_max_message_bytes, http_max_body_bytes=args.http_max_body_bytes,
+        grpc_server=args.grpc_server, grpc_max_concurrent_streams=args.grpc_max_concurrent_streams,
         intra_op_threads=args.intra_op_threads, allow_spinning=args.allow_spinning,
         drain_timeout_s=args.drain_timeout_s, redis_url=args.redis_url, state_dir=Path(args.state_dir),
         drift_enabled=args.drift,

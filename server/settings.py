@@ -52,6 +52,13 @@ class ServerSettings:
     grpc_max_message_bytes: int = 64 * 1024 * 1024
     """Largest gRPC message accepted or sent."""
 
+    grpc_server: str = "ours"
+    """Which gRPC server serves the port: "ours" (HTTP/2 on the serving loop, the default) or "grpcio"
+    (grpc.aio, the fallback)."""
+
+    grpc_max_concurrent_streams: int = 1024
+    """Calls one gRPC connection may have open at once (ours; SETTINGS_MAX_CONCURRENT_STREAMS)."""
+
     http_max_body_bytes: int = 64 * 1024 * 1024
     """Largest HTTP request body accepted; larger bodies get 413."""
 

@@ -106,20 +106,41 @@ def server_settings(repository: Path, **overrides: Any) -> ServerSettings:
     return replace(base, **overrides)
 
 
+# Both gRPC servers while both exist: modules that test gRPC parametrize over these with a
+# module-scoped `grpc_server` fixture, which `running_server` overrides and `server_factory` follow.
+GRPC_SERVERS = [pytest.param("ours", id="grpc-ours"), pytest.param("grpcio", id="grpc-grpcio")]
+
+
 @pytest.fixture(scope="session")
-def running_server(sample_repository: Path) -> Iterator[RunningServer]:
+def servers_by_grpc_server(sample_repository: Path) -> Iterator[Callable[[str], RunningServer]]:
+    """A shared server over the sample repository per gRPC server kind, started on first use."""
+    started: dict[str, tuple[RunningServer, Callable[[], None]]] = {}
+
+    def get(kind: str) -> RunningServer:
+        if kind not in started:
+            started[kind] = _serve_in_thread(server_settings(sample_repository, grpc_server=kind))
+        return started[kind][0]
+
+    yield get
+    for _, shutdown in started.values():
+        shutdown()
+
+
+@pytest.fixture(scope="session")
+def running_server(servers_by_grpc_server: Callable[[str], RunningServer]) -> RunningServer:
     """The real server over the sample repository, shared by the session's end-to-end tests."""
-    server, shutdown = _serve_in_thread(server_settings(sample_repository))
-    yield server
-    shutdown()
+    return servers_by_grpc_server(ServerSettings.__dataclass_fields__["grpc_server"].default)
 
 
 @pytest.fixture
-def server_factory() -> Iterator[Callable[..., RunningServer]]:
+def server_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., RunningServer]]:
     """Start extra servers with their own settings: `server_factory(repository, **settings)`."""
     stops: list[Callable[[], None]] = []
+    kind = request.getfixturevalue("grpc_server") if "grpc_server" in request.fixturenames else None
 
     def start(repository: Path, **overrides: Any) -> RunningServer:
+        if kind is not None:
+            overrides.setdefault("grpc_server", kind)
         server, shutdown = _serve_in_thread(server_settings(repository, **overrides))
         stops.append(shutdown)
         return server

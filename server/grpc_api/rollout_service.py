@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import grpc
 
@@ -10,7 +10,7 @@ from .._generated import rollout_pb2 as rp
 from ..dataplane import DataPlane
 from ..routing import RolloutSpec, RolloutState
 from .credentials import credentials_from_context as _creds
-from .errors import guarded
+from .rpc import Rpc, RpcTable, generic_handler
 
 __all__ = ["RolloutService"]
 
@@ -50,15 +50,13 @@ class RolloutService:
         return encode_status(request.model, await self._dp.abort_rollout(request.model, request.reason,
                                                                              _creds(context)))
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        table: dict[str, tuple[Any, Any]] = {
-            "StartRollout": (self.start, rp.StartRolloutRequest),
-            "GetRollout": (self.get, rp.RolloutRequest),
-            "PromoteRollout": (self.promote, rp.RolloutRequest),
-            "AbortRollout": (self.abort, rp.RolloutRequest),
+    def rpc_table(self) -> RpcTable:
+        return {
+            "StartRollout": Rpc("unary_unary", self.start, rp.StartRolloutRequest),
+            "GetRollout": Rpc("unary_unary", self.get, rp.RolloutRequest),
+            "PromoteRollout": Rpc("unary_unary", self.promote, rp.RolloutRequest),
+            "AbortRollout": Rpc("unary_unary", self.abort, rp.RolloutRequest),
         }
-        return grpc.method_handlers_generic_handler(SERVICE_NAME, {
-            name: grpc.unary_unary_rpc_method_handler(guarded(fn), request_deserializer=req.FromString,
-                                                      response_serializer=lambda m: m.SerializeToString())
-            for name, (fn, req) in table.items()
-        })
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return generic_handler(SERVICE_NAME, self.rpc_table())

@@ -22,13 +22,16 @@ from ..protocol.grpc_codec import decode_infer_request, encode_infer_response, e
 from ..protocol.limits import DEFAULT_LIMITS, DecodeLimits, response_bytes
 from ..validation import model_shape_check
 from .credentials import credentials_from_context as _creds
-from .errors import abort_status, guarded
+from .errors import abort_status
+from .rpc import Rpc, RpcTable, generic_handler
 
 __all__ = ["ROUTING_KEY_METADATA", "SERVICE_NAME", "InferenceService"]
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = "inference.GRPCInferenceService"
 ROUTING_KEY_METADATA = "tessera-routing-key"
+STREAM_IN_FLIGHT = 256
+"""Requests of one ModelStreamInfer stream computed at once; the stream's next message waits for a place."""
 Ctx: TypeAlias = grpc.aio.ServicerContext
 
 
@@ -117,8 +120,9 @@ class InferenceService:
                                  ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests on one stream run concurrently; an error answers that request and the stream goes on.
 
-        The stream's requests share one QueueShare: beyond its part of a model's queue they are
-        answered RESOURCE_EXHAUSTED, so one stream cannot fill the queue for everyone else.
+        At most STREAM_IN_FLIGHT of them run at once (further messages wait unread), and they share one
+        QueueShare: beyond its part of a model's queue they are answered RESOURCE_EXHAUSTED, so one
+        stream cannot fill the queue for everyone else.
         """
         results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         key = _routing_key(context)
@@ -136,12 +140,18 @@ class InferenceService:
                 await results.put(pb.ModelStreamInferResponse(
                     error_message=message, infer_response=pb.ModelInferResponse(id=ids[0] if ids else "")))
 
+        window = asyncio.Semaphore(STREAM_IN_FLIGHT)
+
         async def reader() -> None:
             tasks: set[asyncio.Task[None]] = set()
             async for request in requests:
+                # A full window reads no further message: flow control then holds the client back,
+                # instead of its excess being refused by the share below.
+                await window.acquire()
                 task = asyncio.create_task(one(request))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+                task.add_done_callback(lambda _: window.release())
             await asyncio.gather(*tasks)
             await results.put(None)
 
@@ -178,9 +188,11 @@ class InferenceService:
         await self._dp.unload_model(request.model_name, _creds(context))
         return pb.RepositoryModelUnloadResponse()
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        """The generic handler that serves every RPC, each wrapped by the one error mapping."""
-        unary: dict[str, tuple[Callable[..., Any], Any]] = {
+    def rpc_table(self) -> RpcTable:
+        """Every RPC of the service, for both servers (ours and grpcio's). Each handler takes the message
+        bytes (`Rpc.request` None) and parses them inside the error mapping: malformed bytes are
+        INVALID_ARGUMENT, and a big inference message is parsed off the event loop."""
+        unary: dict[str, tuple[Callable[[Any, Ctx], Awaitable[Any]], Any]] = {
             "ServerLive": (self.server_live, pb.ServerLiveRequest),
             "ServerReady": (self.server_ready, pb.ServerReadyRequest),
             "ModelReady": (self.model_ready, pb.ModelReadyRequest),
@@ -192,14 +204,11 @@ class InferenceService:
             "RepositoryModelLoad": (self.repository_model_load, pb.RepositoryModelLoadRequest),
             "RepositoryModelUnload": (self.repository_model_unload, pb.RepositoryModelUnloadRequest),
         }
-        # No request_deserializer: the handlers get bytes, so a malformed message is answered
-        # INVALID_ARGUMENT by the error mapping (grpc.aio would answer UNKNOWN naming DecodeError).
-        methods: dict[str, grpc.RpcMethodHandler] = {
-            name: grpc.unary_unary_rpc_method_handler(guarded(_parsed(fn, req)), response_serializer=_serialize)
-            for name, (fn, req) in unary.items()
-        }
-        methods["ModelInfer"] = grpc.unary_unary_rpc_method_handler(guarded(self.model_infer),
-                                                                    response_serializer=_serialize)
-        methods["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
-            self.model_stream_infer, response_serializer=_serialize)
-        return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
+        table = {name: Rpc("unary_unary", _parsed(fn, message), None) for name, (fn, message) in unary.items()}
+        table["ModelInfer"] = Rpc("unary_unary", self.model_infer, None)
+        table["ModelStreamInfer"] = Rpc("stream_stream", self.model_stream_infer, None)
+        return table
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """grpcio's generic handler for the table, each unary RPC wrapped by the one error mapping."""
+        return generic_handler(SERVICE_NAME, self.rpc_table())

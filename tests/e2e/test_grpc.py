@@ -14,9 +14,21 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from ..conftest import GRPC_SERVERS
 from .reference import run_reference, sample_inputs
 
 SAMPLES = ["tabular", "two_input", "fixed"]
+
+
+@pytest.fixture(scope="module", params=GRPC_SERVERS, autouse=True)
+def grpc_server(request: pytest.FixtureRequest) -> str:
+    """Every test here runs against both gRPC servers."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def running_server(grpc_server, servers_by_grpc_server):
+    return servers_by_grpc_server(grpc_server)
 
 
 def _inputs(feeds: dict[str, np.ndarray], module: object = grpcclient) -> list[grpcclient.InferInput]:

@@ -1,0 +1,183 @@
+"""Tessera's own gRPC transport against grpcio's, a bare grpc.aio server (no model) and Tessera's HTTP path.
+
+perf_analyzer (closed loop, one row per request) drives each target in turn (ours-stream: ModelStreamInfer
+on our transport, perf_analyzer --streaming), rotating the order every
+round so the machine's drift falls on all of them alike; servers are pinned to --server-cpus and
+perf_analyzer to --client-cpus. Per run: throughput, p50/p99, server CPU per request (the server
+process's CPU time over the run divided by the requests it answered), and rows per batch (from
+tessera_batch_size on /metrics). Ratios are taken within a round, then the median over rounds.
+
+    PERF_ANALYZER_HOME=/tmp/pa python -m benchmarks.grpc_transport --rounds 3 --concurrency 1,8,32,64
+    # the heavy model: --mlp 512,2048,2048,512 --concurrency 32 --targets ours,grpcio,http
+    # --workers 2 against 1 on both cores (servers and load unpinned):
+    PERF_ANALYZER_HOME=/tmp/pa python -m benchmarks.grpc_transport --targets ours,ours-w2 \
+        --server-cpus 0,1 --client-cpus 0,1 --concurrency 32,64
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from loadtests.compare_perf_analyzer import run_perf_analyzer
+from loadtests.server_process import ServerProcess, free_port, http_ready, tcp_ready
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "model_repository"))
+import make_models  # noqa: E402 - the sample models' builder lives beside them
+
+TARGETS = ("ours", "grpcio", "http", "bare", "ours-stream")
+OPTIONAL_TARGETS = ("ours-w2",)  # `--workers 2` over our transport (name it in --targets)
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    target: str
+    concurrency: int
+    round: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_request: float
+    rows_per_batch: float | None
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of the process and its children (the workers of `--workers N`), every thread."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):  # fields[1]: the parent's pid
+            total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime + stime
+    return total
+
+
+def _batch_counters(http_port: int, model: str) -> tuple[float, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    total = count = 0.0
+    for name, value in re.findall(rf'^(tessera_batch_size_(?:sum|count))\{{[^}}]*model="{model}"[^}}]*\}} (\S+)$',
+                                  text, re.MULTILINE):
+        if name.endswith("sum"):
+            total += float(value)
+        else:
+            count += float(value)
+    return total, count
+
+
+def _tessera(repository: Path, grpc_server: str, cpus: str, out: Path, workers: int = 1
+             ) -> tuple[ServerProcess, int, int]:
+    http_port, grpc_port = free_port(), free_port()
+    argv = [sys.executable, "-m", "server", "serve", "--model-repository", str(repository), "--host", "127.0.0.1",
+            "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--grpc-server", grpc_server,
+            "--state-dir", str(out / f"state-{grpc_server}-w{workers}"), "--workers", str(workers)]
+    server = ServerProcess(argv, ready=http_ready(f"http://127.0.0.1:{http_port}/v2/health/ready"),
+                           log=out / f"tessera-{grpc_server}-w{workers}.log", cpus=cpus, cwd=ROOT)
+    return server, http_port, grpc_port
+
+
+def _measure(target: str, port: int, pid: int, metrics_port: int | None, model: str, concurrency: int,
+             args: argparse.Namespace, out: Path, round_: int) -> Run:
+    protocol = "http" if target == "http" else "grpc"
+    pa_args = (f"-m {model} -i {protocol} -u 127.0.0.1:{port} --concurrency-range {concurrency}:{concurrency} "
+               f"-p {args.window_ms} -s 999").split() + (["--streaming"] if target.endswith("-stream") else [])
+    before = _batch_counters(metrics_port, model) if metrics_port else None
+    cpu0, wall0 = _cpu_seconds(pid), time.monotonic()
+    rows = run_perf_analyzer(pa_args, out / f"pa-{target}-c{concurrency}-r{round_}.csv", args.client_cpus)
+    cpu, wall = _cpu_seconds(pid) - cpu0, time.monotonic() - wall0
+    row = rows[0]
+    rps = float(row["Inferences/Second"])
+    # perf_analyzer keeps the load on for the whole run (warm-up windows included): CPU share / rate.
+    cpu_per_request = (cpu / wall) / rps * 1e6 if rps else float("nan")
+    batch = None
+    if before is not None and metrics_port:
+        after = _batch_counters(metrics_port, model)
+        batch = (after[0] - before[0]) / max(1.0, after[1] - before[1])
+    return Run(target, concurrency, round_, rps, float(row["p50 latency"]) / 1000, float(row["p99 latency"]) / 1000,
+               cpu_per_request, batch)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", default="1,8,32,64")
+    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--window-ms", type=int, default=1500)
+    parser.add_argument("--server-cpus", default="0")
+    parser.add_argument("--client-cpus", default="1")
+    parser.add_argument("--mlp", default="64,256,256,10", help="layer sizes of the `mlp` model served")
+    parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "grpc_transport")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model = "mlp"
+    repository = Path(tempfile.mkdtemp(prefix="tessera-bench-"))
+    make_models.make_mlp(repository, model, [int(size) for size in args.mlp.split(",")])
+    targets = args.targets.split(",")
+    ours, ours_http, ours_grpc = _tessera(repository, "ours", args.server_cpus, args.out)
+    grpcio, grpcio_http, grpcio_grpc = _tessera(repository, "grpcio", args.server_cpus, args.out)
+    bare_port = free_port()
+    bare = ServerProcess([sys.executable, "-m", "loadtests.bare_server", "--model-repository", str(repository),
+                          "--port", str(bare_port)], ready=tcp_ready(bare_port), log=args.out / "bare.log",
+                         cpus=args.server_cpus, cwd=ROOT)
+    w2, w2_http, w2_grpc = _tessera(repository, "ours", args.server_cpus, args.out, workers=2)
+    runs: list[Run] = []
+    with ours, grpcio, bare, (w2 if "ours-w2" in targets else contextlib.nullcontext()):
+        where = {"ours": (ours_grpc, ours.pid, ours_http), "grpcio": (grpcio_grpc, grpcio.pid, grpcio_http),
+                 "ours-stream": (ours_grpc, ours.pid, ours_http),
+                 "ours-w2": (w2_grpc, w2.pid if w2.proc else 0, w2_http),
+                 "http": (ours_http, ours.pid, ours_http), "bare": (bare_port, bare.pid, None)}
+        for round_ in range(args.rounds):
+            for concurrency in (int(c) for c in args.concurrency.split(",")):
+                order = targets[round_ % len(targets):] + targets[:round_ % len(targets)]
+                for target in order:
+                    port, pid, metrics_port = where[target]
+                    run = _measure(target, port, pid, metrics_port, model, concurrency, args, args.out, round_)
+                    runs.append(run)
+                    print(json.dumps(asdict(run)), flush=True)
+    (args.out / "runs.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))
+    _report(runs, targets)
+
+
+def _report(runs: list[Run], targets: list[str]) -> None:
+    by = {(r.target, r.concurrency, r.round): r for r in runs}
+    for concurrency in sorted({r.concurrency for r in runs}):
+        rounds = sorted({r.round for r in runs if r.concurrency == concurrency})
+        print(f"\nc={concurrency}")
+        for target in targets:
+            mine = [by[(target, concurrency, n)] for n in rounds if (target, concurrency, n) in by]
+            batch = [r.rows_per_batch for r in mine if r.rows_per_batch is not None]
+            if not mine:
+                continue
+            print(f"  {target:11} req/s {statistics.median(r.rps for r in mine):8.0f}  "
+                  f"p50 {statistics.median(r.p50_ms for r in mine):6.2f} ms  "
+                  f"p99 {statistics.median(r.p99_ms for r in mine):6.2f} ms  "
+                  f"cpu/req {statistics.median(r.cpu_us_per_request for r in mine):6.0f} us  "
+                  f"rows/batch {statistics.median(batch) if batch else float('nan'):5.1f}")
+        for a, b in (("ours", "bare"), ("ours", "grpcio"), ("ours", "http"), ("ours-stream", "ours"),
+                     ("ours-w2", "ours")):
+            if a in targets and b in targets:
+                ratios = [by[(a, concurrency, n)].rps / by[(b, concurrency, n)].rps for n in rounds]
+                p99 = [by[(a, concurrency, n)].p99_ms / by[(b, concurrency, n)].p99_ms for n in rounds]
+                cpu = [by[(a, concurrency, n)].cpu_us_per_request / by[(b, concurrency, n)].cpu_us_per_request
+                       for n in rounds]
+                print(f"  {a}/{b}: rps {', '.join(f'{x:.2f}' for x in ratios)} (median "
+                      f"{statistics.median(ratios):.2f}); p99 median {statistics.median(p99):.2f}; "
+                      f"cpu/req median {statistics.median(cpu):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""One gRPC call on our server: its request messages in, its handler run, its answer out.
+
+A `Call` is driven by the connection's protocol (server.py), which owns the HTTP/2 state; the call
+only queues header blocks and messages through the small `CallSink` interface it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import grpc
+
+from .context import AbortError, CallContext
+from .errors import abort_status
+from .messages import (
+    OK_TRAILERS,
+    RESPONSE_HEADERS,
+    MessageReader,
+    MessageTooLarge,
+    decompress,
+    error_headers,
+    prefixed,
+)
+from .rpc import Rpc
+
+__all__ = ["Call", "CallSink"]
+
+
+class CallSink(Protocol):
+    """What a call may do to its stream (implemented by the connection's protocol)."""
+
+    def send_headers(self, stream_id: int, block: bytes, end_stream: bool = False) -> None: ...
+    def send_data(self, stream_id: int, data: bytes) -> None: ...
+    def send_response(self, stream_id: int, message: bytes) -> None:
+        """Response headers, one message and OK trailers: a whole unary answer."""
+    def acknowledge(self, stream_id: int, size: int) -> None: ...
+    def call_finished(self, call: Call) -> None: ...
+    async def wait_writable(self, call: Call) -> None: ...
+
+
+class Call:
+    """A call from its HEADERS to its trailers. Runs on the event loop."""
+
+    __slots__ = ("_held", "_requests", "_unacked", "blocked_on_peer", "context", "encoding", "finished",
+                 "headers_sent", "held_limit", "max_message_bytes", "messages", "reader", "rpc", "sink", "stream_id",
+                 "task", "timer")
+
+    def __init__(self, sink: CallSink, stream_id: int, rpc: Rpc, context: CallContext, encoding: bytes,
+                 max_message_bytes: int, held_limit: int) -> None:
+        self.sink = sink
+        self.stream_id = stream_id
+        self.rpc = rpc
+        self.context = context
+        self.encoding = encoding
+        self.max_message_bytes = max_message_bytes
+        self.held_limit = held_limit  # request bytes a streaming handler may leave unread before the window shuts
+        self.reader = MessageReader(max_message_bytes)
+        self.messages: list[bytes] = []
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.headers_sent = False
+        self.finished = False
+        self.blocked_on_peer = False  # waiting for the client's messages or window, not computing
+        self._requests: asyncio.Queue[bytes | None] | None = None
+        self._held = 0  # request bytes queued for a streaming handler and not yet read
+        self._unacked = 0
+
+    # -- requests in --------------------------------------------------------------------------------
+    def on_data(self, data: bytes, end_stream: bool) -> None:
+        """DATA for this call (the protocol acknowledges nothing; the call decides when)."""
+        try:
+            bodies = [self._inflate(compressed, body) for compressed, body in self.reader.feed(data)]
+        except MessageTooLarge as exc:
+            self.sink.acknowledge(self.stream_id, len(data))
+            self.finish(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            return
+        except ValueError as exc:
+            self.sink.acknowledge(self.stream_id, len(data))
+            self.finish(grpc.StatusCode.INTERNAL, str(exc))
+            return
+        if self._requests is None:  # unary request: held until the stream ends, bounded by the limit
+            self.sink.acknowledge(self.stream_id, len(data))
+            self.messages.extend(bodies)
+            if len(self.messages) > 1:
+                self.finish(grpc.StatusCode.INTERNAL, "more than one request message for a unary call")
+            elif end_stream:
+                self._start_unary()
+            return
+        for body in bodies:
+            self._held += len(body)
+            self._requests.put_nowait(body)
+        if self._held <= self.held_limit:
+            self.sink.acknowledge(self.stream_id, len(data) + self._unacked)
+            self._unacked = 0
+        else:
+            self._unacked += len(data)
+        if end_stream:
+            self._end_requests()
+
+    def _inflate(self, compressed: bool, body: bytes) -> bytes:
+        if not compressed:
+            return body
+        if self.encoding == b"identity":
+            raise ValueError("compressed flag set without a grpc-encoding")
+        return decompress(body, self.encoding, self.max_message_bytes)
+
+    def _end_requests(self) -> None:
+        if self.reader.partial:
+            self.finish(grpc.StatusCode.INTERNAL, "the stream ended inside a message")
+        elif self._requests is not None:
+            self._requests.put_nowait(None)
+
+    # -- running the handler --------------------------------------------------------------------------
+    def start_streaming(self) -> None:
+        """stream_stream: the handler starts at HEADERS and reads messages as they come."""
+        self._requests = asyncio.Queue()
+        self.task = asyncio.get_running_loop().create_task(self._run_stream())
+
+    def _start_unary(self) -> None:
+        if self.reader.partial or not self.messages:
+            self.finish(grpc.StatusCode.INTERNAL, "the stream ended without a complete request message")
+            return
+        try:
+            request = self.rpc.parse(self.messages.pop())
+        except Exception:
+            self.finish(grpc.StatusCode.INVALID_ARGUMENT, "the request message does not parse")
+            return
+        # Started here, from data_received: every call read in this turn reaches its handler together.
+        runner = self._run_unary_stream(request) if self.rpc.kind == "unary_stream" else self._run_unary(request)
+        self.task = asyncio.get_running_loop().create_task(runner)
+
+    async def _run_unary(self, request: Any) -> None:
+        try:
+            response = await self.rpc.handler(request, self.context)
+            body = response.SerializeToString()
+        except asyncio.CancelledError:
+            return  # reset or deadline: whoever cancelled has answered
+        except AbortError as exc:
+            self.finish(exc.code, exc.details)
+            return
+        except Exception as exc:
+            self.finish(*abort_status(exc))
+            return
+        if len(body) > self.max_message_bytes:
+            self.finish(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"response of {len(body)} bytes exceeds the limit of {self.max_message_bytes}")
+            return
+        if self.finished:
+            return
+        if self.context.trailing_metadata():
+            self.headers_sent = True
+            self.sink.send_headers(self.stream_id, RESPONSE_HEADERS)
+            self.sink.send_data(self.stream_id, prefixed(body))
+            self.finish(grpc.StatusCode.OK, "")
+            return
+        self.finished = self.headers_sent = True
+        self.context.mark_done()
+        if self.timer is not None:
+            self.timer.cancel()
+        self.sink.send_response(self.stream_id, prefixed(body))
+        self.sink.call_finished(self)
+
+    async def _run_unary_stream(self, request: Any) -> None:
+        async def run() -> None:
+            result = self.rpc.handler(request, self.context)
+            if inspect.isasyncgen(result):
+                async for message in result:
+                    await self.write(message)
+            else:
+                await result
+        await self._guard(run())
+
+    async def _run_stream(self) -> None:
+        async def run() -> None:
+            async for message in self.rpc.handler(self._read_requests(), self.context):
+                await self.write(message)
+        await self._guard(run())
+
+    async def _guard(self, body: Any) -> None:
+        try:
+            await body
+        except asyncio.CancelledError:
+            return
+        except AbortError as exc:
+            self.finish(exc.code, exc.details)
+        except Exception as exc:
+            self.finish(*abort_status(exc))
+        else:
+            self.finish(grpc.StatusCode.OK, "")
+
+    async def _read_requests(self) -> AsyncIterator[Any]:
+        assert self._requests is not None
+        while True:
+            self.blocked_on_peer = True
+            try:
+                body = await self._requests.get()
+            finally:
+                self.blocked_on_peer = False
+            if body is None:
+                return
+            self._held -= len(body)
+            if self._unacked and self._held <= self.held_limit:
+                self.sink.acknowledge(self.stream_id, self._unacked)
+                self._unacked = 0
+            yield self.rpc.parse(body)
+
+    async def write(self, message: Any) -> None:
+        """One response message of a streaming call; waits while the peer is not reading."""
+        if self.finished:
+            raise asyncio.CancelledError
+        body = message.SerializeToString()
+        if len(body) > self.max_message_bytes:
+            raise AbortError(grpc.StatusCode.RESOURCE_EXHAUSTED, "response message too large")
+        if not self.headers_sent:
+            self.headers_sent = True
+            self.sink.send_headers(self.stream_id, RESPONSE_HEADERS)
+        self.sink.send_data(self.stream_id, prefixed(body))
+        self.blocked_on_peer = True
+        try:
+            await self.sink.wait_writable(self)
+        finally:
+            self.blocked_on_peer = False
+
+    # -- ending -------------------------------------------------------------------------------------
+    def finish(self, code: grpc.StatusCode, message: str) -> None:
+        """Trailers with the status (trailers-only when nothing was sent), once; the stream ends."""
+        if self.finished:
+            return
+        self.finished = True
+        self.context.mark_done()
+        if self.timer is not None:
+            self.timer.cancel()
+        trailing = [(k.encode(), v if isinstance(v, bytes) else v.encode())
+                    for k, v in self.context.trailing_metadata()]
+        if code is grpc.StatusCode.OK and self.headers_sent and not trailing:
+            block = OK_TRAILERS
+        else:
+            block = error_headers(code, message, trailers_only=not self.headers_sent, metadata=trailing)
+        self.sink.send_headers(self.stream_id, block, end_stream=True)
+        self.sink.call_finished(self)
+
+    def expire(self) -> None:
+        """The deadline passed: the handler is cancelled (its queue entry dropped) and the client told."""
+        self.cancel()
+        self.finish(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+
+    def cancel(self) -> None:
+        """Stop the handler (RST_STREAM or a lost connection); cancellation reaches the batcher."""
+        self.context.mark_cancelled()
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()

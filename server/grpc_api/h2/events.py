@@ -1,0 +1,58 @@
+"""What the HTTP/2 connection tells its owner, in the order the frames said it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .headers import Headers
+
+__all__ = [
+    "ConnectionTerminated", "DataReceived", "Event", "PeerGoaway", "RequestReceived", "StreamReset", "WindowOpened",
+]
+
+
+@dataclass(slots=True)
+class RequestReceived:
+    stream_id: int
+    headers: Headers
+    end_stream: bool
+
+
+@dataclass(slots=True)
+class DataReceived:
+    """Request body bytes (padding removed); the receiver calls `acknowledge` when it has taken them."""
+
+    stream_id: int
+    data: bytes
+    end_stream: bool
+
+
+@dataclass(slots=True)
+class StreamReset:
+    """The stream is gone: the peer reset it, or we did for a stream error (`by_peer` False)."""
+
+    stream_id: int
+    code: int
+    by_peer: bool
+
+
+@dataclass(slots=True)
+class WindowOpened:
+    """The peer opened send windows (WINDOW_UPDATE or SETTINGS): held responses may have moved."""
+
+
+@dataclass(slots=True)
+class PeerGoaway:
+    last_stream_id: int
+    code: int
+
+
+@dataclass(slots=True)
+class ConnectionTerminated:
+    """We sent GOAWAY for a connection error: write what is left, then close."""
+
+    code: int
+    reason: str
+
+
+Event = RequestReceived | DataReceived | StreamReset | WindowOpened | PeerGoaway | ConnectionTerminated

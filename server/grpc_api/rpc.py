@@ -1,0 +1,62 @@
+"""The RPC table: each service's methods once, registered by both gRPC servers (ours and grpcio's)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import grpc
+
+from .errors import guarded
+
+__all__ = ["Rpc", "RpcTable", "generic_handler", "route_table"]
+
+RpcKind = Literal["unary_unary", "unary_stream", "stream_stream"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rpc:
+    """One method: its kind, its `(request, context)` handler and the protobuf class of its requests;
+    `request` None hands the handler each message's bytes, for it to parse inside its error mapping."""
+
+    kind: RpcKind
+    handler: Callable[..., Any]
+    request: Any | None
+
+    def parse(self, body: bytes) -> Any:
+        """What the handler takes for one message: the bytes, or the parsed message."""
+        return body if self.request is None else self.request.FromString(body)
+
+    @property
+    def deserializer(self) -> Callable[[bytes], Any] | None:
+        return None if self.request is None else self.request.FromString
+
+
+RpcTable = dict[str, Rpc]
+"""Method name -> Rpc, for one service."""
+
+
+def _serialize(message: Any) -> bytes:
+    return bytes(message.SerializeToString())
+
+
+def generic_handler(service: str, table: RpcTable) -> grpc.GenericRpcHandler:
+    """The table for grpcio's server; unary handlers are wrapped by the one error mapping (`guarded`)."""
+    methods: dict[str, grpc.RpcMethodHandler] = {}
+    for name, rpc in table.items():
+        if rpc.kind == "unary_unary":
+            methods[name] = grpc.unary_unary_rpc_method_handler(
+                guarded(rpc.handler), request_deserializer=rpc.deserializer, response_serializer=_serialize)
+        elif rpc.kind == "unary_stream":
+            methods[name] = grpc.unary_stream_rpc_method_handler(
+                rpc.handler, request_deserializer=rpc.deserializer, response_serializer=_serialize)
+        else:
+            methods[name] = grpc.stream_stream_rpc_method_handler(
+                rpc.handler, request_deserializer=rpc.deserializer, response_serializer=_serialize)
+    return grpc.method_handlers_generic_handler(service, methods)
+
+
+def route_table(services: Mapping[str, RpcTable]) -> dict[bytes, Rpc]:
+    """':path' -> Rpc for every method of every service ('/inference.GRPCInferenceService/ModelInfer')."""
+    return {f"/{service}/{name}".encode(): rpc for service, table in services.items() for name, rpc in table.items()}
