@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Coroutine
 from typing import Any
 
-__all__ = ["cancel_remaining", "spawn"]
+__all__ = ["cancel", "cancel_remaining", "spawn"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,15 @@ def spawn(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
     _running.setdefault(loop, set()).add(task)
     task.add_done_callback(_ended)
     return task
+
+
+async def cancel(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel the given tasks (None ones skipped) and wait until they have ended; their crashes were
+    already logged, so nothing is raised here."""
+    running = [t for t in tasks if t is not None]
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
 
 
 async def cancel_remaining(timeout_s: float = 5.0) -> None:

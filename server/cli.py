@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import dataclasses
 import gc
-import json
 import logging
 import multiprocessing
 import os
@@ -22,7 +21,7 @@ from typing import Any
 
 from .auth import Authorizer, hash_token
 from .batch import cli as batch_cli
-from .cli_help import HelpFormatter
+from .cli_help import HelpFormatter, env, json_object, parse_bool
 from .drift import cli as drift_cli
 from .settings import ServerSettings
 from .tls import TlsFiles
@@ -32,133 +31,115 @@ __all__ = ["build_parser", "main", "serve_settings"]
 logger = logging.getLogger("tessera")
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"TESSERA_{name.upper().replace('-', '_')}", default)
-
-
-def _bool(text: str) -> bool:
-    return text.strip().lower() in ("1", "true", "yes", "on")
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object")
-    return value
-
-
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="serve a model repository over gRPC and HTTP",
                        formatter_class=HelpFormatter)
-    p.add_argument("--model-repository", default=_env("model-repository"),
+    p.add_argument("--model-repository", default=env("model-repository"),
                    help="path or fsspec URL of the model repository (TESSERA_MODEL_REPOSITORY)")
-    p.add_argument("--host", default=_env("host", "127.0.0.1"),
+    p.add_argument("--host", default=env("host", "127.0.0.1"),
                    help="address to bind (loopback unless set; 0.0.0.0 for every interface, as in a container)")
-    p.add_argument("--http-port", type=int, default=int(_env("http-port", "8000") or 8000),
+    p.add_argument("--http-port", type=int, default=int(env("http-port", "8000") or 8000),
                    help="HTTP port (0: any free port)")
-    p.add_argument("--grpc-port", type=int, default=int(_env("grpc-port", "8001") or 8001),
+    p.add_argument("--grpc-port", type=int, default=int(env("grpc-port", "8001") or 8001),
                    help="gRPC port (0: any free port)")
-    p.add_argument("--workers", type=int, default=int(_env("workers", "1") or 1),
+    p.add_argument("--workers", type=int, default=int(env("workers", "1") or 1),
                    help="processes sharing the ports (SO_REUSEPORT), each with its own sessions")
     p.add_argument("--model-control-mode", choices=("none", "poll", "explicit"),
-                   default=_env("model-control-mode", "none"),
+                   default=env("model-control-mode", "none"),
                    help="none: load everything at start; poll: also watch the repository; explicit: load on request")
     p.add_argument("--load-model", action="append", default=None,
                    help="model to load at start in explicit mode; repeatable, '*' for all")
     p.add_argument("--repository-poll-secs", type=float,
-                   default=float(_env("repository-poll-secs", "15") or 15),
+                   default=float(env("repository-poll-secs", "15") or 15),
                    help="seconds between repository scans in poll mode")
-    p.add_argument("--repository-cache-dir", default=_env("repository-cache-dir"),
+    p.add_argument("--repository-cache-dir", default=env("repository-cache-dir"),
                    help="local mirror of a remote (fsspec URL) repository; a temporary directory if unset")
-    p.add_argument("--repository-storage-options", type=_json_object,
-                   default=_json_object(_env("repository-storage-options", "{}") or "{}"),
+    p.add_argument("--repository-storage-options", type=json_object,
+                   default=json_object(env("repository-storage-options", "{}") or "{}"),
                    help='fsspec options for a remote repository, as JSON: \'{"endpoint_url": "http://..."}\'')
-    p.add_argument("--allow-repository-admin", type=_bool,
-                   default=_bool(_env("allow-repository-admin", "false") or "false"),
+    p.add_argument("--allow-repository-admin", type=parse_bool,
+                   default=parse_bool(env("allow-repository-admin", "false") or "false"),
                    help="serve repository load/unload and rollout control (true/false; default false)")
     p.add_argument("--grpc-max-message-bytes", type=int,
-                   default=int(_env("grpc-max-message-bytes", str(64 << 20)) or 0),
+                   default=int(env("grpc-max-message-bytes", str(64 << 20)) or 0),
                    help="largest gRPC message received or sent, bytes")
-    p.add_argument("--grpc-server", choices=("ours", "grpcio"), default=_env("grpc-server", "ours"),
+    p.add_argument("--grpc-server", choices=("ours", "grpcio"), default=env("grpc-server", "ours"),
                    help="ours: Tessera's HTTP/2 gRPC server on the serving loop; grpcio: grpc.aio")
     p.add_argument("--grpc-max-concurrent-streams", type=int,
-                   default=int(_env("grpc-max-concurrent-streams", "1024") or 1024),
+                   default=int(env("grpc-max-concurrent-streams", "1024") or 1024),
                    help="streams one gRPC connection may have open at once (ours)")
     p.add_argument("--http-max-body-bytes", type=int,
-                   default=int(_env("http-max-body-bytes", str(64 << 20)) or 0),
+                   default=int(env("http-max-body-bytes", str(64 << 20)) or 0),
                    help="largest HTTP request body, bytes (wire and decompressed); larger bodies get 413")
-    p.add_argument("--intra-op-threads", type=int, default=int(_env("intra-op-threads", "1") or 1),
+    p.add_argument("--intra-op-threads", type=int, default=int(env("intra-op-threads", "1") or 1),
                    help="ONNX Runtime intra-op threads per session (models may override)")
-    p.add_argument("--allow-spinning", type=_bool, default=_bool(_env("allow-spinning", "false") or "false"),
+    p.add_argument("--allow-spinning", type=parse_bool, default=parse_bool(env("allow-spinning", "false") or "false"),
                    help="let ONNX Runtime's intra-op threads spin-wait between runs (true/false; burns cores)")
-    p.add_argument("--drain-timeout-s", type=float, default=float(_env("drain-timeout-s", "30") or 30),
+    p.add_argument("--drain-timeout-s", type=float, default=float(env("drain-timeout-s", "30") or 30),
                    help="seconds SIGTERM waits for in-flight requests before exiting")
-    p.add_argument("--redis-url", default=_env("redis-url"),
+    p.add_argument("--redis-url", default=env("redis-url"),
                    help="Redis for drift statistics, shared rollouts and fleet admin (default: none, all in-process)")
-    p.add_argument("--state-dir", default=_env("state-dir", ".tessera"),
+    p.add_argument("--state-dir", default=env("state-dir", ".tessera"),
                    help="directory for rollout state and the audit log")
-    p.add_argument("--drift", type=_bool, default=_bool(_env("drift", "true") or "true"),
+    p.add_argument("--drift", type=parse_bool, default=parse_bool(env("drift", "true") or "true"),
                    help="summarise input features for drift monitoring (true/false)")
     p.add_argument("--drift-model", action="append", default=None,
                    help="model whose inputs are summarised; repeatable (default: every model)")
-    p.add_argument("--drift-window-s", type=float, default=float(_env("drift-window-s", "60") or 60),
+    p.add_argument("--drift-window-s", type=float, default=float(env("drift-window-s", "60") or 60),
                    help="seconds per statistics window (aligned to the wall clock)")
-    p.add_argument("--drift-window-rows", type=int, default=int(_env("drift-window-rows", "0") or 0),
+    p.add_argument("--drift-window-rows", type=int, default=int(env("drift-window-rows", "0") or 0),
                    help="also close a window after this many rows (0: by time only)")
-    p.add_argument("--drift-queue-size", type=int, default=int(_env("drift-queue-size", "256") or 256),
+    p.add_argument("--drift-queue-size", type=int, default=int(env("drift-queue-size", "256") or 256),
                    help="requests waiting to be folded; beyond it they are dropped and counted")
-    p.add_argument("--drift-cpu-budget", type=float, default=float(_env("drift-cpu-budget", "0.02") or 0.02),
+    p.add_argument("--drift-cpu-budget", type=float, default=float(env("drift-cpu-budget", "0.02") or 0.02),
                    help="share of the serving loop's CPU drift folding may use (above it, traffic is sampled)")
-    p.add_argument("--drift-stream-maxlen", type=int, default=int(_env("drift-stream-maxlen", "1000") or 1000),
+    p.add_argument("--drift-stream-maxlen", type=int, default=int(env("drift-stream-maxlen", "1000") or 1000),
                    help="approximate length cap of each model Redis stream (XADD MAXLEN ~)")
-    p.add_argument("--drift-buffer-windows", type=int, default=int(_env("drift-buffer-windows", "256") or 256),
+    p.add_argument("--drift-buffer-windows", type=int, default=int(env("drift-buffer-windows", "256") or 256),
                    help="windows kept while Redis is unreachable; older ones are dropped and counted")
-    p.add_argument("--log-level", default=_env("log-level", "INFO"),
+    p.add_argument("--log-level", default=env("log-level", "INFO"),
                    help="Python logging level (DEBUG, INFO, WARNING, ERROR)")
     # The fleet: replicas sharing --redis-url share rollouts and (explicit mode) repository admin.
-    p.add_argument("--rollout-tick-s", type=float, default=float(_env("rollout-tick-s", "0.5") or 0.5),
+    p.add_argument("--rollout-tick-s", type=float, default=float(env("rollout-tick-s", "0.5") or 0.5),
                    help="seconds between checks of each active rollout (and fleet syncs)")
-    p.add_argument("--rollout-lease-s", type=float, default=float(_env("rollout-lease-s", "0") or 0),
+    p.add_argument("--rollout-lease-s", type=float, default=float(env("rollout-lease-s", "0") or 0),
                    help="rollout leader lease, seconds (0: three ticks)")
-    p.add_argument("--replica-id", default=_env("replica-id", "") or "",
+    p.add_argument("--replica-id", default=env("replica-id", "") or "",
                    help="this replica's name in the fleet (default <hostname>-<pid>)")
     p.add_argument("--fleet-admin-timeout-s", type=float,
-                   default=float(_env("fleet-admin-timeout-s", "30") or 30),
+                   default=float(env("fleet-admin-timeout-s", "30") or 30),
                    help="seconds a load/unload waits for every replica's answer (explicit mode, Redis)")
     # -- bounded decoding, slow clients, rate limits (issue 11) --
     p.add_argument("--max-request-elements", type=int,
-                   default=int(_env("max-request-elements", str(1 << 24)) or 0),
+                   default=int(env("max-request-elements", str(1 << 24)) or 0),
                    help="tensor elements one inference request may declare (all inputs)")
     p.add_argument("--max-request-tensor-bytes", type=int,
-                   default=int(_env("max-request-tensor-bytes", str(128 << 20)) or 0),
+                   default=int(env("max-request-tensor-bytes", str(128 << 20)) or 0),
                    help="decoded tensor bytes one inference request may declare (all inputs)")
     p.add_argument("--decode-off-loop-bytes", type=int,
-                   default=int(_env("decode-off-loop-bytes", str(1 << 20)) or 0),
+                   default=int(env("decode-off-loop-bytes", str(1 << 20)) or 0),
                    help="bodies/messages at least this big are decoded on a worker thread")
-    p.add_argument("--body-budget-bytes", type=int, default=int(_env("body-budget-bytes", str(256 << 20)) or 0),
+    p.add_argument("--body-budget-bytes", type=int, default=int(env("body-budget-bytes", str(256 << 20)) or 0),
                    help="bytes held in request bodies process-wide before 429 / RESOURCE_EXHAUSTED (0: off)")
     p.add_argument("--http-header-timeout-s", type=float,
-                   default=float(_env("http-header-timeout-s", "10") or 0),
+                   default=float(env("http-header-timeout-s", "10") or 0),
                    help="seconds to send a complete request head before the connection is closed (0: off)")
-    p.add_argument("--http-body-timeout-s", type=float, default=float(_env("http-body-timeout-s", "30") or 0),
+    p.add_argument("--http-body-timeout-s", type=float, default=float(env("http-body-timeout-s", "30") or 0),
                    help="seconds to send the whole body after the head before the connection is closed (0: off)")
     p.add_argument("--http-max-header-bytes", type=int,
-                   default=int(_env("http-max-header-bytes", str(64 << 10)) or 0),
+                   default=int(env("http-max-header-bytes", str(64 << 10)) or 0),
                    help="largest request head; larger ones get 431 and the connection closes")
     p.add_argument("--http-max-connections", type=int,
-                   default=int(_env("http-max-connections", "2048") or 0),
+                   default=int(env("http-max-connections", "2048") or 0),
                    help="concurrent HTTP connections or requests before 503 (0: unlimited)")
     p.add_argument("--grpc-max-connection-idle-s", type=float,
-                   default=float(_env("grpc-max-connection-idle-s", "300") or 0),
+                   default=float(env("grpc-max-connection-idle-s", "300") or 0),
                    help="seconds a gRPC connection may stay without calls before it is closed")
-    p.add_argument("--rate-limit-rps", type=float, default=float(_env("rate-limit-rps", "0") or 0),
+    p.add_argument("--rate-limit-rps", type=float, default=float(env("rate-limit-rps", "0") or 0),
                    help="inference requests per second per client (token bucket); 0: off")
-    p.add_argument("--rate-limit-burst", type=int, default=int(_env("rate-limit-burst", "0") or 0),
+    p.add_argument("--rate-limit-burst", type=int, default=int(env("rate-limit-burst", "0") or 0),
                    help="rate-limit bucket size (0: one second's worth)")
-    p.add_argument("--stream-queue-share", type=float, default=float(_env("stream-queue-share", "0.25") or 0),
+    p.add_argument("--stream-queue-share", type=float, default=float(env("stream-queue-share", "0.25") or 0),
                    help="share of a model's queue one gRPC stream may hold")
     _add_security_flags(p)
 
@@ -168,23 +149,23 @@ def _path(text: str | None) -> Path | None:
 
 
 def _add_tls_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tls-cert", default=_env("tls-cert"), help="PEM certificate chain; TLS on with --tls-key")
-    p.add_argument("--tls-key", default=_env("tls-key"), help="PEM private key of --tls-cert")
-    p.add_argument("--tls-client-ca", default=_env("tls-client-ca"),
+    p.add_argument("--tls-cert", default=env("tls-cert"), help="PEM certificate chain; TLS on with --tls-key")
+    p.add_argument("--tls-key", default=env("tls-key"), help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", default=env("tls-client-ca"),
                    help="PEM CA bundle; when given, clients must present a certificate it signed (mTLS)")
-    p.add_argument("--tls-reload-s", type=float, default=float(_env("tls-reload-s", "5") or 5),
+    p.add_argument("--tls-reload-s", type=float, default=float(env("tls-reload-s", "5") or 5),
                    help="seconds between checks of the TLS (and auth) files for changes")
 
 
 def _add_security_flags(p: argparse.ArgumentParser) -> None:
     _add_tls_flags(p)
-    p.add_argument("--auth-tokens-file", default=_env("auth-tokens-file"),
+    p.add_argument("--auth-tokens-file", default=env("auth-tokens-file"),
                    help="bearer tokens, one 'name:scopes:sha256hex[:expires=unix_seconds]' per line")
-    p.add_argument("--auth-cert-identities", default=_env("auth-cert-identities"),
+    p.add_argument("--auth-cert-identities", default=env("auth-cert-identities"),
                    help="client certificate identities (CN or SAN), one 'identity:scopes' per line (mTLS)")
-    p.add_argument("--metrics-auth", type=_bool, default=_bool(_env("metrics-auth", "false") or "false"),
+    p.add_argument("--metrics-auth", type=parse_bool, default=parse_bool(env("metrics-auth", "false") or "false"),
                    help="require the read scope for /metrics (true/false; default false)")
-    p.add_argument("--cors-origins", default=_env("cors-origins", ""),
+    p.add_argument("--cors-origins", default=env("cors-origins", ""),
                    help="comma-separated origins allowed cross-origin browser access (default: none, CORS off)")
 
 
@@ -240,7 +221,7 @@ def _loadtest(argv: Sequence[str]) -> int:
 def serve_settings(args: argparse.Namespace) -> ServerSettings:
     if not args.model_repository:
         raise SystemExit("tessera serve: --model-repository (or TESSERA_MODEL_REPOSITORY) is required")
-    loads = tuple(args.load_model or [m for m in (_env("load-model") or "").split(",") if m])
+    loads = tuple(args.load_model or [m for m in (env("load-model") or "").split(",") if m])
     if args.model_control_mode == "poll" and args.repository_poll_secs <= 0:
         raise SystemExit("tessera serve: --model-control-mode poll needs --repository-poll-secs > 0")
     settings = ServerSettings(
@@ -255,7 +236,7 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
         intra_op_threads=args.intra_op_threads, allow_spinning=args.allow_spinning,
         drain_timeout_s=args.drain_timeout_s, redis_url=args.redis_url, state_dir=Path(args.state_dir),
         drift_enabled=args.drift,
-        drift_models=tuple(args.drift_model or [m for m in (_env("drift-model") or "").split(",") if m]),
+        drift_models=tuple(args.drift_model or [m for m in (env("drift-model") or "").split(",") if m]),
         drift_window_s=args.drift_window_s, drift_window_rows=args.drift_window_rows,
         drift_queue_size=args.drift_queue_size, drift_cpu_budget=args.drift_cpu_budget,
         drift_stream_maxlen=args.drift_stream_maxlen,

@@ -9,7 +9,6 @@ keep theirs. `FileWatcher` calls each registered `refresh()` every few seconds o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import ssl
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .background import spawn
+from .background import cancel, spawn
 
 __all__ = [
     "FileWatcher",
@@ -184,8 +183,5 @@ class FileWatcher:
                     logger.exception("reloading credential files failed")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None

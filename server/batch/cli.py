@@ -7,13 +7,10 @@ server/cli.py adds it with `add_subcommands(sub)` and dispatches with `run(args)
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
-from typing import Any
 
-from ..cli_help import HelpFormatter
+from ..cli_help import HelpFormatter, csv_list, env, json_object, positive_int
 from ..errors import TesseraError
 from .job import BatchJob, BatchResult
 from .model import ModelRef
@@ -23,36 +20,11 @@ __all__ = ["COMMANDS", "add_subcommands", "job_from_args", "run"]
 COMMANDS = ("batch",)
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"TESSERA_{name.upper().replace('-', '_')}", default)
-
-
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(c.strip() for c in text.split(",") if c.strip())
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object")
-    return value
-
-
 def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `batch` to tessera's subcommands."""
     p = sub.add_parser("batch", help="score Parquet files with a model of the repository (Parquet out)",
                        formatter_class=HelpFormatter)
-    p.add_argument("--model-repository", default=_env("model-repository"),
+    p.add_argument("--model-repository", default=env("model-repository"),
                    help="path or fsspec URL of the model repository (TESSERA_MODEL_REPOSITORY)")
     p.add_argument("--model", required=True, help="model name")
     p.add_argument("--model-version", type=int, default=None,
@@ -61,28 +33,28 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--output", required=True,
                    help="output directory or fsspec URL: one Parquet file per input file, and a manifest")
     p.add_argument("--input-name", help="input that --columns (or the unnamed numeric columns) feed")
-    p.add_argument("--columns", type=_csv, help="comma-separated columns feeding that input, in its order")
-    p.add_argument("--keep", type=_csv, default=(), help="comma-separated columns copied to the output")
-    p.add_argument("--batch-rows", type=_positive, default=4096, help="rows per model run")
+    p.add_argument("--columns", type=csv_list, help="comma-separated columns feeding that input, in its order")
+    p.add_argument("--keep", type=csv_list, default=(), help="comma-separated columns copied to the output")
+    p.add_argument("--batch-rows", type=positive_int, default=4096, help="rows per model run")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: a read/run/write pipeline in this process; ray: a Ray Data job (tessera[ray])")
-    p.add_argument("--ray-address", default=_env("ray-address"),
+    p.add_argument("--ray-address", default=env("ray-address"),
                    help="Ray cluster to join ('auto', ray://host:10001); default: start a local one")
-    p.add_argument("--ray-actors", type=_positive, default=None,
+    p.add_argument("--ray-actors", type=positive_int, default=None,
                    help="model actors in the Ray pool (default: the cluster's CPUs less one)")
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                    help="a row that cannot be scored (nulls, wrong lengths): stop, or set it aside in "
                         "<output>/_rejects/")
-    p.add_argument("--storage-options", type=_json_object,
-                   default=_json_object(_env("storage-options", "{}") or "{}"),
+    p.add_argument("--storage-options", type=json_object,
+                   default=json_object(env("storage-options", "{}") or "{}"),
                    help='fsspec options for remote input, output and repository, as JSON')
-    p.add_argument("--intra-op-threads", type=int, default=int(_env("intra-op-threads", "1") or 1),
+    p.add_argument("--intra-op-threads", type=int, default=int(env("intra-op-threads", "1") or 1),
                    help="ONNX Runtime intra-op threads per instance (models may override)")
-    p.add_argument("--queue-batches", type=_positive, default=4,
+    p.add_argument("--queue-batches", type=positive_int, default=4,
                    help="batches in flight between reading and writing, beyond one per instance")
     p.add_argument("--progress", choices=("auto", "off"), default="auto",
                    help="a bar on a terminal, plain lines otherwise; off: only the summary")
-    p.add_argument("--log-level", default=_env("log-level", "WARNING"), help="Python logging level")
+    p.add_argument("--log-level", default=env("log-level", "WARNING"), help="Python logging level")
 
 
 def job_from_args(args: argparse.Namespace) -> BatchJob:

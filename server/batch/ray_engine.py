@@ -178,8 +178,11 @@ def _execute(ray: Any, job: BatchJob, plan: JobPlan) -> None:
     context.enable_progress_bars = job.progress is not False
     actors = job.ray_actors or max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
     with_paths = job.on_error == "fail"  # to name the file in the error
-    dataset = ray.data.read_parquet([f.path for f in plan.source.fragments], filesystem=plan.source.filesystem,
-                                    include_paths=with_paths)
+    # One read per input file, joined in the files' order: a single read of the whole list may hand its
+    # files to read tasks in another order, and the output must keep each file's rows where they were.
+    reads = [ray.data.read_parquet(f.path, filesystem=plan.source.filesystem, include_paths=with_paths)
+             for f in plan.source.fragments]
+    dataset = reads[0].union(*reads[1:]) if len(reads) > 1 else reads[0]
     dataset = dataset.select_columns([*plan.columns.read_columns, *([_PATH_COLUMN] if with_paths else [])])
     scored = dataset.map_batches(
         ScoringActor, fn_constructor_kwargs={"ref": job.model, "plan": plan.columns, "on_error": job.on_error,

@@ -26,7 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..background import spawn
+from ..background import cancel, spawn
 from ..errors import DeadlineExceeded, ModelNotReady, Overloaded
 from ..metrics import Labels, Metrics
 from ..model_statistics import ModelStatistics
@@ -158,9 +158,7 @@ class DynamicBatcher:
         deadline = time.monotonic() + drain_timeout_s
         while (self._queue or self._in_flight) and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
+        await cancel(self._loop_task)
         for pending in self._queue:
             if pending.live:
                 pending.future.set_exception(ModelNotReady(f"model '{self._spec.name}' was unloaded"))

@@ -9,14 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from ..cli_help import HelpFormatter
+from ..cli_help import HelpFormatter, csv_list, env
 from ..repository.config import read_config
 from ..tls import ServerTlsContext, TlsFiles
 from .codec import write_profile_file
@@ -43,43 +42,35 @@ COMMANDS = ("profile", "drift")
 
 logger = logging.getLogger("tessera.drift")
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"TESSERA_{name.upper().replace('-', '_')}", default)
-
-
-def _csv(text: str) -> list[str]:
-    return [c.strip() for c in text.split(",") if c.strip()]
-
-
 def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `profile` and `drift` to tessera's subcommands."""
     p = sub.add_parser("profile", help="build a model's drift reference profile from training data (Parquet)",
                        formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, help="model name")
     p.add_argument("--data", required=True, type=Path, help="Parquet file of training inputs")
-    p.add_argument("--model-repository", default=_env("model-repository"),
+    p.add_argument("--model-repository", default=env("model-repository"),
                    help="repository holding the model: its config names inputs and features, and the "
                         "profile is written beside it")
     p.add_argument("--out", type=Path, help="profile file (default <repository>/<model>/drift_profile.arrow)")
     p.add_argument("--redis-url", default=None, help="also store the profile in this Redis")
     p.add_argument("--input", help="input that the Parquet's plain columns feed (default: the only one)")
-    p.add_argument("--columns", type=_csv, help="comma-separated columns to use (default: all numeric)")
-    p.add_argument("--exclude", type=_csv, default=[], help="comma-separated columns to leave out (labels)")
+    p.add_argument("--columns", type=csv_list, help="comma-separated columns to use (default: all numeric)")
+    p.add_argument("--exclude", type=csv_list, default=[], help="comma-separated columns to leave out (labels)")
     p.add_argument("--batch-rows", type=int, default=65536, help="rows per record batch read")
 
     d = sub.add_parser("drift", help="run the drift service: read statistics streams, compare with "
                        "reference profiles", formatter_class=HelpFormatter)
-    d.add_argument("--redis-url", "--redis", dest="redis_url", default=_env("redis-url"), help="Redis URL")
-    d.add_argument("--model-repository", default=_env("model-repository"),
+    d.add_argument("--redis-url", "--redis", dest="redis_url", default=env("redis-url"), help="Redis URL")
+    d.add_argument("--model-repository", default=env("model-repository"),
                    help="where to find drift_profile.arrow files (profiles in Redis come first)")
-    d.add_argument("--http-host", default=_env("drift-http-host", "0.0.0.0"),
+    d.add_argument("--http-host", default=env("drift-http-host", "0.0.0.0"),
                    help="address the reports endpoint binds (it serves aggregates only)")
-    d.add_argument("--http-port", type=int, default=int(_env("drift-http-port", "8003") or 8003),
+    d.add_argument("--http-port", type=int, default=int(env("drift-http-port", "8003") or 8003),
                    help="reports and /metrics; 0 picks a free port")
-    d.add_argument("--webhook", default=_env("drift-webhook"), help="POST alert changes here (JSON)")
+    d.add_argument("--webhook", default=env("drift-webhook"), help="POST alert changes here (JSON)")
     d.add_argument("--group", default="tessera-drift", help="consumer group shared by drift services")
     d.add_argument("--consumer", default=None, help="this service's consumer name (default host-pid)")
-    d.add_argument("--bucket-s", type=float, default=float(_env("drift-bucket-s", "60") or 60),
+    d.add_argument("--bucket-s", type=float, default=float(env("drift-bucket-s", "60") or 60),
                    help="seconds per bucket; match the servers' --drift-window-s")
     d.add_argument("--sliding-buckets", type=int, default=5, help="buckets per evaluated sliding window")
     d.add_argument("--retention-buckets", type=int, default=0, help="buckets kept for late windows")
@@ -88,10 +79,10 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     d.add_argument("--psi-bins", type=int, default=10, help="reference quantile bins for PSI / JS")
     d.add_argument("--claim-idle-ms", type=int, default=60_000,
                    help="take over messages a dead service left pending this long")
-    d.add_argument("--log-level", default=_env("log-level", "INFO"), help="Python logging level")
-    d.add_argument("--tls-cert", default=_env("tls-cert"), help="PEM certificate chain: HTTPS with --tls-key")
-    d.add_argument("--tls-key", default=_env("tls-key"), help="PEM private key of --tls-cert")
-    d.add_argument("--tls-client-ca", default=_env("tls-client-ca"),
+    d.add_argument("--log-level", default=env("log-level", "INFO"), help="Python logging level")
+    d.add_argument("--tls-cert", default=env("tls-cert"), help="PEM certificate chain: HTTPS with --tls-key")
+    d.add_argument("--tls-key", default=env("tls-key"), help="PEM private key of --tls-cert")
+    d.add_argument("--tls-client-ca", default=env("tls-client-ca"),
                    help="PEM CA bundle; when given, clients must present a certificate it signed (mTLS)")
 
 

@@ -10,7 +10,6 @@ backoff, logging and counting each outage.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -23,7 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from ..background import spawn
+from ..background import cancel, spawn
 from .background import run_steps
 from .codec import encode_window_steps
 from .metrics import TapMetrics
@@ -154,9 +153,7 @@ class RedisStreamPublisher:
             while ((self._buffer or self._sending) and time.monotonic() < deadline
                    and self._down_since is None):
                 await asyncio.sleep(0.01)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel(self._task)
             self._task = None
         if self._buffer:
             logger.warning("drift publisher stopping with %d unsent windows", len(self._buffer))

@@ -7,7 +7,6 @@ queue, folds the inputs into each model's open window, and hands closed windows 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..background import spawn
+from ..background import cancel, spawn
 from .background import run_steps
 from .metrics import TapMetrics
 from .publishers import Publisher
@@ -136,11 +135,8 @@ class DriftTap:
 
     async def stop(self) -> None:
         """Stop folding, fold what is queued and publish every open window (partial ones too)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         self.flush(close_all=True)
 
     def flush(self, close_all: bool = False) -> None:

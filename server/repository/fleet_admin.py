@@ -21,7 +21,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from ..background import spawn
+from ..background import cancel, spawn
 from ..errors import ModelLoadError, TesseraError, Unavailable
 from .manager import IndexEntry, ModelManager
 
@@ -69,9 +69,7 @@ class FleetAdmin:
                        spawn(self._heartbeat(), "fleet-heartbeat")]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel(*self._tasks)
         with contextlib.suppress(*_FAILURES):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(MEMBERS, self.replica)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ..background import spawn
+from ..background import cancel, spawn
 from .manager import ModelManager
 
 __all__ = ["RepositoryWatcher"]
@@ -42,7 +42,5 @@ class RepositoryWatcher:
 
     async def stop(self) -> None:
         """Cancel the loop; a reload in progress is cancelled with it, the serving versions stay."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await cancel(self._task)
+        self._task = None

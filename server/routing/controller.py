@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..audit import AuditLog
-from ..background import spawn
+from ..background import cancel, spawn
 from ..errors import InvalidInput, ModelNotFound, ModelNotReady, TesseraError
 from ..metrics import Metrics
 from ..repository.manager import ModelManager
@@ -54,9 +54,7 @@ class RolloutController:
         self._task = spawn(self._run(), "rollout-controller")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel(self._task)
         await asyncio.gather(*(r.stop() for r in self.rollouts.values()))
         await self._store.close()
 

@@ -25,7 +25,7 @@ from dataclasses import replace
 from redis.exceptions import RedisError
 
 from ..audit import AuditLog
-from ..background import spawn
+from ..background import cancel, spawn
 from ..errors import InvalidInput, Unavailable
 from ..metrics import Metrics
 from ..repository.manager import ModelManager
@@ -78,13 +78,8 @@ class FleetRolloutController(RolloutController):
         self._listener = spawn(self._listen(), "fleet-rollouts-listener")
 
     async def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await cancel(self._listener, self._task)
+        self._task = None
         if self.leader:  # hand over now rather than when the lease expires
             with contextlib.suppress(*_FAILURES):
                 await self._fleet.release(self.replica)
