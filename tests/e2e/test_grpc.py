@@ -1,4 +1,7 @@
-"""End-to-end over gRPC with unmodified tritonclient: metadata, inference, streaming, errors."""
+"""End-to-end over gRPC with unmodified tritonclient: callbacks, streaming, typed contents, errors, batching.
+
+What every transport does alike (health, metadata, sync and aio inference, datatypes, output subsets, an
+unknown version) is tested once per transport in test_inference.py."""
 
 from __future__ import annotations
 
@@ -16,8 +19,6 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from ..conftest import GRPC_SERVERS
 from .reference import run_reference, sample_inputs
-
-SAMPLES = ["tabular", "two_input", "fixed"]
 
 
 @pytest.fixture(scope="module", params=GRPC_SERVERS, autouse=True)
@@ -44,45 +45,6 @@ def _inputs(feeds: dict[str, np.ndarray], module: object = grpcclient) -> list[g
 def client(running_server):
     with grpcclient.InferenceServerClient(running_server.grpc_url) as c:
         yield c
-
-
-def test_health_and_server_metadata(client):
-    assert client.is_server_live()
-    assert client.is_server_ready()
-    meta = client.get_server_metadata(as_json=True)
-    assert meta["name"] == "tessera"
-    assert "binary_tensor_data" in meta["extensions"]
-
-
-@pytest.mark.parametrize("model", SAMPLES)
-def test_model_metadata_and_config_describe_the_model(client, model):
-    assert client.is_model_ready(model)
-    meta = client.get_model_metadata(model, as_json=True)
-    assert meta["name"] == model and meta["versions"] == ["1"]
-    config = client.get_model_config(model, as_json=True)["config"]
-    assert config["name"] == model
-    assert [i["name"] for i in meta["inputs"]] == [i["name"] for i in config["input"]]
-
-
-@pytest.mark.parametrize("model", SAMPLES)
-def test_sync_infer_matches_in_process_onnxruntime(client, running_server, model):
-    feeds = sample_inputs(model)
-    result = client.infer(model, _inputs(feeds))
-    expected = run_reference(running_server.repository, model, feeds)
-    for name, value in expected.items():
-        got = result.as_numpy(name)
-        assert got.dtype == value.dtype
-        np.testing.assert_allclose(got, value, rtol=0, atol=1e-6)
-    assert result.get_response().model_version == "1"
-
-
-@pytest.mark.parametrize("model", SAMPLES)
-async def test_aio_infer_matches_in_process_onnxruntime(running_server, model):
-    feeds = sample_inputs(model, seed=5)
-    async with grpcaio.InferenceServerClient(running_server.grpc_url) as c:
-        result = await c.infer(model, _inputs(feeds, grpcaio))
-    for name, value in run_reference(running_server.repository, model, feeds).items():
-        np.testing.assert_allclose(result.as_numpy(name), value, rtol=0, atol=1e-6)
 
 
 def test_async_infer_with_callback(client, running_server):
@@ -115,13 +77,6 @@ def test_streaming_answers_each_request_and_survives_errors(running_server):
         np.testing.assert_allclose(r.as_numpy("sum"), expected["sum"], atol=1e-6)
 
 
-def test_requested_output_subset(client):
-    feeds = sample_inputs("two_input")
-    result = client.infer("two_input", _inputs(feeds), outputs=[grpcclient.InferRequestedOutput("product")])
-    assert [o.name for o in result.get_response().outputs] == ["product"]
-    assert result.as_numpy("sum") is None
-
-
 def test_typed_contents_are_accepted(running_server):
     """Clients that send `contents` instead of raw bytes (not tritonclient's default) work too."""
     x = np.arange(16, dtype=np.float32).reshape(2, 8)
@@ -133,23 +88,6 @@ def test_typed_contents_are_accepted(running_server):
     probs = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(2, 3)
     expected = run_reference(running_server.repository, "tabular", {"features": x})
     np.testing.assert_allclose(probs, expected["probabilities"], atol=1e-6)
-
-
-@pytest.mark.parametrize("datatype", ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32",
-                                      "INT64", "FP16", "FP32", "FP64", "BYTES"])
-def test_every_datatype_round_trips(client, datatype):
-    rng = np.random.default_rng(1)
-    if datatype == "BYTES":
-        data = np.array([[f"row{r}-{c}".encode() for c in range(4)] for r in range(2)], dtype=np.object_)
-    elif datatype == "BOOL":
-        data = rng.integers(0, 2, (2, 4)).astype(bool)
-    else:
-        from tritonclient.utils import triton_to_np_dtype
-        data = (rng.random((2, 4)) * 100).astype(triton_to_np_dtype(datatype))
-    item = grpcclient.InferInput("INPUT0", [2, 4], datatype)
-    item.set_data_from_numpy(data)
-    result = client.infer(f"identity_{datatype.lower()}", [item])
-    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), data)
 
 
 def _expect_error(call, code: grpc.StatusCode, text: str) -> None:
@@ -178,11 +116,6 @@ def _expect_error(call, code: grpc.StatusCode, text: str) -> None:
 def test_bad_requests_get_precise_errors_and_the_server_keeps_serving(client, model, feeds, code, text):
     _expect_error(lambda: client.infer(model, _inputs(feeds)), code, text)
     assert client.infer("tabular", _inputs(sample_inputs("tabular"))).as_numpy("label").shape == (3, 1)
-
-
-def test_unknown_version_is_not_found(client):
-    _expect_error(lambda: client.infer("tabular", _inputs(sample_inputs("tabular")), model_version="7"),
-                  grpc.StatusCode.NOT_FOUND, "unknown version '7' of model 'tabular'")
 
 
 def _raw_request(raw: list[bytes], shape: list[int]) -> service_pb2.ModelInferRequest:

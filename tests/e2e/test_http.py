@@ -1,5 +1,8 @@
-"""End-to-end over HTTP with unmodified tritonclient (sync and aio, JSON and binary), plus raw requests
-for what tritonclient cannot express: malformed bodies, bad headers, oversized bodies."""
+"""End-to-end over HTTP with unmodified tritonclient (JSON and binary), plus raw requests for what
+tritonclient cannot express: malformed bodies, bad headers, oversized bodies.
+
+What every transport does alike (health, metadata, sync and aio inference, datatypes, output subsets, an
+unknown version) is tested once per transport in test_inference.py."""
 
 from __future__ import annotations
 
@@ -16,14 +19,10 @@ import numpy.typing as npt
 import orjson
 import pytest
 import tritonclient.http as httpclient
-import tritonclient.http.aio as httpaio
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from .reference import run_reference, sample_inputs
 
-SAMPLES = ["tabular", "two_input", "fixed"]
-DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16",
-             "FP32", "FP64", "BYTES"]
 BINARY = [pytest.param(True, id="binary"), pytest.param(False, id="json")]
 Feeds = dict[str, npt.NDArray[Any]]
 
@@ -94,25 +93,6 @@ def _assert_serving(client: Client) -> None:
 
 
 # -- health, metadata, configuration ---------------------------------------------------------------
-def test_health_and_server_metadata(client: Client) -> None:
-    assert client.is_server_live() and client.is_server_ready()
-    meta = client.get_server_metadata()
-    assert meta["name"] == "tessera"
-    assert {"binary_tensor_data", "statistics", "model_repository"} <= set(meta["extensions"])
-
-
-@pytest.mark.parametrize("model", SAMPLES)
-@pytest.mark.parametrize("version", [pytest.param("", id="latest"), pytest.param("1", id="v1")])
-def test_model_metadata_and_config_describe_the_model(client: Client, model: str,
-                                                      version: str) -> None:
-    assert client.is_model_ready(model, version)
-    meta = client.get_model_metadata(model, version)
-    assert meta["name"] == model and meta["versions"] == ["1"] and meta["platform"] == "onnxruntime_onnx"
-    config = client.get_model_config(model, version)
-    assert config["name"] == model
-    assert [i["name"] for i in meta["inputs"]] == [i["name"] for i in config["input"]]
-
-
 def test_config_uses_triton_field_names_and_numbers(client: Client) -> None:
     config = client.get_model_config("tabular")
     assert config["max_batch_size"] == 64
@@ -133,60 +113,6 @@ def test_unknown_model_is_not_ready_and_its_metadata_is_not_found(client: Client
 
 
 # -- inference -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("binary_out", [pytest.param(True, id="out-binary"),
-                                        pytest.param(False, id="out-json")])
-@pytest.mark.parametrize("binary_in", [pytest.param(True, id="in-binary"), pytest.param(False, id="in-json")])
-@pytest.mark.parametrize("model", SAMPLES)
-def test_sync_infer_matches_in_process_onnxruntime(client: Client, running_server: Any, model: str,
-                                                   binary_in: bool, binary_out: bool) -> None:
-    feeds = sample_inputs(model)
-    expected = run_reference(running_server.repository, model, feeds)
-    outputs = [httpclient.InferRequestedOutput(name, binary_data=binary_out) for name in expected]
-    result = client.infer(model, _inputs(feeds, binary_in), outputs=outputs, request_id="r-1")
-    for name, value in expected.items():
-        got = result.as_numpy(name)
-        assert got.dtype == value.dtype
-        np.testing.assert_allclose(got, value, rtol=0, atol=1e-6)
-    assert result.get_response()["model_version"] == "1" and result.get_response()["id"] == "r-1"
-
-
-@pytest.mark.parametrize("model", SAMPLES)
-async def test_aio_infer_matches_in_process_onnxruntime(running_server: Any, model: str) -> None:
-    feeds = sample_inputs(model, seed=5)
-    async with httpaio.InferenceServerClient(running_server.http_url) as c:
-        assert await c.is_server_ready()
-        result = await c.infer(model, _inputs(feeds, module=httpaio))
-    for name, value in run_reference(running_server.repository, model, feeds).items():
-        np.testing.assert_allclose(result.as_numpy(name), value, rtol=0, atol=1e-6)
-
-
-@pytest.mark.parametrize("binary", BINARY)
-@pytest.mark.parametrize("datatype", DATATYPES)
-def test_every_datatype_round_trips(client: Client, datatype: str,
-                                    binary: bool) -> None:
-    rng = np.random.default_rng(1)
-    if datatype == "BYTES":
-        data = np.array([[f"row{r}-{c}".encode() for c in range(4)] for r in range(2)], dtype=np.object_)
-    elif datatype == "BOOL":
-        data = rng.integers(0, 2, (2, 4)).astype(bool)
-    else:
-        data = (rng.random((2, 4)) * 100).astype(triton_to_np_dtype(datatype))
-    item = httpclient.InferInput("INPUT0", [2, 4], datatype)
-    item.set_data_from_numpy(data, binary_data=binary)
-    outputs = [httpclient.InferRequestedOutput("OUTPUT0", binary_data=binary)]
-    got = client.infer(f"identity_{datatype.lower()}", [item], outputs=outputs).as_numpy("OUTPUT0")
-    if datatype == "BYTES" and not binary:
-        data = data.astype(str).astype(np.object_)  # JSON carries BYTES as strings
-    np.testing.assert_array_equal(got, data)
-
-
-def test_requested_output_subset(client: Client) -> None:
-    outputs = [httpclient.InferRequestedOutput("product")]
-    result = client.infer("two_input", _inputs(sample_inputs("two_input")), outputs=outputs)
-    assert [o["name"] for o in result.get_response()["outputs"]] == ["product"]
-    assert result.as_numpy("sum") is None
-
-
 def test_gzip_request_body_is_accepted(client: Client, running_server: Any) -> None:
     feeds = sample_inputs("tabular", seed=3)
     result = client.infer("tabular", _inputs(feeds), request_compression_algorithm="gzip")
@@ -319,12 +245,6 @@ def test_bad_inputs_get_precise_errors_and_the_server_keeps_serving(
         client: Client, model: str, feeds: Feeds, status: str, text: str,
         binary: bool) -> None:
     assert _failure(lambda: client.infer(model, _inputs(feeds, binary))) == (status, text)
-    _assert_serving(client)
-
-
-def test_unknown_version_is_not_found(client: Client) -> None:
-    call = lambda: client.infer("tabular", _inputs(sample_inputs("tabular")), model_version="7")  # noqa: E731
-    assert _failure(call) == ("404", "unknown version '7' of model 'tabular'")
     _assert_serving(client)
 
 
