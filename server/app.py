@@ -21,6 +21,7 @@ from .grpc_api.rollout_service import RolloutService
 from .grpc_api.service import SERVICE_NAME, InferenceService
 from .http_api import build_http_app
 from .metrics import Metrics
+from .observability import ObservabilitySidePaths
 from .repository.manager import ModelManager
 from .repository.watcher import RepositoryWatcher
 from .routing import FileStateStore, RedisStateStore, RolloutController, StateStore
@@ -66,12 +67,17 @@ class App:
                 tap_config=TapConfig(window_s=settings.drift_window_s, window_rows=settings.drift_window_rows,
                                      queue_size=settings.drift_queue_size,
                                      cpu_budget=settings.drift_cpu_budget,
-                                     models=frozenset(settings.drift_models) or None),
+                                     models=frozenset(settings.drift_models) or None,
+                                     outputs=settings.drift_outputs),
                 stream_maxlen=settings.drift_stream_maxlen, buffer_windows=settings.drift_buffer_windows,
                 names=lambda model: spec_feature_names(self.manager.get(model).spec))
             self.dataplane.add_observer(self.drift.tap)
             if self.drift.monitor is not None:
                 self.dataplane.set_drift_reports(self.drift.monitor.latest_reports)
+        self.observability = ObservabilitySidePaths.create(settings, self.metrics.registry, self.manager,
+                                                           self.dataplane)
+        if self.drift is not None and settings.drift_outputs:
+            self.dataplane.set_output_comparison(self.drift.compare_rollout_outputs)
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._http: uvicorn.Server | None = None
@@ -93,6 +99,7 @@ class App:
         await self.rollouts.start()
         if self.drift is not None:
             await self.drift.start()
+        self.observability.start()
         await self._start_grpc()
         await self._start_http()
         ready = [e for e in self.dataplane.repository_index() if e.state == "READY"]
@@ -146,5 +153,6 @@ class App:
         await self.rollouts.stop()
         if self.drift is not None:
             await self.drift.stop()
+        await self.observability.stop()
         await self.manager.stop()
         logger.info("tessera stopped")

@@ -90,6 +90,52 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--drift-stream-maxlen", type=int, default=int(_env("drift-stream-maxlen", "1000") or 1000))
     p.add_argument("--drift-buffer-windows", type=int, default=int(_env("drift-buffer-windows", "256") or 256))
     p.add_argument("--log-level", default=_env("log-level", "INFO"))
+    _add_observability(p)
+
+
+def _add_observability(p: argparse.ArgumentParser) -> None:
+    """Flags of traces, request logs, payload logs and prediction drift (issue 17)."""
+    sampler = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+    ratio = {"always_on": "1", "parentbased_always_on": "1", "always_off": "0", "parentbased_always_off": "0"
+             }.get(sampler, os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1"))
+    p.add_argument("--tracing", choices=("auto", "on", "off"), default=_env("tracing", "auto"),
+                   help="OpenTelemetry traces over OTLP; auto: on when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set")
+    p.add_argument("--trace-sample-ratio", type=float, default=float(_env("trace-sample-ratio", ratio) or 1),
+                   help="share of requests without a caller's trace that are traced (default from "
+                        "OTEL_TRACES_SAMPLER/OTEL_TRACES_SAMPLER_ARG, else 1)")
+    p.add_argument("--request-log", default=_env("request-log", ""),
+                   help="JSON request lines to stdout, stderr or a file (default off)")
+    p.add_argument("--request-log-sample-ratio", type=float,
+                   default=float(_env("request-log-sample-ratio", "1") or 1),
+                   help="share of successful requests logged (errors always are)")
+    p.add_argument("--payload-log", choices=("", "redis", "parquet"), default=_env("payload-log", ""),
+                   help="sink of sampled payloads of models whose config opts in (payload_log_sample_ratio)")
+    p.add_argument("--payload-log-dir", default=_env("payload-log-dir", "payloads"))
+    p.add_argument("--payload-log-rotate-rows", type=int,
+                   default=int(_env("payload-log-rotate-rows", "100000") or 100000))
+    p.add_argument("--payload-log-stream-maxlen", type=int,
+                   default=int(_env("payload-log-stream-maxlen", "10000") or 10000))
+    p.add_argument("--drift-outputs", type=_bool, default=_bool(_env("drift-outputs", "true") or "true"),
+                   help="summarise model outputs too, for prediction drift (true/false)")
+
+
+def _observability_settings(args: argparse.Namespace) -> dict[str, Any]:
+    from .tracing import otel_configured
+
+    tracing = args.tracing == "on" or (args.tracing == "auto" and otel_configured(dict(os.environ)))
+    sampler = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    if args.payload_log == "redis" and not args.redis_url:
+        raise SystemExit("tessera serve: --payload-log redis needs --redis-url")
+    return {
+        "tracing_enabled": tracing, "trace_sample_ratio": args.trace_sample_ratio,
+        "trace_parent_based": not sampler.startswith(("always", "traceidratio")),
+        "otel_exporter_protocol": protocol, "request_log": args.request_log,
+        "request_log_sample_ratio": args.request_log_sample_ratio, "payload_log": args.payload_log,
+        "payload_log_dir": Path(args.payload_log_dir), "payload_log_rotate_rows": args.payload_log_rotate_rows,
+        "payload_log_stream_maxlen": args.payload_log_stream_maxlen, "drift_outputs": args.drift_outputs,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +169,7 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
         drift_stream_maxlen=args.drift_stream_maxlen,
         drift_buffer_windows=args.drift_buffer_windows,
         log_level=args.log_level.upper(),
+        **_observability_settings(args),
     )
 
 

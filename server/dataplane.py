@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import __version__
+from . import __version__, observation
 from ._generated import model_config_pb2 as mc
 from .errors import InvalidInput, ModelNotFound, Unsupported
 from .metrics import Metrics
@@ -59,6 +59,7 @@ class DataPlane:
         self._metrics = metrics
         self._observers: list[InferenceObserver] = []
         self._drift_reports: Callable[[], dict[str, Any]] | None = None
+        self._output_comparison: Callable[[str, int, int], dict[str, Any]] | None = None
         self._metadata = ServerMetadata("tessera", __version__, EXTENSIONS)
         self.accepting = True
 
@@ -72,6 +73,10 @@ class DataPlane:
     def set_drift_reports(self, source: Callable[[], dict[str, Any]]) -> None:
         """Where the embedded drift monitor's latest reports come from (no Redis configured)."""
         self._drift_reports = source
+
+    def set_output_comparison(self, source: Callable[[str, int, int], dict[str, Any]]) -> None:
+        """What compares a rollout's candidate outputs with the stable's: (model, stable, candidate) -> figure."""
+        self._output_comparison = source
 
     def drift_reports(self) -> dict[str, Any]:
         """Each model's latest drift report from the embedded monitor."""
@@ -107,16 +112,19 @@ class DataPlane:
         ExecutionFailed; every failure after model resolution is counted against the model.
         """
         start = time.perf_counter_ns()
+        observed = observation.requested(request) if observation.ACTIVE is not None else None
         if self._router is not None:
             route = self._router.route(request)
             model, rollout, arm = route.version, route.rollout, route.arm
         else:
             model, rollout, arm = self._manager.get(request.model_name, request.model_version or None), None, ""
         labels = model.labels
+        if observed is not None:
+            observed.routed(labels[1], arm)
         version_metrics = self._metrics.for_version(labels)
         try:
             feeds, rows = prepare_inputs(model.spec, request)
-            outputs, queue_ns = await model.batcher.submit(feeds, rows, request.timeout_us)
+            outputs, queue_ns = await model.batcher.submit(feeds, rows, request.timeout_us, observed)
             selected = select_outputs(model.spec, request, outputs)
         except Exception as exc:
             elapsed = time.perf_counter_ns() - start
@@ -132,6 +140,8 @@ class DataPlane:
             rollout.observe(arm, True, elapsed / 1e9, feeds, rows, outputs)
         for observer in self._observers:
             observer.observe(model.spec.name, labels[1], feeds, outputs)
+        if observed is not None:
+            observed.served(rows, queue_ns)
         return InferResponse(
             model_name=model.spec.name,
             model_version=labels[1],
@@ -181,7 +191,11 @@ class DataPlane:
         return await self._controller().start_rollout(check_model_name(name), spec, actor)
 
     def rollout_status(self, name: str) -> RolloutState | None:
-        return self._controller().status(check_model_name(name))
+        state = self._controller().status(check_model_name(name))
+        if state is not None and state.active and self._output_comparison is not None:
+            state.last_analysis["output_distribution"] = self._output_comparison(
+                state.model, state.stable_version, state.candidate_version)
+        return state
 
     async def promote_rollout(self, name: str, actor: str = "api", reason: str = "") -> RolloutState:
         self._check_admin()

@@ -18,8 +18,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from .. import observation as _observation
 from ..errors import DeadlineExceeded, ModelNotReady, Overloaded
 from ..metrics import Labels, Metrics
+from ..observation import RequestObservation
 from ..repository.spec import ModelSpec
 from ..statistics import ModelStatistics
 from ..tensors import Tensor
@@ -41,6 +43,7 @@ class _Pending:
     future: asyncio.Future[tuple[dict[str, Tensor], int]]
     enqueued_ns: int
     timer: asyncio.TimerHandle | None = field(default=None)
+    observation: RequestObservation | None = field(default=None)
 
     @property
     def live(self) -> bool:
@@ -82,8 +85,8 @@ class DynamicBatcher:
     def start(self) -> None:
         self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self._labels}")
 
-    async def submit(self, feeds: dict[str, Tensor], rows: int, timeout_us: int = 0
-                     ) -> tuple[dict[str, Tensor], int]:
+    async def submit(self, feeds: dict[str, Tensor], rows: int, timeout_us: int = 0,
+                     observation: RequestObservation | None = None) -> tuple[dict[str, Tensor], int]:
         """Queue a validated request; return its outputs and the nanoseconds it waited in the queue.
 
         Raises Overloaded (queue full), ModelNotReady (version draining), DeadlineExceeded,
@@ -96,7 +99,7 @@ class DynamicBatcher:
                              f"({self._queue_limit} requests); retry later")
         loop = asyncio.get_running_loop()
         pending = _Pending(feeds, rows, batch_key(feeds) if self._merge else (), loop.create_future(),
-                           time.perf_counter_ns())
+                           time.perf_counter_ns(), observation=observation)
         timeout = self._effective_timeout_us(timeout_us)
         if timeout:
             pending.timer = loop.call_later(timeout / 1e6, self._expire, pending, timeout)
@@ -239,6 +242,8 @@ class DynamicBatcher:
             t3 = time.perf_counter_ns()
             self._stats.record_execution(sum(rows), len(batch), t1 - t0, t2 - t1, t3 - t2)
             self._metrics.record_batch(sum(rows), t2 - t1)
+            if _observation.ACTIVE is not None:
+                _observation.batch_executed(batch, sum(rows), dispatched, t1, t2, t3, *self._labels)
             for p, piece in zip(batch, pieces, strict=True):
                 queue_ns = dispatched - p.enqueued_ns
                 self._metrics.record_queue(queue_ns)

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from .. import observation
 from ..errors import TesseraError, status_for
 
 __all__ = ["abort_status", "guarded"]
@@ -35,6 +36,8 @@ def guarded(handler: Callable[[Req, grpc.aio.ServicerContext], Awaitable[Resp]]
             return await handler(request, context)
         except Exception as exc:
             code, message = abort_status(exc)
+            if observation.ACTIVE is not None and (trace := observation.fail(exc)):
+                context.set_trailing_metadata(tuple(trace.items()))
         await context.abort(code, message)
 
     return wrapper

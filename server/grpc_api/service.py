@@ -13,6 +13,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
+from .. import observation
 from .._generated import grpc_service_pb2 as pb
 from ..dataplane import DataPlane
 from ..protocol.grpc_codec import decode_infer_request, encode_infer_response, encode_statistics
@@ -67,20 +68,31 @@ class InferenceService:
         return pb.ModelConfigResponse(config=self._dp.model_config(request.name, request.version))
 
     async def model_infer(self, request: pb.ModelInferRequest, context: Ctx) -> pb.ModelInferResponse:
+        observed = observation.begin_grpc(context.invocation_metadata()) if observation.ACTIVE is not None else None
         response = await self._dp.infer(decode_infer_request(request, _routing_key(context)))
-        return encode_infer_response(response)
+        encoded = encode_infer_response(response)
+        if observed is not None:
+            context.set_trailing_metadata(tuple(observed.finish().items()))
+        return encoded
 
     async def model_stream_infer(self, requests: AsyncIterator[pb.ModelInferRequest], context: Ctx
                                  ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests on one stream run concurrently; an error answers that request and the stream goes on."""
         results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         key = _routing_key(context)
+        metadata = context.invocation_metadata() if observation.ACTIVE is not None else None
 
         async def one(request: pb.ModelInferRequest) -> None:
+            observed = observation.begin_grpc(metadata) if observation.ACTIVE is not None else None
             try:
                 response = await self._dp.infer(decode_infer_request(request, key))
-                await results.put(pb.ModelStreamInferResponse(infer_response=encode_infer_response(response)))
+                encoded = encode_infer_response(response)
+                if observed is not None:
+                    observed.finish()
+                await results.put(pb.ModelStreamInferResponse(infer_response=encoded))
             except Exception as exc:
+                if observed is not None:
+                    observed.failed(exc)
                 _, message = abort_status(exc)
                 await results.put(pb.ModelStreamInferResponse(
                     error_message=message, infer_response=pb.ModelInferResponse(id=request.id)))

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .. import observation
 from ..dataplane import DataPlane
 from ..metrics import CONTENT_TYPE_LATEST, Metrics
 from ..protocol.http_codec import HEADER_LENGTH, decode_infer_request, encode_infer_response
@@ -72,12 +73,15 @@ class HttpRoutes:
         return _json(documents.encode_model_config(self._dp.model_config(*_model(request))))
 
     async def infer(self, request: Request) -> Response:
+        observed = observation.begin_http(request.headers) if observation.ACTIVE is not None else None
         body = await read_body(request, self._max_body_bytes)
         name, version = _model(request)
         infer_request = decode_infer_request(body, request.headers.get(HEADER_LENGTH), name, version,
                                              request.headers.get(ROUTING_KEY_HEADER))
         encoded = encode_infer_response(await self._dp.infer(infer_request), infer_request)
         headers = {} if encoded.header_length is None else {HEADER_LENGTH: str(encoded.header_length)}
+        if observed is not None:
+            headers.update(observed.finish())
         return Response(encoded.body, headers=headers, media_type=encoded.media_type)
 
     async def statistics(self, request: Request) -> Response:
