@@ -166,7 +166,7 @@ def test_a_rollouts_status_shows_candidate_against_stable_outputs(
     deadline = time.monotonic() + 20
     while True:  # the side path folds off the request path, a little later
         figure = _rollout_status(server)["last_analysis"]["output_distribution"]
-        if figure["stable_rows"] > 500 and figure["candidate_rows"] > 500 or time.monotonic() > deadline:
+        if (figure["stable_rows"] > 500 and figure["candidate_rows"] > 500) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
     assert figure["stable_rows"] > 500 and figure["candidate_rows"] > 500, figure

@@ -227,7 +227,7 @@ def test_an_unsampled_caller_gets_its_trace_id_back_and_no_spans(traced_server: 
     _, headers = _http_infer(traced_server.http_url, {"traceparent": f"00-{trace_id}-{span_id}-00"})
     returned = parse_traceparent(headers["traceparent"])
     assert returned is not None and f"{returned.trace_id:032x}" == trace_id and not returned.sampled
-    sampled_id, sampled_span, traceparent = _caller()
+    sampled_id, _, traceparent = _caller()
     _http_infer(traced_server.http_url, {"traceparent": traceparent})
     otlp_receiver.wait_for(lambda found: any(s.trace_id == sampled_id for s in found))
     assert not otlp_receiver.of_trace(trace_id)
