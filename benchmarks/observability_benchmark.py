@@ -1,0 +1,196 @@
+"""What traces and request logs cost the request path (issue 17), measured side by side in one run.
+
+    python benchmarks/observability_benchmark.py [--rounds 5] [--duration 5] [--out .bench/observability]
+
+Servers, all started together, each pinned to CPU 0 (`taskset -c 0`), drift statistics off so that only
+what is measured differs; the load generator (loadtests' closed loop) runs on CPU 1, as does this script's
+OTLP/HTTP receiver, which takes the exported spans and discards them:
+
+- `before`: the code before issue 17 (`git archive <rev>`, default the parent of the first observability
+  commit): what "tracing off costs nothing measurable" is judged against;
+- `off`: this code with nothing configured (no OTEL_* variables, no request log);
+- `off2`: a second `off`, the A/A control: how much two identical servers differ in this run;
+- `trace_0.01`: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT set, OTEL_TRACES_SAMPLER_ARG=0.01;
+- `trace_1`: the same, every request traced (request, queue, batch, model run, encode spans);
+- `logs`: a JSON request line for every request, written to a file.
+
+Each round visits the servers in turn (the order reversed every other round) over gRPC and HTTP; the
+figures are medians over rounds of within-round throughput ratios to `off` (and of `off` to `before`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from loadtests.encoding import encode_payloads  # noqa: E402
+from loadtests.inputs import fetch_model_info, random_samples  # noqa: E402
+from loadtests.runner import run_step  # noqa: E402
+from loadtests.server_process import ServerProcess, free_port, http_ready  # noqa: E402
+from loadtests.spec import LoadSpec, Target  # noqa: E402
+
+SERVERS = ("before", "off", "off2", "trace_0.01", "trace_1", "logs")
+PROTOCOLS = ("grpc", "http")
+
+
+class _Sink(BaseHTTPRequestHandler):
+    """An OTLP/HTTP endpoint that accepts every export (and counts the bytes)."""
+
+    received = 0
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        _Sink.received += len(body)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _before_tree(rev: str, workdir: Path) -> Path:
+    tree = workdir / "before"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "server", "loadtests"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def _serve(name: str, repo: Path, workdir: Path, cwd: Path, env: dict[str, str], extra: list[str]
+           ) -> tuple[ServerProcess, int, int]:
+    http, grpc = free_port(), free_port()
+    argv = [sys.executable, "-m", "server", "serve", "--model-repository", str(repo), "--host", "127.0.0.1",
+            "--http-port", str(http), "--grpc-port", str(grpc), "--state-dir", str(workdir / name),
+            "--drift", "false", *extra]
+    clean = {k: "" for k in os.environ if k.startswith("OTEL_")}
+    server = ServerProcess(argv, ready=http_ready(f"http://127.0.0.1:{http}/v2/health/ready"),
+                           log=workdir / f"{name}.log", cpus="0", cwd=cwd,
+                           env={**clean, "PYTHONPATH": str(cwd), **env})
+    return server, http, grpc
+
+
+def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev: str) -> dict[str, Any]:
+    os.sched_setaffinity(0, {1})  # this process (the OTLP sink) and the load generator: CPU 1
+    workdir = Path(tempfile.mkdtemp(prefix="tessera-observability-"))
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{sink.server_address[1]}/v1/traces"
+    loads: list[float] = []
+    results: dict[str, dict[str, list[float]]] = {p: {s: [] for s in SERVERS} for p in PROTOCOLS}
+    started = time.time()
+    try:
+        sys.path.insert(0, str(ROOT / "model_repository"))
+        import make_models
+
+        repo = workdir / "repo"
+        make_models.make_tabular(repo)
+        before = _before_tree(before_rev, workdir)
+        trace = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}
+        setups: dict[str, tuple[Path, dict[str, str], list[str]]] = {
+            "before": (before, {}, []), "off": (ROOT, {}, []), "off2": (ROOT, {}, []),
+            "trace_0.01": (ROOT, {**trace, "OTEL_TRACES_SAMPLER_ARG": "0.01"}, []),
+            "trace_1": (ROOT, {**trace, "OTEL_TRACES_SAMPLER_ARG": "1"}, []),
+            "logs": (ROOT, {}, ["--request-log", str(workdir / "requests.jsonl")]),
+        }
+        with ExitStack() as stack:
+            ports: dict[str, tuple[int, int]] = {}
+            for name in SERVERS:
+                cwd, env, extra = setups[name]
+                server, http, grpc = _serve(name, repo, workdir, cwd, env, extra)
+                stack.enter_context(server)
+                ports[name] = (http, grpc)
+            spec = LoadSpec(mode="closed", concurrency=concurrency, duration_s=duration_s, warmup_s=1.0, cpus=(1,))
+            for round_index in range(rounds):
+                order = SERVERS if round_index % 2 == 0 else tuple(reversed(SERVERS))
+                for protocol in PROTOCOLS:
+                    targets = {n: Target(port=(h if protocol == "http" else g), protocol=protocol, model="tabular")
+                               for n, (h, g) in ports.items()}
+                    samples = random_samples(fetch_model_info(targets["off"]), count=256, seed=1)
+                    for name in order:
+                        payloads = encode_payloads(targets[name], samples)
+                        loads.append(os.getloadavg()[0])
+                        step = run_step(targets[name], spec, payloads)
+                        if step.error_count:
+                            raise RuntimeError(f"{name} over {protocol}: {step.error_count} errors")
+                        results[protocol][name].append(step.throughput_rps)
+                        print(f"round {round_index + 1} {protocol:4} {name:10} {step.throughput_rps:8.0f} infer/s "
+                              f"(load {loads[-1]:.2f})", flush=True)
+        log_lines = sum(1 for _ in (workdir / "requests.jsonl").open()) if (workdir / "requests.jsonl").exists() \
+            else 0
+    finally:
+        sink.shutdown()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    def ratio(protocol: str, name: str, reference: str) -> float:
+        pairs = zip(results[protocol][name], results[protocol][reference], strict=True)
+        return statistics.median(mine / base for mine, base in pairs)
+
+    report = {
+        "started_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)), "wall_s": time.time() - started,
+        "rounds": rounds, "duration_s": duration_s, "concurrency": concurrency, "before_rev": before_rev,
+        "load_1min": {"min": min(loads), "median": statistics.median(loads), "max": max(loads)},
+        "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+        "otlp_bytes_received": _Sink.received, "request_log_lines": log_lines,
+        "throughput_median": {p: {n: statistics.median(v) for n, v in by.items()} for p, by in results.items()},
+        "ratio_to_off": {p: {n: ratio(p, n, "off") for n in SERVERS if n != "off"} for p in PROTOCOLS},
+        "off_to_before": {p: ratio(p, "off", "before") for p in PROTOCOLS},
+        "raw": results,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    (out / "observability.md").write_text(markdown(report))
+    return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    rows = ["| server | gRPC infer/s | gRPC ratio to `off` | HTTP infer/s | HTTP ratio to `off` |",
+            "|---|---:|---:|---:|---:|"]
+    for name in SERVERS:
+        cells = []
+        for protocol in PROTOCOLS:
+            cells.append(f"{report['throughput_median'][protocol][name]:,.0f}")
+            cells.append("1" if name == "off" else f"{report['ratio_to_off'][protocol][name]:.3f}")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    load = report["load_1min"]
+    return "\n".join([
+        f"Run {report['started_utc']}, {report['wall_s']:.0f} s, {report['rounds']} rounds of "
+        f"{report['duration_s']:.0f} s per server and protocol, closed loop at concurrency {report['concurrency']}.",
+        f"1-minute load average over the steps: min {load['min']:.2f}, median {load['median']:.2f}, "
+        f"max {load['max']:.2f} (2 cores); `uptime` at the end: {report['uptime']}.",
+        f"`off` / `before`: gRPC {report['off_to_before']['grpc']:.3f}, HTTP {report['off_to_before']['http']:.3f}.",
+        "", *rows, ""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per step")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--before", default="aba894f", help="revision of the code before issue 17")
+    parser.add_argument("--out", type=Path, default=Path(".bench/observability"))
+    args = parser.parse_args(argv)
+    report = run(args.rounds, args.duration, args.concurrency, args.out, args.before)
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
