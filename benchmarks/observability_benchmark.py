@@ -15,7 +15,15 @@ OTLP/HTTP receiver, which takes the exported spans and discards them:
 - `logs`: a JSON request line for every request, written to a file.
 
 Each round visits the servers in turn (the order reversed every other round) over gRPC and HTTP; the
-figures are medians over rounds of within-round throughput ratios to `off` (and of `off` to `before`).
+figures are medians over rounds of within-round ratios to `off` (and of `off` to `before`): throughput,
+and the server process's CPU time per request (from /proc: all its threads, the span exporter's too),
+which the neighbours of a shared machine disturb far less than throughput.
+
+Then, in this process, the hooks alone: the CPU time per request of the observation calls a request
+makes (transport begin, dataplane, batch, finish) with each configuration, spans encoded by the real
+OTLP protobuf encoder on the BatchSpanProcessor's thread (no HTTP post), lines formatted and written
+to /dev/null by the request log's thread; divided by `off`'s CPU per request, that is the throughput
+share each configuration costs, free of the machine's noise.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ from loadtests.inputs import fetch_model_info, random_samples  # noqa: E402
 from loadtests.runner import run_step  # noqa: E402
 from loadtests.server_process import ServerProcess, free_port, http_ready  # noqa: E402
 from loadtests.spec import LoadSpec, Target  # noqa: E402
+from server import observation  # noqa: E402
+from server.observation import Observability  # noqa: E402
 
 SERVERS = ("before", "off", "off2", "trace_0.01", "trace_1", "logs")
 PROTOCOLS = ("grpc", "http")
@@ -87,6 +97,91 @@ def _serve(name: str, repo: Path, workdir: Path, cwd: Path, env: dict[str, str],
     return server, http, grpc
 
 
+def _cpu_seconds(server: ServerProcess) -> float:
+    """User + system CPU time of the server process (all its threads), from /proc."""
+    assert server.proc is not None
+    # ServerProcess runs `taskset -c 0 python ...`: taskset execs, so the pid is the server's.
+    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _Member:
+    def __init__(self, obs: Any) -> None:
+        self.observation, self.enqueued_ns = obs, time.perf_counter_ns()
+
+
+class _EncodingExporter:
+    """Encodes spans with the OTLP exporter's own protobuf encoder and drops them (no HTTP post)."""
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        encode_spans(spans).SerializeToString()
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+class _Request:
+    id, model_name = "", "tabular"
+
+
+def _one_request(headers: dict[str, str]) -> None:
+    """The observation calls one request makes, in order, as the transports, dataplane and batcher make them."""
+    active = observation.ACTIVE is not None
+    obs = observation.begin_http(headers) if active else None
+    observed = observation.requested(_Request()) if observation.ACTIVE is not None else None
+    if observed is not None:
+        observed.routed("1", "pinned")
+    if observation.ACTIVE is not None:
+        now = time.perf_counter_ns()
+        observation.batch_executed([_Member(observed)], 1, now, now, now + 1000, now + 2000, "tabular", "1")
+    if observed is not None:
+        observed.served(1, 1000)
+    if obs is not None:
+        obs.finish()
+
+
+def hook_cost_us(requests: int = 20_000) -> dict[str, float]:
+    """CPU microseconds per request of the observation hooks alone, per configuration (this process)."""
+    from server.request_log import RequestLog
+    from server.tracing import Tracing
+
+    costs: dict[str, float] = {}
+    configs: dict[str, Any] = {
+        "off": lambda: None,
+        "trace_0.01": lambda: Observability(tracing=Tracing.create(ratio=0.01, exporter=_EncodingExporter())),
+        "trace_1": lambda: Observability(tracing=Tracing.create(ratio=1.0, exporter=_EncodingExporter())),
+        "logs": lambda: Observability(request_log=RequestLog(os.devnull)),
+    }
+    headers = {"content-type": "application/octet-stream", "inference-header-content-length": "120"}
+    for name, build in configs.items():
+        active = build()
+        if active is not None:
+            if active.request_log is not None:
+                active.request_log.start()
+            observation.install(active)
+        for _ in range(2000):
+            _one_request(headers)
+        start = time.process_time()
+        for _ in range(requests):
+            _one_request(headers)
+        if active is not None and active.tracing is not None:
+            active.tracing.force_flush()
+        if active is not None and active.request_log is not None:
+            active.request_log.stop()
+        costs[name] = (time.process_time() - start) / requests * 1e6
+        observation.uninstall()
+        if active is not None and active.tracing is not None:
+            active.tracing.shutdown()
+    return costs
+
+
 def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev: str) -> dict[str, Any]:
     os.sched_setaffinity(0, {1})  # this process (the OTLP sink) and the load generator: CPU 1
     workdir = Path(tempfile.mkdtemp(prefix="tessera-observability-"))
@@ -95,6 +190,7 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev:
     endpoint = f"http://127.0.0.1:{sink.server_address[1]}/v1/traces"
     loads: list[float] = []
     results: dict[str, dict[str, list[float]]] = {p: {s: [] for s in SERVERS} for p in PROTOCOLS}
+    cpu: dict[str, dict[str, list[float]]] = {p: {s: [] for s in SERVERS} for p in PROTOCOLS}
     started = time.time()
     try:
         sys.path.insert(0, str(ROOT / "model_repository"))
@@ -112,11 +208,13 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev:
         }
         with ExitStack() as stack:
             ports: dict[str, tuple[int, int]] = {}
+            processes: dict[str, ServerProcess] = {}
             for name in SERVERS:
                 cwd, env, extra = setups[name]
                 server, http, grpc = _serve(name, repo, workdir, cwd, env, extra)
                 stack.enter_context(server)
                 ports[name] = (http, grpc)
+                processes[name] = server
             spec = LoadSpec(mode="closed", concurrency=concurrency, duration_s=duration_s, warmup_s=1.0, cpus=(1,))
             for round_index in range(rounds):
                 order = SERVERS if round_index % 2 == 0 else tuple(reversed(SERVERS))
@@ -127,21 +225,29 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev:
                     for name in order:
                         payloads = encode_payloads(targets[name], samples)
                         loads.append(os.getloadavg()[0])
+                        cpu_before = _cpu_seconds(processes[name])
                         step = run_step(targets[name], spec, payloads)
                         if step.error_count:
                             raise RuntimeError(f"{name} over {protocol}: {step.error_count} errors")
+                        served = step.throughput_rps * (spec.duration_s + spec.warmup_s)
+                        cpu_us = (_cpu_seconds(processes[name]) - cpu_before) / served * 1e6
                         results[protocol][name].append(step.throughput_rps)
+                        cpu[protocol][name].append(cpu_us)
                         print(f"round {round_index + 1} {protocol:4} {name:10} {step.throughput_rps:8.0f} infer/s "
-                              f"(load {loads[-1]:.2f})", flush=True)
+                              f"{cpu_us:7.0f} us CPU/request (load {loads[-1]:.2f})", flush=True)
         log_lines = sum(1 for _ in (workdir / "requests.jsonl").open()) if (workdir / "requests.jsonl").exists() \
             else 0
     finally:
         sink.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    def ratio(protocol: str, name: str, reference: str) -> float:
-        pairs = zip(results[protocol][name], results[protocol][reference], strict=True)
+    def ratio(protocol: str, name: str, reference: str, table: dict[str, dict[str, list[float]]] = results
+              ) -> float:
+        pairs = zip(table[protocol][name], table[protocol][reference], strict=True)
         return statistics.median(mine / base for mine, base in pairs)
+
+    hooks = hook_cost_us()
+    off_cpu = {p: statistics.median(cpu[p]["off"]) for p in PROTOCOLS}
 
     report = {
         "started_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)), "wall_s": time.time() - started,
@@ -152,7 +258,13 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev:
         "throughput_median": {p: {n: statistics.median(v) for n, v in by.items()} for p, by in results.items()},
         "ratio_to_off": {p: {n: ratio(p, n, "off") for n in SERVERS if n != "off"} for p in PROTOCOLS},
         "off_to_before": {p: ratio(p, "off", "before") for p in PROTOCOLS},
-        "raw": results,
+        "cpu_us_per_request_median": {p: {n: statistics.median(v) for n, v in by.items()} for p, by in cpu.items()},
+        "cpu_ratio_to_off": {p: {n: ratio(p, n, "off", cpu) for n in SERVERS if n != "off"} for p in PROTOCOLS},
+        "cpu_off_to_before": {p: ratio(p, "off", "before", cpu) for p in PROTOCOLS},
+        "hook_cpu_us": hooks,
+        "hook_share_of_off_cpu": {p: {n: (hooks[n] - hooks["off"]) / off_cpu[p] for n in hooks if n != "off"}
+                                  for p in PROTOCOLS},
+        "raw": results, "raw_cpu_us": cpu,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2))
@@ -161,21 +273,33 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    rows = ["| server | gRPC infer/s | gRPC ratio to `off` | HTTP infer/s | HTTP ratio to `off` |",
-            "|---|---:|---:|---:|---:|"]
+    rows = ["| server | gRPC infer/s | ratio | gRPC CPU us/req | ratio "
+            "| HTTP infer/s | ratio | HTTP CPU us/req | ratio |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name in SERVERS:
         cells = []
         for protocol in PROTOCOLS:
             cells.append(f"{report['throughput_median'][protocol][name]:,.0f}")
             cells.append("1" if name == "off" else f"{report['ratio_to_off'][protocol][name]:.3f}")
+            cells.append(f"{report['cpu_us_per_request_median'][protocol][name]:,.0f}")
+            cells.append("1" if name == "off" else f"{report['cpu_ratio_to_off'][protocol][name]:.3f}")
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    hooks = report["hook_cpu_us"]
+    rows += ["", "Hooks alone (this process, CPU us per request; share = (config - off) / `off` server's CPU per "
+             "request):", "", "| config | CPU us/request | share of a gRPC request | share of an HTTP request |",
+             "|---|---:|---:|---:|"]
+    for name, us in hooks.items():
+        shares = ["-" if name == "off" else f"{report['hook_share_of_off_cpu'][p][name]:.2%}" for p in PROTOCOLS]
+        rows.append(f"| {name} | {us:.2f} | " + " | ".join(shares) + " |")
     load = report["load_1min"]
     return "\n".join([
         f"Run {report['started_utc']}, {report['wall_s']:.0f} s, {report['rounds']} rounds of "
         f"{report['duration_s']:.0f} s per server and protocol, closed loop at concurrency {report['concurrency']}.",
         f"1-minute load average over the steps: min {load['min']:.2f}, median {load['median']:.2f}, "
         f"max {load['max']:.2f} (2 cores); `uptime` at the end: {report['uptime']}.",
-        f"`off` / `before`: gRPC {report['off_to_before']['grpc']:.3f}, HTTP {report['off_to_before']['http']:.3f}.",
+        f"`off` / `before`: throughput gRPC {report['off_to_before']['grpc']:.3f}, HTTP "
+        f"{report['off_to_before']['http']:.3f}; CPU per request gRPC {report['cpu_off_to_before']['grpc']:.3f}, "
+        f"HTTP {report['cpu_off_to_before']['http']:.3f}.",
         "", *rows, ""])
 
 
@@ -186,7 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--before", default="aba894f", help="revision of the code before issue 17")
     parser.add_argument("--out", type=Path, default=Path(".bench/observability"))
+    parser.add_argument("--hooks-only", action="store_true", help="only the in-process hook costs")
     args = parser.parse_args(argv)
+    if args.hooks_only:
+        print(json.dumps(hook_cost_us(), indent=2))
+        return 0
     report = run(args.rounds, args.duration, args.concurrency, args.out, args.before)
     print(markdown(report))
     return 0

@@ -231,3 +231,27 @@ def test_an_unsampled_caller_gets_its_trace_id_back_and_no_spans(traced_server: 
     _http_infer(traced_server.http_url, {"traceparent": traceparent})
     otlp_receiver.wait_for(lambda found: any(s.trace_id == sampled_id for s in found))
     assert not otlp_receiver.of_trace(trace_id)
+
+
+def test_a_shadow_copy_is_a_span_of_its_own_linked_to_the_request_it_copies(
+        otlp_receiver: Receiver, server_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", otlp_receiver.url)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    make_models.make_tabular(tmp_path, version=1, seed=7)
+    make_models.make_tabular(tmp_path, version=2, seed=7)
+    config = tmp_path / "tabular" / "config.pbtxt"
+    config.write_text(config.read_text() + "version_policy { all { } }\n")
+    server = server_factory(tmp_path, tracing_enabled=True, drift_enabled=False, state_dir=tmp_path / "state")
+    from server.routing.spec import RolloutSpec
+
+    server.call(server.app.rollouts.start_rollout("tabular", RolloutSpec.from_dict({
+        "candidate_version": 2, "shadow": {"percent": 100, "duration_seconds": 3600, "min_requests": 1}})))
+    trace_id, _, traceparent = _caller()
+    _http_infer(server.http_url, {"traceparent": traceparent})
+    spans = otlp_receiver.wait_for(lambda found: any(s.name == "shadow" and any(t == trace_id for t, _ in s.links)
+                                                     for s in found))
+    infer = next(s for s in spans if s.name == "infer" and s.trace_id == trace_id)
+    shadow = next(s for s in spans if s.name == "shadow" and (trace_id, infer.span_id) in s.links)
+    assert shadow.trace_id != trace_id  # a trace of its own
+    assert shadow.attributes["tessera.version"] == "2" and shadow.attributes["tessera.routing"] == "shadow"
+    assert infer.attributes["tessera.routing"] == "stable"
