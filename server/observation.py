@@ -90,40 +90,42 @@ def format_traceparent(trace_id: int, span_id: int, sampled: bool) -> str:
 
 
 class RequestObservation:
-    """What one inference request did, filled in as it goes; spans and log lines are made from it."""
+    """What one inference request did, filled in as it goes; spans and log lines are made from it.
 
-    __slots__ = ("batch_requests", "batch_rows", "caller", "compute_ns", "dispatched_ns", "done", "encode_ns",
-                 "enqueued_ns", "error", "model", "parent", "protocol", "queue_ns", "reason", "request_id",
-                 "routing", "rows", "served_ns", "span", "span_id", "start_ns", "start_wall_ns", "status",
-                 "trace_id", "traced", "version")
+    Fields start as class-level defaults, so a request only pays for what it sets."""
+
+    request_id = ""
+    caller: str | None = None
+    model = ""
+    version = ""
+    routing = ""
+    rows = 0
+    queue_ns = 0
+    compute_ns = 0
+    enqueued_ns = 0
+    dispatched_ns = 0
+    served_ns = 0
+    encode_ns = 0
+    batch_rows = 0
+    batch_requests = 0
+    status = 200
+    error = ""
+    reason = ""
+    done = False
+    span: Any = None
+    """The OpenTelemetry request span when this request is traced (sampled)."""
+    traced = False
+    trace_id = 0
+    """The trace id: the caller's, or the sampled trace's; 0 when there is none."""
+    span_id = 0
 
     def __init__(self, protocol: str, parent: TraceParent | None) -> None:
         self.protocol = protocol
         self.parent = parent
         self.start_ns = time.perf_counter_ns()
         self.start_wall_ns = time.time_ns()
-        self.request_id = ""
-        self.caller: str | None = None
-        self.model = ""
-        self.version = ""
-        self.routing = ""
-        self.rows = 0
-        self.queue_ns = 0
-        self.compute_ns = 0
-        self.enqueued_ns = 0
-        self.dispatched_ns = 0
-        self.served_ns = 0
-        self.encode_ns = 0
-        self.batch_rows = 0
-        self.batch_requests = 0
-        self.status = 200
-        self.error = ""
-        self.reason = ""
-        self.done = False
-        self.span: Any = None  # the OpenTelemetry request span when this request is traced
-        self.traced = False
-        self.trace_id = parent.trace_id if parent is not None else 0
-        self.span_id = 0
+        if parent is not None:
+            self.trace_id = parent.trace_id
 
     # -- filled in by the dataplane and the batcher --------------------------------------------
     def routed(self, version: str, routing: str) -> None:
@@ -140,7 +142,8 @@ class RequestObservation:
 
     # -- ends ------------------------------------------------------------------------------------
     def finish(self) -> dict[str, str]:
-        """The response is encoded: end the spans, log. Returns the response's trace headers."""
+        """The response is encoded: end the spans, log. Returns the response's trace headers
+        (a `traceparent` naming the request span when the request was traced, else none)."""
         now = time.perf_counter_ns()
         if self.served_ns:
             self.encode_ns = now - self.served_ns
@@ -166,9 +169,10 @@ class RequestObservation:
             active.request_log.record(self, now_ns)
         if active.tracing is None:
             return {}
-        if self.span is not None:
-            active.tracing.end_request(self, now_ns)
-        return {TRACEPARENT: format_traceparent(self.trace_id, self.span_id, self.traced)}
+        if self.span is None:  # not sampled: no trace to point the caller to
+            return {}
+        active.tracing.end_request(self, now_ns)
+        return {TRACEPARENT: format_traceparent(self.trace_id, self.span_id, True)}
 
     @property
     def trace_id_hex(self) -> str:
@@ -186,7 +190,8 @@ def _begin(protocol: str, traceparent: str | None, tracestate: str | None) -> Re
 
 def begin_http(headers: Mapping[str, str]) -> RequestObservation:
     """Start observing an HTTP request (call only when ACTIVE is not None)."""
-    return _begin("http", headers.get(TRACEPARENT), headers.get(TRACESTATE))
+    traceparent = headers.get(TRACEPARENT)
+    return _begin("http", traceparent, headers.get(TRACESTATE) if traceparent else None)
 
 
 def begin_grpc(metadata: Iterable[tuple[str, Any]] | None) -> RequestObservation:

@@ -3,7 +3,7 @@
 Only `Tracing.create` imports OpenTelemetry (the `otel` extra), so a server without tracing never
 loads it. Sampling is decided here, before any span exists: a caller's sampled flag is followed
 (parent-based), a request without one is sampled by ratio; an unsampled request costs a random
-draw and gets a trace id for its response header, no span. Spans are exported by a
+draw: no span, no response header. Spans are exported by a
 BatchSpanProcessor (its own thread) through the standard OTLP exporter, which reads the standard
 OTEL_EXPORTER_OTLP_* variables (endpoint, headers, timeout, compression, certificates).
 """
@@ -93,8 +93,7 @@ class Tracing:
         """Decide sampling and, when sampled, start the request span (a child of the caller's span)."""
         parent = obs.parent
         trace_id = parent.trace_id if parent is not None else self._random.getrandbits(128) or 1
-        if not self._sampled(parent, trace_id):
-            obs.trace_id, obs.span_id = trace_id, self._random.getrandbits(64) or 1
+        if not self._sampled(parent, trace_id):  # no span, no id: the request costs this draw only
             return
         api = self._api
         context = None

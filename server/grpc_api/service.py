@@ -71,8 +71,8 @@ class InferenceService:
         observed = observation.begin_grpc(context.invocation_metadata()) if observation.ACTIVE is not None else None
         response = await self._dp.infer(decode_infer_request(request, _routing_key(context)))
         encoded = encode_infer_response(response)
-        if observed is not None:
-            context.set_trailing_metadata(tuple(observed.finish().items()))
+        if observed is not None and (trace := observed.finish()):
+            context.set_trailing_metadata(tuple(trace.items()))
         return encoded
 
     async def model_stream_infer(self, requests: AsyncIterator[pb.ModelInferRequest], context: Ctx
