@@ -1,6 +1,6 @@
 """What traces and request logs cost the request path (issue 17), measured side by side in one run.
 
-    python benchmarks/observability_benchmark.py [--rounds 5] [--duration 5] [--out .bench/observability]
+    python -m benchmarks.observability_benchmark [--rounds 5] [--duration 5] [--out .bench/observability]
 
 Servers, all started together, each pinned to CPU 0 (`taskset -c 0`), drift statistics off so that only
 what is measured differs; the load generator (loadtests' closed loop) runs on CPU 1, as does this script's
@@ -43,16 +43,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from loadtests.encoding import encode_payloads
+from loadtests.inputs import fetch_model_info, random_samples
+from loadtests.runner import run_step
+from loadtests.spec import LoadSpec, Target
+from server import observation
+from server.observation import Observability
 
-from loadtests.encoding import encode_payloads  # noqa: E402
-from loadtests.inputs import fetch_model_info, random_samples  # noqa: E402
-from loadtests.runner import run_step  # noqa: E402
-from loadtests.server_process import ServerProcess, free_port, http_ready  # noqa: E402
-from loadtests.spec import LoadSpec, Target  # noqa: E402
-from server import observation  # noqa: E402
-from server.observation import Observability  # noqa: E402
+from .server_process import ServerProcess, free_port, http_ready
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SERVERS = ("before", "off", "off2", "trace_0.01", "trace_1", "logs")
 PROTOCOLS = ("grpc", "http")
@@ -78,7 +78,7 @@ class _Sink(BaseHTTPRequestHandler):
 def _before_tree(rev: str, workdir: Path) -> Path:
     tree = workdir / "before"
     tree.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "server", "loadtests"], check=True,
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "server"], check=True,
                              capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     return tree
@@ -137,7 +137,7 @@ def _one_request(headers: dict[str, str]) -> None:
     obs = observation.begin_http(headers) if active else None
     observed = observation.requested(_Request()) if observation.ACTIVE is not None else None
     if observed is not None:
-        observed.routed("1", "pinned")
+        observed.routed("1", "pinned", "anonymous")
     if observation.ACTIVE is not None:
         now = time.perf_counter_ns()
         observation.batch_executed([_Member(observed)], 1, now, now, now + 1000, now + 2000, "tabular", "1")
@@ -193,8 +193,7 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev:
     cpu: dict[str, dict[str, list[float]]] = {p: {s: [] for s in SERVERS} for p in PROTOCOLS}
     started = time.time()
     try:
-        sys.path.insert(0, str(ROOT / "model_repository"))
-        import make_models
+        from .sample_models import make_models
 
         repo = workdir / "repo"
         make_models.make_tabular(repo)

@@ -9,23 +9,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import Any
 
 import grpc
 import uvicorn
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .audit import AuditLog
+from .auth import Authorizer
 from .dataplane import DataPlane
 from .drift import DriftSidePath, TapConfig, spec_feature_names
+from .grpc_api.credentials import server_credentials
 from .grpc_api.rollout_service import RolloutService
 from .grpc_api.service import SERVICE_NAME, InferenceService
 from .http_api import build_http_app
+from .http_api.security import TlsPeerProtocol
 from .metrics import Metrics
 from .observability import ObservabilitySidePaths
 from .repository.manager import ModelManager
 from .repository.watcher import RepositoryWatcher
 from .routing import FileStateStore, RedisStateStore, RolloutController, StateStore
 from .settings import ServerSettings
+from .tls import FileWatcher, ServerTlsContext, TlsFiles
 
 __all__ = ["App"]
 
@@ -48,7 +53,17 @@ class App:
     """A running Tessera server: model manager, DataPlane, gRPC and HTTP servers."""
 
     def __init__(self, settings: ServerSettings, metrics: Metrics | None = None) -> None:
+        """Raises ValueError for settings that must not start (see ServerSettings.exposure_problem) and
+        for malformed auth files, OSError for missing ones."""
+        problem = settings.exposure_problem()
+        if problem is not None:
+            raise ValueError(problem)
         self.settings = settings
+        self.tls = TlsFiles.from_settings(settings)
+        self.authorizer = Authorizer(settings.auth_tokens_file, settings.auth_cert_identities_file)
+        self.file_watcher = FileWatcher(settings.tls_reload_s)
+        if self.authorizer.enabled:
+            self.file_watcher.add(self.authorizer.refresh)
         self.metrics = metrics or Metrics()
         self.manager = ModelManager(settings.model_repository, settings, self.metrics)
         self._watcher: RepositoryWatcher | None = None
@@ -58,7 +73,8 @@ class App:
         self.rollouts = RolloutController(self.manager, self.metrics, store, self.audit,
                                           tick_s=settings.rollout_tick_s)
         self.dataplane = DataPlane(self.manager, self.metrics, admin_enabled=settings.allow_repository_admin,
-                                   rollouts=self.rollouts)
+                                   rollouts=self.rollouts, authorizer=self.authorizer, audit=self.audit,
+                                   metrics_auth=settings.metrics_auth)
         self.drift: DriftSidePath | None = None
         if settings.drift_enabled:
             self.drift = DriftSidePath.create(
@@ -102,7 +118,8 @@ class App:
         self.observability.start()
         await self._start_grpc()
         await self._start_http()
-        ready = [e for e in self.dataplane.repository_index() if e.state == "READY"]
+        self.file_watcher.start()
+        ready = [e for e in self.manager.index() if e.state == "READY"]
         logger.info("tessera listening: gRPC %s:%d, HTTP %s:%d; READY: %s", s.host, self.grpc_port, s.host,
                     self.http_port, ", ".join(f"{e.name}/{e.version}" for e in ready) or "none")
 
@@ -118,7 +135,10 @@ class App:
                                          RolloutService(self.dataplane).handler()))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = f"[{s.host}]:{s.grpc_port}" if ":" in s.host else f"{s.host}:{s.grpc_port}"
-        self.grpc_port = server.add_insecure_port(address)
+        if self.tls is None:
+            self.grpc_port = server.add_insecure_port(address)
+        else:
+            self.grpc_port = server.add_secure_port(address, server_credentials(self.tls, s.tls_reload_s))
         await server.start()
         self._grpc = server
         for service in ("", SERVICE_NAME):
@@ -126,9 +146,14 @@ class App:
 
     async def _start_http(self) -> None:
         s = self.settings
-        app = build_http_app(self.dataplane, self.metrics, s.http_max_body_bytes)
-        config = uvicorn.Config(app, http="httptools", lifespan="off", access_log=False, log_config=None,
-                                timeout_graceful_shutdown=max(1, round(s.drain_timeout_s)))
+        app = build_http_app(self.dataplane, self.metrics, s.http_max_body_bytes, s.cors_origins)
+        tls: dict[str, Any] = {}
+        if self.tls is not None:  # one SSLContext, reloaded in place when the files change
+            context = ServerTlsContext(self.tls)
+            self.file_watcher.add(context.refresh)
+            tls = {"http": TlsPeerProtocol, "ssl_context_factory": lambda _config, _default: context.context}
+        config = uvicorn.Config(app, **{"http": "httptools", **tls}, lifespan="off", access_log=False,
+                                log_config=None, timeout_graceful_shutdown=max(1, round(s.drain_timeout_s)))
         self._http = uvicorn.Server(config)
         sock = _bind(s.host, s.http_port, reuse_port=s.workers > 1)
         self.http_port = sock.getsockname()[1]
@@ -150,9 +175,11 @@ class App:
             await self._grpc.stop(self.settings.drain_timeout_s)
         if self._watcher is not None:
             await self._watcher.stop()
+        await self.file_watcher.stop()
         await self.rollouts.stop()
         if self.drift is not None:
             await self.drift.stop()
         await self.observability.stop()
         await self.manager.stop()
+        await self.audit.flush()
         logger.info("tessera stopped")

@@ -18,8 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .auth import Authorizer, hash_token
 from .drift import cli as drift_cli
 from .settings import ServerSettings
+from .tls import TlsFiles
 
 __all__ = ["build_parser", "main", "serve_settings"]
 
@@ -48,7 +50,8 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("serve", help="serve a model repository over gRPC and HTTP")
     p.add_argument("--model-repository", default=_env("model-repository"),
                    help="path or fsspec URL of the model repository (TESSERA_MODEL_REPOSITORY)")
-    p.add_argument("--host", default=_env("host", "0.0.0.0"))
+    p.add_argument("--host", default=_env("host", "127.0.0.1"),
+                   help="address to bind (default loopback; 0.0.0.0 for every interface, as in a container)")
     p.add_argument("--http-port", type=int, default=int(_env("http-port", "8000") or 8000))
     p.add_argument("--grpc-port", type=int, default=int(_env("grpc-port", "8001") or 8001))
     p.add_argument("--workers", type=int, default=int(_env("workers", "1") or 1),
@@ -66,8 +69,8 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    default=_json_object(_env("repository-storage-options", "{}") or "{}"),
                    help='fsspec options for a remote repository, as JSON: \'{"endpoint_url": "http://..."}\'')
     p.add_argument("--allow-repository-admin", type=_bool,
-                   default=_bool(_env("allow-repository-admin", "true") or "true"),
-                   help="serve repository load/unload (true/false)")
+                   default=_bool(_env("allow-repository-admin", "false") or "false"),
+                   help="serve repository load/unload and rollout control (true/false; default false)")
     p.add_argument("--grpc-max-message-bytes", type=int,
                    default=int(_env("grpc-max-message-bytes", str(64 << 20)) or 0))
     p.add_argument("--http-max-body-bytes", type=int,
@@ -90,8 +93,54 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--drift-stream-maxlen", type=int, default=int(_env("drift-stream-maxlen", "1000") or 1000))
     p.add_argument("--drift-buffer-windows", type=int, default=int(_env("drift-buffer-windows", "256") or 256))
     p.add_argument("--log-level", default=_env("log-level", "INFO"))
+    _add_security_flags(p)
     _add_observability(p)
 
+
+def _path(text: str | None) -> Path | None:
+    return Path(text) if text else None
+
+
+def _add_tls_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls-cert", default=_env("tls-cert"), help="PEM certificate chain; TLS on with --tls-key")
+    p.add_argument("--tls-key", default=_env("tls-key"), help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", default=_env("tls-client-ca"),
+                   help="PEM CA bundle; when given, clients must present a certificate it signed (mTLS)")
+    p.add_argument("--tls-reload-s", type=float, default=float(_env("tls-reload-s", "5") or 5),
+                   help="seconds between checks of the TLS (and auth) files for changes")
+
+
+def _add_security_flags(p: argparse.ArgumentParser) -> None:
+    _add_tls_flags(p)
+    p.add_argument("--auth-tokens-file", default=_env("auth-tokens-file"),
+                   help="bearer tokens, one 'name:scopes:sha256hex[:expires=unix_seconds]' per line")
+    p.add_argument("--auth-cert-identities", default=_env("auth-cert-identities"),
+                   help="client certificate identities (CN or SAN), one 'identity:scopes' per line (mTLS)")
+    p.add_argument("--metrics-auth", type=_bool, default=_bool(_env("metrics-auth", "false") or "false"),
+                   help="require the read scope for /metrics (true/false; default false)")
+    p.add_argument("--cors-origins", default=_env("cors-origins", ""),
+                   help="comma-separated origins allowed cross-origin browser access (default: none, CORS off)")
+
+
+def _security_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "tls_cert": _path(args.tls_cert), "tls_key": _path(args.tls_key),
+        "tls_client_ca": _path(args.tls_client_ca), "tls_reload_s": args.tls_reload_s,
+        "auth_tokens_file": _path(args.auth_tokens_file),
+        "auth_cert_identities_file": _path(args.auth_cert_identities), "metrics_auth": args.metrics_auth,
+        "cors_origins": tuple(o.strip() for o in args.cors_origins.split(",") if o.strip()),
+    }
+
+
+def _add_hash_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sub.add_parser("hash-token", help="read a token on stdin, print the SHA-256 the tokens file stores")
+
+
+def _add_loadtest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # Listed for --help only: main() hands `tessera loadtest ...` to the harness's own parser first.
+    sub.add_parser("loadtest", add_help=False,
+                   help="the load harness (`tessera loadtest run|sweep|plan ...`, its own flags: "
+                        "`tessera loadtest --help`); needs the loadtest extra: pip install 'tessera[loadtest]'")
 
 def _add_observability(p: argparse.ArgumentParser) -> None:
     """Flags of traces, request logs, payload logs and prediction drift (issue 17)."""
@@ -142,8 +191,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tessera", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
+    _add_hash_token(sub)
     drift_cli.add_subcommands(sub)
+    _add_loadtest(sub)
     return parser
+
+
+# What the loadtest extra installs on top of Tessera's own dependencies (import names).
+_LOADTEST_EXTRA = ("hdrh", "hpack", "matplotlib")
+
+
+def _loadtest(argv: Sequence[str]) -> int:
+    """`tessera loadtest ...`: the harness's own CLI; without the loadtest extra, say which one to install."""
+    try:
+        from loadtests.cli import main as loadtest_main
+    except ImportError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in _LOADTEST_EXTRA:
+            raise
+        raise SystemExit(f"tessera loadtest: the load harness needs the loadtest extra ({missing} is not "
+                         "installed): pip install 'tessera[loadtest]'") from None
+    return loadtest_main(argv)
 
 
 def serve_settings(args: argparse.Namespace) -> ServerSettings:
@@ -152,7 +220,7 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
     loads = tuple(args.load_model or [m for m in (_env("load-model") or "").split(",") if m])
     if args.model_control_mode == "poll" and args.repository_poll_secs <= 0:
         raise SystemExit("tessera serve: --model-control-mode poll needs --repository-poll-secs > 0")
-    return ServerSettings(
+    settings = ServerSettings(
         model_repository=args.model_repository, host=args.host, http_port=args.http_port,
         grpc_port=args.grpc_port, workers=args.workers, model_control_mode=args.model_control_mode,
         load_models=loads, repository_poll_secs=args.repository_poll_secs,
@@ -169,8 +237,20 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
         drift_stream_maxlen=args.drift_stream_maxlen,
         drift_buffer_windows=args.drift_buffer_windows,
         log_level=args.log_level.upper(),
+        **_security_settings(args),
         **_observability_settings(args),
     )
+    problem = settings.exposure_problem()
+    if problem is not None:
+        raise SystemExit(f"tessera serve: {problem}")
+    try:  # unreadable or malformed TLS and auth files stop the start with a message, not a traceback
+        files = TlsFiles.from_settings(settings)
+        if files is not None:
+            files.read()
+        Authorizer(settings.auth_tokens_file, settings.auth_cert_identities_file)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise SystemExit(f"tessera serve: {exc}") from None
+    return settings
 
 
 async def _serve(settings: ServerSettings) -> None:
@@ -226,10 +306,11 @@ def _run_workers(settings: ServerSettings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["loadtest"]:  # the harness has its own parser: `tessera loadtest run|sweep|plan ...`
-        from loadtests.cli import main as loadtest_main
-
-        return loadtest_main(argv[1:])
+        return _loadtest(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "hash-token":
+        print(hash_token(sys.stdin.readline().strip()))
+        return 0
     if args.command == "serve":
         settings = serve_settings(args)
         if settings.workers > 1:

@@ -2,20 +2,24 @@
 
 Each transport decodes its wire format into the arguments here, calls one method, and encodes
 the result. Errors are TesseraError subclasses; transports map them through server/errors.py.
+Every operation but the health checks takes the caller's `Credentials` and checks them first, here
+and only here, so a refused request never reaches a model.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from . import __version__, observation
 from ._generated import model_config_pb2 as mc
-from .errors import InvalidInput, ModelNotFound, Unsupported
+from .audit import AuditLog
+from .auth import ANONYMOUS, Authorizer, Credentials, Principal, Scope
+from .errors import InvalidInput, ModelNotFound, PermissionDenied, TesseraError, Unauthenticated, Unsupported
 from .metrics import Metrics
-from .names import check_model_name
+from .names import MAX_NAME_CHARS, check_model_name
 from .protocol.validation import prepare_inputs, select_outputs
 from .repository.manager import IndexEntry, ModelManager, ModelMetadata
 from .routing import RolloutController, RolloutSpec, RolloutState, Router
@@ -23,6 +27,8 @@ from .statistics import ModelStatistics
 from .tensors import InferRequest, InferResponse, Tensor
 
 __all__ = ["DataPlane", "InferenceObserver", "ServerMetadata"]
+
+T = TypeVar("T")
 
 # Only what is really served: see README "Protocol extensions".
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "model_repository",
@@ -51,8 +57,12 @@ class DataPlane:
     """The one place both transports call."""
 
     def __init__(self, manager: ModelManager, metrics: Metrics, *, admin_enabled: bool = True,
-                 rollouts: RolloutController | None = None) -> None:
+                 rollouts: RolloutController | None = None, authorizer: Authorizer | None = None,
+                 audit: AuditLog | None = None, metrics_auth: bool = False) -> None:
         self._manager = manager
+        self._authorizer = authorizer or Authorizer()
+        self._audit = audit
+        self._metrics_auth = metrics_auth
         self._rollouts = rollouts
         self._router = Router(manager, rollouts) if rollouts is not None else None
         self._admin_enabled = admin_enabled
@@ -78,8 +88,27 @@ class DataPlane:
         """What compares a rollout's candidate outputs with the stable's: (model, stable, candidate) -> figure."""
         self._output_comparison = source
 
-    def drift_reports(self) -> dict[str, Any]:
+    # -- the one check ---------------------------------------------------------------------------
+    def authorize(self, creds: Credentials, scope: Scope, action: str, model: str | None = None) -> Principal:
+        """The caller's principal, or Unauthenticated / PermissionDenied; a refusal is an audit line."""
+        try:
+            return self._authorizer.authorize(creds, scope, model)
+        except (Unauthenticated, PermissionDenied) as exc:
+            if self._audit is not None:
+                self._audit.record("refused", (model or "")[:MAX_NAME_CHARS], identity=creds.describe(),
+                                   source=creds.peer,
+                                   action=action, outcome=exc.reason, reason=exc.message)
+            raise
+
+    def metrics_text(self, creds: Credentials = ANONYMOUS) -> bytes:
+        """The Prometheus exposition; needs `read` only when the server was started with --metrics-auth."""
+        if self._metrics_auth:
+            self.authorize(creds, Scope.READ, "metrics")
+        return self._metrics.render()
+
+    def drift_reports(self, creds: Credentials = ANONYMOUS) -> dict[str, Any]:
         """Each model's latest drift report from the embedded monitor."""
+        self.authorize(creds, Scope.READ, "drift_reports")
         if self._drift_reports is None:
             raise Unsupported("drift reports are served by the drift service (`tessera drift`) when Redis is "
                               "configured, and not at all when drift monitoring is off")
@@ -92,27 +121,35 @@ class DataPlane:
     def ready(self) -> bool:
         return self.accepting and self._manager.all_ready()
 
-    def server_metadata(self) -> ServerMetadata:
+    def server_metadata(self, creds: Credentials = ANONYMOUS) -> ServerMetadata:
+        self.authorize(creds, Scope.READ, "server_metadata")
         return self._metadata
 
-    def model_ready(self, name: str, version: str | None = None) -> bool:
-        return self._manager.is_ready(check_model_name(name), version or None)
+    def model_ready(self, name: str, version: str | None = None, creds: Credentials = ANONYMOUS) -> bool:
+        self.authorize(creds, Scope.READ, "model_ready", check_model_name(name))
+        return self._manager.is_ready(name, version or None)
 
-    def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
+    def model_metadata(self, name: str, version: str | None = None,
+                       creds: Credentials = ANONYMOUS) -> ModelMetadata:
+        self.authorize(creds, Scope.READ, "model_metadata", name)
         return self._manager.get(name, version or None).metadata
 
-    def model_config(self, name: str, version: str | None = None) -> mc.ModelConfig:
+    def model_config(self, name: str, version: str | None = None,
+                     creds: Credentials = ANONYMOUS) -> mc.ModelConfig:
+        self.authorize(creds, Scope.READ, "model_config", name)
         return self._manager.get(name, version or None).spec.config
 
     # -- inference -----------------------------------------------------------------------------
-    async def infer(self, request: InferRequest) -> InferResponse:
-        """Run one request through its model version's batcher.
+    async def infer(self, request: InferRequest, creds: Credentials = ANONYMOUS) -> InferResponse:
+        """Run one request through its model version's batcher, once `creds` may infer on its model.
 
-        Raises ModelNotFound / ModelNotReady / InvalidInput / Overloaded / DeadlineExceeded /
+        Raises Unauthenticated / PermissionDenied (before anything is counted), ModelNotFound /
+        ModelNotReady / InvalidInput / Overloaded / DeadlineExceeded /
         ExecutionFailed; every failure after model resolution is counted against the model.
         """
+        observed = observation.requested(request, creds) if observation.ACTIVE is not None else None
+        principal = self.authorize(creds, Scope.INFER, "infer", request.model_name)
         start = time.perf_counter_ns()
-        observed = observation.requested(request) if observation.ACTIVE is not None else None
         if self._router is not None:
             route = self._router.route(request)
             model, rollout, arm = route.version, route.rollout, route.arm
@@ -120,7 +157,7 @@ class DataPlane:
             model, rollout, arm = self._manager.get(request.model_name, request.model_version or None), None, ""
         labels = model.labels
         if observed is not None:
-            observed.routed(labels[1], arm)
+            observed.routed(labels[1], arm, principal.name)
         version_metrics = self._metrics.for_version(labels)
         try:
             feeds, rows = prepare_inputs(model.spec, request)
@@ -151,8 +188,10 @@ class DataPlane:
         )
 
     # -- statistics and repository -------------------------------------------------------------
-    def model_statistics(self, name: str = "", version: str = "") -> list[ModelStatistics]:
+    def model_statistics(self, name: str = "", version: str = "",
+                         creds: Credentials = ANONYMOUS) -> list[ModelStatistics]:
         """Statistics of every loaded version, or of one model (and version)."""
+        self.authorize(creds, Scope.READ, "model_statistics", name or None)
         if not name:
             return [mv.stats for mv in self._manager.loaded_versions()]
         if not self._manager.has_model(check_model_name(name)):
@@ -163,22 +202,45 @@ class DataPlane:
             raise ModelNotFound(f"unknown version '{version}' of model '{name}'")
         return found
 
-    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+    def repository_index(self, ready_only: bool = False, creds: Credentials = ANONYMOUS) -> list[IndexEntry]:
+        self.authorize(creds, Scope.READ, "repository_index")
         return [e for e in self._manager.index() if not ready_only or e.state == "READY"]
 
-    def _check_admin(self) -> None:
-        if not self._admin_enabled:
-            raise Unsupported("repository load/unload is disabled on this server "
-                              "(start it with --allow-repository-admin)")
+    async def _admin(self, creds: Credentials, action: str, model: str,
+                     operation: Callable[[str], Awaitable[T]]) -> T:
+        """Check `admin`, run `operation(actor)` and write the audit line with its outcome."""
+        principal = self.authorize(creds, Scope.ADMIN, action, model)
+        outcome, reason = "ok", ""
+        try:
+            if not self._admin_enabled:
+                raise Unsupported("the admin API (repository load/unload, rollout control) is disabled on this "
+                                  "server (start it with --allow-repository-admin true)")
+            return await operation(principal.name)
+        except Exception as exc:
+            outcome = exc.reason if isinstance(exc, TesseraError) else "error"
+            reason = exc.message if isinstance(exc, TesseraError) else "internal error"
+            raise
+        except BaseException:
+            outcome = "cancelled"
+            raise
+        finally:
+            if self._audit is not None:
+                await self._audit.write("admin", model, actor=principal.name, reason=reason, action=action,
+                                        identity=principal.name, source=creds.peer, outcome=outcome)
 
     async def load_model(self, name: str, config_json: str | None = None,
-                         files: dict[str, bytes] | None = None) -> None:
-        self._check_admin()
-        await self._manager.load(check_model_name(name), config_json=config_json, files=files or {})
+                         files: dict[str, bytes] | None = None, creds: Credentials = ANONYMOUS) -> None:
+        async def load(actor: str) -> None:
+            await self._manager.load(name, config_json=config_json, files=files or {})
 
-    async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
-        self._check_admin()
-        await self._manager.unload(check_model_name(name))
+        await self._admin(creds, "load", check_model_name(name), load)
+
+    async def unload_model(self, name: str, unload_dependents: bool = False,
+                           creds: Credentials = ANONYMOUS) -> None:
+        async def unload(actor: str) -> None:
+            await self._manager.unload(name)
+
+        await self._admin(creds, "unload", check_model_name(name), unload)
 
     # -- rollouts ------------------------------------------------------------------------------
     def _controller(self) -> RolloutController:
@@ -186,21 +248,22 @@ class DataPlane:
             raise Unsupported("rollouts are not enabled on this server")
         return self._rollouts
 
-    async def start_rollout(self, name: str, spec: RolloutSpec, actor: str = "api") -> RolloutState:
-        self._check_admin()
-        return await self._controller().start_rollout(check_model_name(name), spec, actor)
+    async def start_rollout(self, name: str, spec: RolloutSpec, creds: Credentials = ANONYMOUS) -> RolloutState:
+        return await self._admin(creds, "rollout_start", check_model_name(name),
+                                 lambda actor: self._controller().start_rollout(name, spec, actor))
 
-    def rollout_status(self, name: str) -> RolloutState | None:
-        state = self._controller().status(check_model_name(name))
+    def rollout_status(self, name: str, creds: Credentials = ANONYMOUS) -> RolloutState | None:
+        self.authorize(creds, Scope.READ, "rollout_status", check_model_name(name))
+        state = self._controller().status(name)
         if state is not None and state.active and self._output_comparison is not None:
             state.last_analysis["output_distribution"] = self._output_comparison(
                 state.model, state.stable_version, state.candidate_version)
         return state
 
-    async def promote_rollout(self, name: str, actor: str = "api", reason: str = "") -> RolloutState:
-        self._check_admin()
-        return await self._controller().promote(check_model_name(name), actor, reason or "manual promote")
+    async def promote_rollout(self, name: str, reason: str = "", creds: Credentials = ANONYMOUS) -> RolloutState:
+        return await self._admin(creds, "rollout_promote", check_model_name(name),
+                                 lambda actor: self._controller().promote(name, actor, reason or "manual promote"))
 
-    async def abort_rollout(self, name: str, actor: str = "api", reason: str = "") -> RolloutState:
-        self._check_admin()
-        return await self._controller().abort(check_model_name(name), actor, reason or "manual abort")
+    async def abort_rollout(self, name: str, reason: str = "", creds: Credentials = ANONYMOUS) -> RolloutState:
+        return await self._admin(creds, "rollout_abort", check_model_name(name),
+                                 lambda actor: self._controller().abort(name, actor, reason or "manual abort"))

@@ -128,9 +128,10 @@ class RequestObservation:
             self.trace_id = parent.trace_id
 
     # -- filled in by the dataplane and the batcher --------------------------------------------
-    def routed(self, version: str, routing: str) -> None:
-        """The dataplane resolved the model version (`routing`: stable, candidate or pinned)."""
-        self.version, self.routing = version, routing
+    def routed(self, version: str, routing: str, caller: str) -> None:
+        """The dataplane authorized `caller` (the principal's name) and resolved the model version
+        (`routing`: stable, candidate or pinned)."""
+        self.version, self.routing, self.caller = version, routing, caller
 
     def served(self, rows: int, queue_ns: int) -> None:
         """The dataplane has the outputs; what follows is the transport's encode."""
@@ -205,16 +206,14 @@ def begin_grpc(metadata: Iterable[tuple[str, Any]] | None) -> RequestObservation
     return _begin("grpc", traceparent, tracestate)
 
 
-def requested(request: Any) -> RequestObservation | None:
-    """The dataplane took `request` (an InferRequest): note its id, model and caller on the current observation.
-
-    The caller is read from the request's `caller` attribute once requests carry one (the auth work)."""
+def requested(request: Any, creds: Any = None) -> RequestObservation | None:
+    """The dataplane took `request` (an InferRequest) from `creds` (auth.Credentials): note the request's id
+    and model, and who is asking (`describe()`: never a token), on the current observation."""
     obs = _current.get()
     if obs is not None:
         obs.request_id, obs.model = request.id, request.model_name
-        caller = getattr(request, "caller", None)
-        if caller is not None:
-            obs.caller = str(getattr(caller, "identity", caller))
+        if creds is not None:
+            obs.caller = creds.describe()
     return obs
 
 

@@ -5,6 +5,7 @@ Units are in the field names. Nothing mutates settings after start; they are pas
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,8 @@ class ServerSettings:
     model_repository: str
     """Path (or fsspec URL) of the model repository in Triton's layout."""
 
-    host: str = "0.0.0.0"
-    """Address both servers bind."""
+    host: str = "127.0.0.1"
+    """Address both servers bind (loopback by default; a container sets TESSERA_HOST=0.0.0.0)."""
 
     http_port: int = 8000
     """HTTP port; 0 picks a free one (tests)."""
@@ -45,8 +46,8 @@ class ServerSettings:
     repository_storage_options: Mapping[str, Any] = field(default_factory=dict)
     """fsspec storage options for a remote repository (e.g. endpoint_url, key, secret, anon)."""
 
-    allow_repository_admin: bool = True
-    """Serve RepositoryModelLoad / RepositoryModelUnload (admin operations)."""
+    allow_repository_admin: bool = False
+    """Serve the admin operations: repository load / unload and rollout start / promote / abort."""
 
     grpc_max_message_bytes: int = 64 * 1024 * 1024
     """Largest gRPC message accepted or sent."""
@@ -99,6 +100,31 @@ class ServerSettings:
     log_level: str = "INFO"
     """Python logging level name."""
 
+    # -- security (TLS, authentication, CORS): see README "Security" ----------------------------
+    tls_cert: Path | None = None
+    """PEM certificate chain both servers present; TLS is on when this and tls_key are set."""
+
+    tls_key: Path | None = None
+    """PEM private key of tls_cert."""
+
+    tls_client_ca: Path | None = None
+    """PEM bundle of CAs that sign client certificates; when set, every client must present one (mTLS)."""
+
+    tls_reload_s: float = 5.0
+    """Seconds between checks of the TLS and auth files; changed files are loaded without a restart."""
+
+    auth_tokens_file: Path | None = None
+    """`name:scopes:sha256hex[:expires=unix_seconds]` lines; when set, requests need a bearer token."""
+
+    auth_cert_identities_file: Path | None = None
+    """`identity:scopes` lines mapping a client certificate's CN or SAN to scopes (with mTLS)."""
+
+    metrics_auth: bool = False
+    """Require the `read` scope for /metrics (open by default, for scrapers)."""
+
+    cors_origins: tuple[str, ...] = ()
+    """Origins allowed to call the HTTP API from a browser; empty: CORS off."""
+
     # -- observability (issue 17): traces, request logs, payload logs, prediction drift ------------------
     tracing_enabled: bool = False
     """Export OpenTelemetry traces over OTLP (the CLI turns this on when OTEL_EXPORTER_OTLP_*ENDPOINT is set)."""
@@ -138,3 +164,22 @@ class ServerSettings:
 
     drift_outputs: bool = True
     """Summarise each model version's outputs too (prediction drift), when drift monitoring is on."""
+
+    def exposure_problem(self) -> str | None:
+        """Why these settings must not start (admin reachable off loopback with nobody checked), or None."""
+        if not self.allow_repository_admin or _is_loopback(self.host):
+            return None
+        if self.auth_tokens_file is not None or self.tls_client_ca is not None:
+            return None
+        return (f"refusing to serve the admin API on {self.host}, which is not a loopback address, without "
+                "authentication: set --auth-tokens-file (bearer tokens) or --tls-cert/--tls-key/--tls-client-ca "
+                "(mTLS), or turn admin off (--allow-repository-admin false), or bind --host 127.0.0.1")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name may resolve anywhere

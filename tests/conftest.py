@@ -7,7 +7,6 @@ synchronous tritonclient calls in the test never block it.
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
@@ -22,8 +21,7 @@ from onnx import TensorProto
 from server.app import App
 from server.settings import ServerSettings
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model_repository"))
-import make_models
+from .sample_models import make_models
 
 # Identity models for every datatype the protocol carries (name, ONNX type, V2 datatype).
 IDENTITY_TYPES = [
@@ -77,7 +75,7 @@ class RunningServer:
 def _serve_in_thread(settings: ServerSettings) -> tuple[RunningServer, Callable[[], None]]:
     loop = uvloop.new_event_loop()
     started: Future[App] = Future()
-    stop = threading.Event()
+    stop = asyncio.Event()  # set from the test's thread, through the loop
 
     async def main() -> None:
         app = App(settings)
@@ -87,8 +85,7 @@ def _serve_in_thread(settings: ServerSettings) -> tuple[RunningServer, Callable[
             started.set_exception(exc)
             raise
         started.set_result(app)
-        while not stop.is_set():
-            await asyncio.sleep(0.05)
+        await stop.wait()
         await app.stop()
 
     thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
@@ -96,7 +93,7 @@ def _serve_in_thread(settings: ServerSettings) -> tuple[RunningServer, Callable[
     app = started.result(timeout=120)
 
     def shutdown() -> None:
-        stop.set()
+        loop.call_soon_threadsafe(stop.set)
         thread.join(60)
         loop.close()
 
@@ -105,7 +102,7 @@ def _serve_in_thread(settings: ServerSettings) -> tuple[RunningServer, Callable[
 
 def server_settings(repository: Path, **overrides: Any) -> ServerSettings:
     base = ServerSettings(model_repository=str(repository), host="127.0.0.1", http_port=0, grpc_port=0,
-                          drain_timeout_s=5.0)
+                          drain_timeout_s=5.0, allow_repository_admin=True)
     return replace(base, **overrides)
 
 

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from ..repository.config import read_config
+from ..tls import ServerTlsContext, TlsFiles
 from .codec import write_profile_file
 from .evaluate import EvaluationConfig, Thresholds
 from .metrics import MonitorMetrics
@@ -89,6 +90,10 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     d.add_argument("--claim-idle-ms", type=int, default=60_000,
                    help="take over messages a dead service left pending this long")
     d.add_argument("--log-level", default=_env("log-level", "INFO"))
+    d.add_argument("--tls-cert", default=_env("tls-cert"), help="PEM certificate chain: HTTPS with --tls-key")
+    d.add_argument("--tls-key", default=_env("tls-key"), help="PEM private key of --tls-cert")
+    d.add_argument("--tls-client-ca", default=_env("tls-client-ca"),
+                   help="PEM CA bundle; when given, clients must present a certificate it signed (mTLS)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -179,9 +184,15 @@ async def _drift(args: argparse.Namespace) -> None:
     notifier = WebhookNotifier(args.webhook, metrics) if args.webhook else None
     service = DriftService(redis, service_config(args), ProfileStore(repository, redis), reports, metrics,
                            notifier)
-    http = ReportServer(reports, registry, args.http_host, args.http_port)
+    try:
+        files = TlsFiles.from_settings(args)
+    except ValueError as exc:
+        raise SystemExit(f"tessera drift: {exc}") from None
+    http = ReportServer(reports, registry, args.http_host, args.http_port,
+                        ServerTlsContext(files) if files is not None else None)
     http.start()
-    logger.info("drift service: reports and metrics on http://%s:%d", args.http_host, http.port)
+    logger.info("drift service: reports and metrics on %s://%s:%d", "https" if files else "http",
+                args.http_host, http.port)
     task = asyncio.create_task(service.run())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -9,6 +9,7 @@ import grpc
 from .._generated import rollout_pb2 as rp
 from ..dataplane import DataPlane
 from ..routing import RolloutSpec, RolloutState
+from .credentials import credentials_from_context as _creds
 from .errors import guarded
 
 __all__ = ["RolloutService"]
@@ -36,16 +37,18 @@ class RolloutService:
 
     async def start(self, request: rp.StartRolloutRequest, context: Ctx) -> rp.RolloutStatus:
         spec = RolloutSpec.from_proto(request.spec)
-        return encode_status(request.model, await self._dp.start_rollout(request.model, spec, "grpc"))
+        return encode_status(request.model, await self._dp.start_rollout(request.model, spec, _creds(context)))
 
     async def get(self, request: rp.RolloutRequest, context: Ctx) -> rp.RolloutStatus:
-        return encode_status(request.model, self._dp.rollout_status(request.model))
+        return encode_status(request.model, self._dp.rollout_status(request.model, _creds(context)))
 
     async def promote(self, request: rp.RolloutRequest, context: Ctx) -> rp.RolloutStatus:
-        return encode_status(request.model, await self._dp.promote_rollout(request.model, "grpc", request.reason))
+        return encode_status(request.model, await self._dp.promote_rollout(request.model, request.reason,
+                                                                               _creds(context)))
 
     async def abort(self, request: rp.RolloutRequest, context: Ctx) -> rp.RolloutStatus:
-        return encode_status(request.model, await self._dp.abort_rollout(request.model, "grpc", request.reason))
+        return encode_status(request.model, await self._dp.abort_rollout(request.model, request.reason,
+                                                                             _creds(context)))
 
     def handler(self) -> grpc.GenericRpcHandler:
         table: dict[str, tuple[Any, Any]] = {

@@ -17,6 +17,7 @@ from .. import observation
 from .._generated import grpc_service_pb2 as pb
 from ..dataplane import DataPlane
 from ..protocol.grpc_codec import decode_infer_request, encode_infer_response, encode_statistics
+from .credentials import credentials_from_context as _creds
 from .errors import abort_status, guarded
 
 __all__ = ["ROUTING_KEY_METADATA", "SERVICE_NAME", "InferenceService"]
@@ -47,16 +48,17 @@ class InferenceService:
         return pb.ServerReadyResponse(ready=self._dp.ready())
 
     async def model_ready(self, request: pb.ModelReadyRequest, context: Ctx) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=self._dp.model_ready(request.name, request.version))
+        return pb.ModelReadyResponse(ready=self._dp.model_ready(request.name, request.version,
+                                                                   _creds(context)))
 
     async def server_metadata(self, request: pb.ServerMetadataRequest, context: Ctx
                               ) -> pb.ServerMetadataResponse:
-        meta = self._dp.server_metadata()
+        meta = self._dp.server_metadata(_creds(context))
         return pb.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=meta.extensions)
 
     async def model_metadata(self, request: pb.ModelMetadataRequest, context: Ctx
                              ) -> pb.ModelMetadataResponse:
-        meta = self._dp.model_metadata(request.name, request.version)
+        meta = self._dp.model_metadata(request.name, request.version, _creds(context))
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=meta.name, versions=meta.versions, platform=meta.platform,
@@ -65,11 +67,12 @@ class InferenceService:
         )
 
     async def model_config(self, request: pb.ModelConfigRequest, context: Ctx) -> pb.ModelConfigResponse:
-        return pb.ModelConfigResponse(config=self._dp.model_config(request.name, request.version))
+        return pb.ModelConfigResponse(config=self._dp.model_config(request.name, request.version,
+                                                                              _creds(context)))
 
     async def model_infer(self, request: pb.ModelInferRequest, context: Ctx) -> pb.ModelInferResponse:
         observed = observation.begin_grpc(context.invocation_metadata()) if observation.ACTIVE is not None else None
-        response = await self._dp.infer(decode_infer_request(request, _routing_key(context)))
+        response = await self._dp.infer(decode_infer_request(request, _routing_key(context)), _creds(context))
         encoded = encode_infer_response(response)
         if observed is not None and (trace := observed.finish()):
             context.set_trailing_metadata(tuple(trace.items()))
@@ -80,12 +83,13 @@ class InferenceService:
         """Requests on one stream run concurrently; an error answers that request and the stream goes on."""
         results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         key = _routing_key(context)
+        creds = _creds(context)
         metadata = context.invocation_metadata() if observation.ACTIVE is not None else None
 
         async def one(request: pb.ModelInferRequest) -> None:
             observed = observation.begin_grpc(metadata) if observation.ACTIVE is not None else None
             try:
-                response = await self._dp.infer(decode_infer_request(request, key))
+                response = await self._dp.infer(decode_infer_request(request, key), creds)
                 encoded = encode_infer_response(response)
                 if observed is not None:
                     observed.finish()
@@ -115,14 +119,14 @@ class InferenceService:
 
     async def model_statistics(self, request: pb.ModelStatisticsRequest, context: Ctx
                                ) -> pb.ModelStatisticsResponse:
-        return encode_statistics(self._dp.model_statistics(request.name, request.version))
+        return encode_statistics(self._dp.model_statistics(request.name, request.version, _creds(context)))
 
     async def repository_index(self, request: pb.RepositoryIndexRequest, context: Ctx
                                ) -> pb.RepositoryIndexResponse:
         entry = pb.RepositoryIndexResponse.ModelIndex
         return pb.RepositoryIndexResponse(models=[
             entry(name=e.name, version=e.version, state=e.state, reason=e.reason)
-            for e in self._dp.repository_index(request.ready)
+            for e in self._dp.repository_index(request.ready, _creds(context))
         ])
 
     async def repository_model_load(self, request: pb.RepositoryModelLoadRequest, context: Ctx
@@ -130,14 +134,14 @@ class InferenceService:
         params = request.parameters
         config = params["config"].string_param if "config" in params else None
         files = {k: v.bytes_param for k, v in params.items() if k.startswith("file:")}
-        await self._dp.load_model(request.model_name, config, files)
+        await self._dp.load_model(request.model_name, config, files, _creds(context))
         return pb.RepositoryModelLoadResponse()
 
     async def repository_model_unload(self, request: pb.RepositoryModelUnloadRequest, context: Ctx
                                       ) -> pb.RepositoryModelUnloadResponse:
         params = request.parameters
         dependents = params["unload_dependents"].bool_param if "unload_dependents" in params else False
-        await self._dp.unload_model(request.model_name, dependents)
+        await self._dp.unload_model(request.model_name, dependents, _creds(context))
         return pb.RepositoryModelUnloadResponse()
 
     def handler(self) -> grpc.GenericRpcHandler:

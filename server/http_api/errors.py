@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import observation
-from ..errors import TesseraError, status_for
+from ..errors import TesseraError, Unauthenticated, status_for
 
 __all__ = ["HTTP_EXCEPTION_HANDLERS", "ErrorMiddleware", "error_response"]
 
@@ -28,7 +28,9 @@ def error_response(error: BaseException) -> Response:
     """The response a client sees for an error; unknown errors stay generic and are logged."""
     if isinstance(error, TesseraError):
         _, status = status_for(error)
-        return _error(int(status), error.message)
+        # RFC 6750: a 401 names the scheme the client should use.
+        headers = {"WWW-Authenticate": 'Bearer realm="tessera"'} if isinstance(error, Unauthenticated) else None
+        return _error(int(status), error.message, headers)
     logger.error("unhandled error in HTTP handler", exc_info=error)
     return _error(500, "internal error")
 

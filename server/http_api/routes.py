@@ -22,6 +22,8 @@ from ..protocol.http_codec import HEADER_LENGTH, decode_infer_request, encode_in
 from . import documents
 from .body import read_body
 from .errors import HTTP_EXCEPTION_HANDLERS, ErrorMiddleware
+from .security import cors_middleware, require_json
+from .security import credentials_from_request as _creds
 
 __all__ = ["ROUTING_KEY_HEADER", "build_http_app"]
 
@@ -61,16 +63,16 @@ class HttpRoutes:
         return _status(self._dp.ready())
 
     async def server_metadata(self, request: Request) -> Response:
-        return _json(documents.encode_server_metadata(self._dp.server_metadata()))
+        return _json(documents.encode_server_metadata(self._dp.server_metadata(_creds(request))))
 
     async def model_metadata(self, request: Request) -> Response:
-        return _json(documents.encode_model_metadata(self._dp.model_metadata(*_model(request))))
+        return _json(documents.encode_model_metadata(self._dp.model_metadata(*_model(request), _creds(request))))
 
     async def model_ready(self, request: Request) -> Response:
-        return _status(self._dp.model_ready(*_model(request)))
+        return _status(self._dp.model_ready(*_model(request), _creds(request)))
 
     async def model_config(self, request: Request) -> Response:
-        return _json(documents.encode_model_config(self._dp.model_config(*_model(request))))
+        return _json(documents.encode_model_config(self._dp.model_config(*_model(request), _creds(request))))
 
     async def infer(self, request: Request) -> Response:
         observed = observation.begin_http(request.headers) if observation.ACTIVE is not None else None
@@ -78,7 +80,7 @@ class HttpRoutes:
         name, version = _model(request)
         infer_request = decode_infer_request(body, request.headers.get(HEADER_LENGTH), name, version,
                                              request.headers.get(ROUTING_KEY_HEADER))
-        encoded = encode_infer_response(await self._dp.infer(infer_request), infer_request)
+        encoded = encode_infer_response(await self._dp.infer(infer_request, _creds(request)), infer_request)
         headers = {} if encoded.header_length is None else {HEADER_LENGTH: str(encoded.header_length)}
         if observed is not None:
             headers.update(observed.finish())
@@ -86,45 +88,50 @@ class HttpRoutes:
 
     async def statistics(self, request: Request) -> Response:
         params = request.path_params
-        stats = self._dp.model_statistics(params.get("name", ""), params.get("version", ""))
+        stats = self._dp.model_statistics(params.get("name", ""), params.get("version", ""), _creds(request))
         return _json(documents.encode_statistics(stats))
 
     async def repository_index(self, request: Request) -> Response:
         ready_only = documents.decode_index_request(await read_body(request, self._max_body_bytes))
-        return _json(documents.encode_index(self._dp.repository_index(ready_only)))
+        return _json(documents.encode_index(self._dp.repository_index(ready_only, _creds(request))))
 
     async def load(self, request: Request) -> Response:
+        require_json(request)
         config, files = documents.decode_load_request(await read_body(request, self._max_body_bytes))
-        await self._dp.load_model(request.path_params["name"], config, files)
+        await self._dp.load_model(request.path_params["name"], config, files, _creds(request))
         return Response(status_code=200)
 
     async def unload(self, request: Request) -> Response:
+        require_json(request)
         dependents = documents.decode_unload_request(await read_body(request, self._max_body_bytes))
-        await self._dp.unload_model(request.path_params["name"], dependents)
+        await self._dp.unload_model(request.path_params["name"], dependents, _creds(request))
         return Response(status_code=200)
 
     async def rollout_status(self, request: Request) -> Response:
         name = request.path_params["name"]
-        state = self._dp.rollout_status(name)
+        state = self._dp.rollout_status(name, _creds(request))
         return _json(state.to_json() if state else {"model": name, "phase": "NONE"})
 
     async def rollout_start(self, request: Request) -> Response:
+        require_json(request)
         spec = documents.decode_rollout_spec(await read_body(request, self._max_body_bytes))
-        return _json((await self._dp.start_rollout(request.path_params["name"], spec, "http")).to_json())
+        return _json((await self._dp.start_rollout(request.path_params["name"], spec, _creds(request))).to_json())
 
     async def rollout_promote(self, request: Request) -> Response:
+        require_json(request)
         reason = documents.decode_reason(await read_body(request, self._max_body_bytes))
-        return _json((await self._dp.promote_rollout(request.path_params["name"], "http", reason)).to_json())
+        return _json((await self._dp.promote_rollout(request.path_params["name"], reason, _creds(request))).to_json())
 
     async def rollout_abort(self, request: Request) -> Response:
+        require_json(request)
         reason = documents.decode_reason(await read_body(request, self._max_body_bytes))
-        return _json((await self._dp.abort_rollout(request.path_params["name"], "http", reason)).to_json())
+        return _json((await self._dp.abort_rollout(request.path_params["name"], reason, _creds(request))).to_json())
 
     async def drift_reports(self, request: Request) -> Response:
-        return _json(self._dp.drift_reports())
+        return _json(self._dp.drift_reports(_creds(request)))
 
     async def metrics(self, request: Request) -> Response:
-        return Response(self._metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(self._dp.metrics_text(_creds(request)), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi(self, request: Request) -> Response:
         return Response(self._openapi, media_type="application/json")
@@ -158,10 +165,14 @@ class HttpRoutes:
         ]
 
 
-def build_http_app(dataplane: DataPlane, metrics: Metrics, max_body_bytes: int) -> Starlette:
-    """The ASGI app serving the V2 HTTP API over `dataplane`; bodies over `max_body_bytes` get 413."""
+def build_http_app(dataplane: DataPlane, metrics: Metrics, max_body_bytes: int,
+                   cors_origins: tuple[str, ...] = ()) -> Starlette:
+    """The ASGI app serving the V2 HTTP API over `dataplane`; bodies over `max_body_bytes` get 413.
+
+    CORS is answered for `cors_origins` only; with none, browsers get no cross-origin access.
+    """
     return Starlette(
         routes=HttpRoutes(dataplane, metrics, max_body_bytes).routes(),
-        middleware=[Middleware(ErrorMiddleware)],
+        middleware=[*cors_middleware(cors_origins), Middleware(ErrorMiddleware)],
         exception_handlers=HTTP_EXCEPTION_HANDLERS,
     )

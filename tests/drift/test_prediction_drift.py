@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import make_models
 import numpy as np
 import onnxruntime as ort
 import orjson
@@ -30,6 +29,7 @@ from server.drift.profiles import ProfileStore
 from server.drift.publishers import InProcessPublisher
 from server.drift.tap import DriftTap, TapConfig
 
+from ..sample_models import make_models
 from .pipeline import drain, service
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,7 +159,8 @@ def test_a_rollouts_status_shows_candidate_against_stable_outputs(
     spec = {"candidate_version": 2, "shadow": {"percent": 0},
             "canary": {"steps": [50], "step_seconds": 3600, "min_requests": 1}}
     request = urllib.request.Request(f"http://{server.http_url}/v2/models/tabular/rollout",
-                                     data=orjson.dumps(spec), method="POST")
+                                     data=orjson.dumps(spec), method="POST",
+                                     headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         assert orjson.loads(response.read())["phase"] == "CANARY"
     _traffic(server.grpc_url, 6, 60)  # 3000 rows, about half to each arm

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,6 +13,7 @@ from server.drift.state import RedisDriftState
 from server.drift.stats import WindowSummary
 from server.drift.tap import TapConfig
 
+from ..polling import async_wait_until
 from .data import StepClock, assert_summary_matches, requests, stacked
 from .pipeline import Producer, drain, service
 
@@ -62,13 +62,6 @@ async def test_windows_of_two_replicas_merge_to_what_one_replica_sees(redis: Red
         assert_summary_matches(theirs, values)
 
 
-async def _until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
-
-
 async def test_redis_down_never_fails_inference_drops_are_counted_and_publishing_resumes(
         own_redis: RedisExecutor) -> None:
     url = f"redis://127.0.0.1:{own_redis.port}/0"
@@ -78,27 +71,31 @@ async def test_redis_down_never_fails_inference_drops_are_counted_and_publishing
     value = producer.value
     async with producer:
         await producer.send("m", requests(seed=40, count=4, rows=100))  # 4 windows: within the buffer
-        await _until(lambda: value("tessera_drift_windows_published_total", model="m") == 4)
+        await async_wait_until(lambda: value("tessera_drift_windows_published_total", model="m") == 4,
+                               timeout_s=10, interval_s=0.02)
         assert check.xlen("tessera:drift:m") == 4
 
         own_redis.stop()
         for r in requests(seed=41, count=30, rows=100):  # observe() is synchronous: it cannot block
             producer.tap.observe("m", "1", r, {})
             await asyncio.sleep(0.005)
-        await _until(lambda: value("tessera_drift_windows_dropped_total", model="m") == 25)
+        await async_wait_until(lambda: value("tessera_drift_windows_dropped_total", model="m") == 25,
+                               timeout_s=10, interval_s=0.02)
         assert value("tessera_drift_publisher_connected") == 0
         assert value("tessera_drift_publish_errors_total") >= 1
         assert value("tessera_drift_publisher_buffered_windows") == 5
         assert value("tessera_drift_dropped_total", model="m") == 0  # the tap itself kept up
 
         own_redis.start()  # the 5 buffered windows (the newest) must arrive by themselves
-        await _until(lambda: value("tessera_drift_windows_published_total", model="m") == 9)
+        await async_wait_until(lambda: value("tessera_drift_windows_published_total", model="m") == 9,
+                               timeout_s=10, interval_s=0.02)
         assert _window_ids(check)[-5:] == [f"replica:{i}" for i in range(30, 35)]
         assert value("tessera_drift_publisher_connected") == 1
         assert value("tessera_drift_publisher_reconnects_total") == 1
 
         await producer.send("m", requests(seed=42, count=3, rows=100))
-        await _until(lambda: value("tessera_drift_windows_published_total", model="m") == 12)
+        await async_wait_until(lambda: value("tessera_drift_windows_published_total", model="m") == 12,
+                               timeout_s=10, interval_s=0.02)
     assert _window_ids(check)[-8:] == [f"replica:{i}" for i in range(30, 38)]
     check.close()
 

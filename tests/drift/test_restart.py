@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from server.drift.monitor import MonitorConfig
 from server.drift.state import RedisDriftState, StateKeys
 from server.drift.tap import TapConfig
 
+from ..polling import async_wait_until
 from .data import StepClock, requests
 from .pipeline import Producer
 
@@ -34,14 +33,6 @@ def _start_service(redis_url: str, consumer: str) -> subprocess.Popen[bytes]:
 
 async def _seen(redis: Redis) -> int:
     return int(await redis.zcard(StateKeys("m").seen))
-
-
-async def _wait(predicate: Callable[[], Awaitable[bool]], timeout_s: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not await predicate():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -68,18 +59,18 @@ async def test_killed_and_restarted_service_loses_and_duplicates_no_window(redis
             await producer.send("m", batches[0])
             services.append(_start_service(redis_url, "svc-a"))
             await producer.send("m", batches[1])
-            await _wait(lambda: _gt(redis, 5))
+            await async_wait_until(lambda: _gt(redis, 5), timeout_s=20)
             _kill(services[-1])  # mid-stream: some windows folded, others pending or unread
 
             await producer.send("m", batches[2])
             await _redeliver_some(redis, 10)
             services.append(_start_service(redis_url, "svc-a"))  # same name: takes back its own pending
-            await _wait(lambda: _gt(redis, 45))
+            await async_wait_until(lambda: _gt(redis, 45), timeout_s=20)
             _kill(services[-1])
 
             await producer.send("m", batches[3])
             services.append(_start_service(redis_url, "svc-c"))  # new name: claims what others left
-        await _wait(lambda: _done(redis))
+        await async_wait_until(lambda: _done(redis), timeout_s=20)
     finally:
         for proc in services:
             if proc.poll() is None:

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from server.drift.__main__ import main as drift_main
 from server.drift.profiles import ProfileStore
 
+from ..polling import async_wait_until
 from .pipeline import drain, service
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,11 +50,10 @@ def _traffic(url: str, seed: int, requests: int, shift: float = 0.0) -> list[np.
 
 
 async def _stream_length(redis: Redis, windows: int) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 20
-    while await redis.exists("tessera:drift:tabular") == 0 or await redis.xlen("tessera:drift:tabular") < windows:
-        assert loop.time() < deadline, "windows did not arrive"
-        await asyncio.sleep(0.05)
+    async def arrived() -> bool:
+        return await redis.exists("tessera:drift:tabular") != 0 and await redis.xlen("tessera:drift:tabular") >= windows
+
+    await async_wait_until(arrived, timeout_s=20, message="windows did not arrive")
 
 
 async def test_server_traffic_flags_the_shifted_feature_through_redis(

@@ -71,6 +71,13 @@ class Client(httpclient.InferenceServerClient):  # type: ignore[misc]
     def __del__(self) -> None:
         pass
 
+    # Admin POSTs must declare JSON (README "Security"); tritonclient sends no Content-Type of its own.
+    def load_model(self, *args: Any, **kwargs: Any) -> None:
+        super().load_model(*args, headers={"Content-Type": "application/json"}, **kwargs)
+
+    def unload_model(self, *args: Any, **kwargs: Any) -> None:
+        super().unload_model(*args, headers={"Content-Type": "application/json"}, **kwargs)
+
 
 def _failure(call: Callable[[], Any]) -> tuple[str, str]:
     """(status, message) of the InferenceServerException a client call raises."""
@@ -288,7 +295,8 @@ def test_load_with_config_and_file_override_creates_a_model(own_server: Any, own
     pytest.param(b"{oops", "malformed JSON in model load request", id="malformed-json"),
 ])
 def test_malformed_load_request_is_bad_request(running_server: Any, body: bytes, message: str) -> None:
-    status, error = _error(running_server.http_url, "/v2/repository/models/fixed/load", body)
+    status, error = _error(running_server.http_url, "/v2/repository/models/fixed/load", body,
+                           {"Content-Type": "application/json"})
     assert status == 400 and message in error
 
 
@@ -424,5 +432,6 @@ def test_unknown_content_encoding_is_not_implemented(running_server: Any) -> Non
 
 def test_load_with_base64_files_uses_the_body_limit(own_server: Any) -> None:
     big = {"parameters": {"config": "{}", "file:1/model.onnx": base64.b64encode(b"\0" * 8000).decode()}}
-    status, error = _error(own_server.http_url, "/v2/repository/models/x/load", orjson.dumps(big))
+    status, error = _error(own_server.http_url, "/v2/repository/models/x/load", orjson.dumps(big),
+                           {"Content-Type": "application/json"})
     assert status == 413 and f"over the limit of {OWN_LIMIT_BYTES} bytes" in error

@@ -22,6 +22,7 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
 
+from ..polling import wait_until
 from ..repository.models import CONFIG, expected, make_model, make_version
 
 POLL_S = 0.2
@@ -35,6 +36,13 @@ class HttpClient(httpclient.InferenceServerClient):  # type: ignore[misc]
 
     def __del__(self) -> None:
         pass
+
+    # Admin POSTs must declare JSON (README "Security"); tritonclient sends no Content-Type of its own.
+    def load_model(self, *args: Any, **kwargs: Any) -> None:
+        super().load_model(*args, headers={"Content-Type": "application/json"}, **kwargs)
+
+    def unload_model(self, *args: Any, **kwargs: Any) -> None:
+        super().unload_model(*args, headers={"Content-Type": "application/json"}, **kwargs)
 
 
 class Client:
@@ -69,13 +77,6 @@ class Client:
 
     def close(self) -> None:
         self.raw.close()
-
-
-def _wait(condition: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 # -- steady load while the repository changes (poll mode) ------------------------------------------
@@ -189,20 +190,23 @@ def test_reloads_under_steady_load_fail_no_valid_request(server_factory: Callabl
     config = root / "m" / "config.pbtxt"
     with IndexLog(server) as index, Traffic(server, ["grpc", "grpc", "http", "http"]) as traffic:
         make_version(root, 2)
-        _wait(lambda: index.latest() == {"1": "UNAVAILABLE", "2": "READY"}, "version 2 to take over")
+        wait_until(lambda: index.latest() == {"1": "UNAVAILABLE", "2": "READY"},
+                   timeout_s=20, message="version 2 to take over")
         config.write_text(CONFIG + "version_policy { all { } }\n")
-        _wait(lambda: index.latest() == {"1": "READY", "2": "READY"}, "policy all")
+        wait_until(lambda: index.latest() == {"1": "READY", "2": "READY"}, timeout_s=20, message="policy all")
         config.write_text(CONFIG)
-        _wait(lambda: index.latest() == {"1": "UNAVAILABLE", "2": "READY"}, "policy back to latest")
+        wait_until(lambda: index.latest() == {"1": "UNAVAILABLE", "2": "READY"},
+                   timeout_s=20, message="policy back to latest")
         shutil.rmtree(root / "m" / "1")
-        _wait(lambda: index.latest() == {"2": "READY"}, "version 1 removed")
+        wait_until(lambda: index.latest() == {"2": "READY"}, timeout_s=20, message="version 1 removed")
         (root / "m" / "3").mkdir()
         (root / "m" / "3" / "model.onnx").write_bytes(b"\x08\x07 not a model")
-        _wait(lambda: index.latest() == {"2": "READY", "3": "FAILED"}, "corrupt version 3 FAILED")
+        wait_until(lambda: index.latest() == {"2": "READY", "3": "FAILED"},
+                   timeout_s=20, message="corrupt version 3 FAILED")
         config.write_text('name: "m"\nmax_batch_size: 8\n'
                           "dynamic_batching { preferred_batch_size: [ 2, 4 ] max_queue_delay_microseconds: 400 }\n")
-        _wait(lambda: admin.config("m").get("dynamic_batching", {}).get("preferred_batch_size") == [2, 4],
-              "new batching settings")
+        wait_until(lambda: admin.config("m").get("dynamic_batching", {}).get("preferred_batch_size") == [2, 4],
+                   timeout_s=20, message="new batching settings")
         time.sleep(0.3)
     answers = traffic.answers
     assert [a.error for a in answers if a.error] == []

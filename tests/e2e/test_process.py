@@ -11,9 +11,11 @@ import threading
 import time
 from pathlib import Path
 
-import make_models
 import numpy as np
 import tritonclient.grpc as grpcclient
+
+from ..polling import wait_until
+from ..sample_models import make_models
 
 LISTENING = re.compile(r"listening: gRPC [\d.]+:(\d+), HTTP [\d.]+:(\d+); READY: (.*)")
 
@@ -61,9 +63,7 @@ def test_serve_logs_ports_and_ready_models_then_drains_on_sigterm(tmp_path):
     for t in callers:
         t.start()
     # One instance, no batching: once the first answer is back the others are queued or running.
-    deadline = time.monotonic() + 30
-    while not results and time.monotonic() < deadline:
-        time.sleep(0.002)
+    wait_until(lambda: results, timeout_s=30, interval_s=0.002, message="a first answer")
     proc.send_signal(signal.SIGTERM)
     in_flight_at_signal = 12 - len(results)
     for t in callers:

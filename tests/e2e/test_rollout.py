@@ -7,7 +7,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import make_models
 import numpy as np
 import orjson
 import pytest
@@ -15,6 +14,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from server.routing import Phase
+
+from ..polling import wait_until
+from ..sample_models import make_models
 
 FAST = {
     "shadow": {"percent": 100, "duration_seconds": 0.4, "min_requests": 20},
@@ -68,15 +70,6 @@ class Traffic:
                 self.errors.append(str(exc))
 
 
-def _wait_for(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
-
-
 def _phase(server) -> str:
     state = server.app.rollouts.status("tabular")
     return state.phase.value if state else "NONE"
@@ -89,11 +82,12 @@ def test_identical_candidate_is_shadowed_canaried_and_promoted(tmp_path, server_
     with Traffic(server) as traffic:
         spec = {"candidate_version": 2, **FAST}
         req = urllib.request.Request(f"http://{server.http_url}/v2/models/tabular/rollout",
-                                     data=orjson.dumps(spec), method="POST")
+                                     data=orjson.dumps(spec), method="POST",
+                                     headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req) as response:
             assert orjson.loads(response.read())["phase"] == "SHADOW"
-        _wait_for(lambda: _phase(server) != "SHADOW")
-        _wait_for(lambda: _phase(server) == "PROMOTED")
+        wait_until(lambda: _phase(server) != "SHADOW")
+        wait_until(lambda: _phase(server) == "PROMOTED")
         time.sleep(0.3)
     assert traffic.errors == []
     shadow_versions = {v for phase, v in traffic.answers if phase == "SHADOW"}
@@ -114,7 +108,7 @@ def test_candidate_with_different_outputs_is_rolled_back_and_callers_never_notic
 
         server.call(server.app.rollouts.start_rollout("tabular", RolloutSpec.from_dict({"candidate_version": 2,
                                                                                           **FAST})))
-        _wait_for(lambda: _phase(server) == "ROLLED_BACK")
+        wait_until(lambda: _phase(server) == "ROLLED_BACK")
         time.sleep(0.3)
     assert traffic.errors == []
     assert {v for _, v in traffic.answers} == {"1"}

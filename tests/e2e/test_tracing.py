@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import make_models
 import numpy as np
 import orjson
 import pytest
@@ -29,6 +28,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from server._generated import grpc_service_pb2 as pb
 from server.observation import parse_traceparent
+
+from ..sample_models import make_models
 
 pytestmark = pytest.mark.timeout(120)
 

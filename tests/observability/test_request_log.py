@@ -70,10 +70,10 @@ def test_each_request_is_one_json_line_with_its_figures_and_no_tensor_contents(
         assert line["status"] == 200 and line["error"] == "" and line["rows"] == 3
         assert line["batch_size"] >= 3 and line["batch_requests"] >= 1
         assert line["e2e_ms"] >= line["queue_ms"] >= 0 and line["compute_ms"] > 0
-        assert line["time"].endswith("Z") and line["caller"] is None
+        assert line["time"].endswith("Z") and line["caller"] == "anonymous"  # auth is off: the open principal
         assert line["trace_id"] == ""  # tracing is off and the caller sent no traceparent
     assert error["status"] == 404 and error["error"] == "ModelNotFound" and "no_such_model" in error["reason"]
-    assert error["model"] == "no_such_model"
+    assert error["model"] == "no_such_model" and error["caller"] == "none"  # no credential was presented
     assert str(MARKER) not in log.read_text() and "12345" not in log.read_text()
 
 
@@ -151,3 +151,28 @@ def test_tracing_is_configured_by_the_standard_otel_variables(monkeypatch: pytes
         monkeypatch.setenv(key, value)
     settings = serve_settings(build_parser().parse_args(["serve", "--model-repository", "repo", *flags]))
     assert (settings.tracing_enabled, settings.trace_sample_ratio, settings.trace_parent_based) == expected
+
+
+def test_the_caller_is_the_authorized_principal_and_a_refusal_names_the_credential_never_the_token(
+        tmp_path: Path, server_factory: Any, sample_repository: Path) -> None:
+    from server.auth import hash_token
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"alice:infer:{hash_token('alice-secret')}\n")
+    log = tmp_path / "requests.jsonl"
+    server = server_factory(sample_repository, request_log=str(log), auth_tokens_file=tokens, drift_enabled=False)
+    x = np.zeros((1, 8), np.float32)
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        item = grpcclient.InferInput("features", [1, 8], "FP32")
+        item.set_data_from_numpy(x)
+        client.infer("tabular", [item], request_id="ok", headers={"authorization": "Bearer alice-secret"})
+        refused = ""
+        try:
+            client.infer("tabular", [item], request_id="refused", headers={"authorization": "Bearer wrong"})
+        except InferenceServerException as exc:
+            refused = str(exc)
+    assert refused
+    by_id = {line["request_id"]: line for line in _lines(log, 2)}
+    assert by_id["ok"]["caller"] == "alice" and by_id["ok"]["status"] == 200
+    assert by_id["refused"]["status"] == 401 and by_id["refused"]["error"] == "Unauthenticated"
+    assert by_id["refused"]["caller"].startswith("token:") and "wrong" not in log.read_text()

@@ -1,6 +1,6 @@
 """Memory check for issue 3: an unloaded version releases its sessions and buffers.
 
-    .venv/bin/python tests/repository/rss_cycles.py [--cycles 20] [--sizes 2048,4608,16]
+    .venv/bin/python -m tests.repository.rss_cycles [--cycles 20] [--sizes 2048,4608,16]
 
 Loads an MLP (by default 36 MiB of weights), runs a few batched requests through it, unloads it, and
 repeats; prints the process RSS after each cycle. Exits 1 when RSS after the last cycle is more than
@@ -24,14 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "model_repository")]
+from server.metrics import Metrics
+from server.repository.manager import ModelManager
+from server.settings import ServerSettings
 
-import make_models  # type: ignore[import-not-found]  # noqa: E402
-
-from server.metrics import Metrics  # noqa: E402
-from server.repository.manager import ModelManager  # noqa: E402
-from server.settings import ServerSettings  # noqa: E402
+from ..sample_models import make_models
 
 TOLERANCE = 0.10
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,7 @@ from server.repository.config import complete_config, read_config
 from server.repository.manager import ModelManager
 from server.settings import ServerSettings
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "model_repository"))
-import make_models
+from ..sample_models import make_models
 
 
 def _manager(root: Path) -> ModelManager:

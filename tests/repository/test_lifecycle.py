@@ -267,7 +267,8 @@ async def test_unloaded_versions_release_their_sessions(explicit: Harness, monke
 
 
 def test_rss_after_20_load_unload_cycles_stays_within_10_percent_of_the_first() -> None:
-    script = Path(__file__).with_name("rss_cycles.py")
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "tests.repository.rss_cycles"], cwd=root, capture_output=True,
+                          text=True, timeout=120, check=False)
     print(done.stdout)  # the figures, for the record (pytest -s)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -3,7 +3,6 @@ the fsspec mirror, and the server loading and polling an s3:// repository."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from moto.server import ThreadedMotoServer
 
 from server.repository.store import RemoteStore, open_store
 
+from ..polling import wait_until
 from .models import CONFIG, expected, make_model, make_version
 
 BUCKET = "tessera-models"
@@ -74,13 +74,6 @@ def test_the_mirror_fetches_what_changed_and_drops_what_went(bucket: Any, s3_end
     assert store.root.is_dir()  # a cache directory the user named is kept
 
 
-def _wait(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_the_server_serves_and_polls_an_s3_repository(bucket: Any, s3_endpoint: str, tmp_path: Path,
                                                       server_factory: Callable[..., Any]) -> None:
     s3, name = bucket
@@ -104,9 +97,9 @@ def test_the_server_serves_and_polls_an_s3_repository(bucket: Any, s3_endpoint: 
         make_version(local, 2)
         (local / "m" / "config.pbtxt").write_text(CONFIG + "version_policy { all { } }\n")
         _upload(s3, name, local, "models")
-        _wait(lambda: index() == {"1": "READY", "2": "READY"}, "version 2 from S3")
+        wait_until(lambda: index() == {"1": "READY", "2": "READY"}, message="version 2 from S3")
         s3.delete_object(Bucket=name, Key="models/m/1/model.onnx")
-        _wait(lambda: index() == {"2": "READY"}, "version 1 removed from S3")
+        wait_until(lambda: index() == {"2": "READY"}, message="version 1 removed from S3")
         result = client.infer("m", [item])
         assert result.get_response().model_version == "2"
         np.testing.assert_allclose(result.as_numpy("y"), expected(2, x), rtol=1e-5)

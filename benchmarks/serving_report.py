@@ -1,4 +1,4 @@
-"""Figures of the serving benchmark (loadtests/serving_benchmark.py): medians, target ratios, markdown.
+"""Figures of the serving benchmark (benchmarks/serving_benchmark.py): medians, target ratios, markdown.
 
 Ratios are taken between systems measured side by side within one round, then the median over rounds.
 """

@@ -1,7 +1,7 @@
 """Builds the benchmark's model repository under .bench/: the MLP 64->256->256->10 (FP32, batched),
 plus a copy of the sample repository's `tabular` model when it exists.
 
-    python -m loadtests.peers.models [--out DIR]
+    python -m benchmarks.peers.models [--out DIR]
 """
 
 from __future__ import annotations

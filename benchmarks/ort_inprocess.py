@@ -1,7 +1,7 @@
 """In-process ONNX Runtime figures for serving_benchmark: N threads calling `session.run` on one session,
 no server and no network in between: what the model itself allows on this CPU.
 
-    python -m loadtests.ort_inprocess MODEL.onnx --concurrency 8 --seconds 3 [--batch 1]
+    python -m benchmarks.ort_inprocess MODEL.onnx --concurrency 8 --seconds 3 [--batch 1]
 
 Sessions are built as Tessera builds them by default (one intra-op thread, no spinning), so on the same
 pinned core the gap to Tessera is the serving overhead. Prints one JSON object: infer/s (requests, not

@@ -1,7 +1,7 @@
 """A bare grpc.aio server that answers ModelInfer with precomputed zeros, running no model: the ceiling
 of the Python gRPC transport that Tessera's own overhead is measured against (serving_benchmark).
 
-    python -m loadtests.bare_server --model-repository DIR --port 8001 [--host 127.0.0.1]
+    python -m benchmarks.bare_server --model-repository DIR --port 8001 [--host 127.0.0.1]
 
 It serves every model of a Triton-layout repository: inputs and outputs come from the ONNX graph (read
 once at start, never run), `max_batch_size` from config.pbtxt. Each request is parsed as Tessera parses

@@ -2,7 +2,7 @@
 """The naive peer: FastAPI + pydantic + ONNX Runtime, one session run per request, no batching.
 V2 JSON over HTTP only (runs in the peers venv).
 
-    python loadtests/peers/naive_fastapi.py --repository DIR --port 8000
+    python benchmarks/peers/naive_fastapi.py --repository DIR --port 8000
 """
 
 from __future__ import annotations

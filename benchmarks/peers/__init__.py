@@ -1,5 +1,5 @@
 """The peer benchmark: Tessera against MLServer, a naive FastAPI server, a bare grpc.aio server and
-in-process ONNX Runtime (`python -m loadtests.peers.bench`)."""
+in-process ONNX Runtime (`python -m benchmarks.peers.bench`)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """What the side paths cost the request path: drift statistics on vs off, and shadowing at 100% vs no
 rollout, measured side by side in one run (issues 4 and 5).
 
-    python -m loadtests.sidepath_benchmark [--rounds 3] [--duration 5] [--out .bench/sidepath]
+    python -m benchmarks.sidepath_benchmark [--rounds 3] [--duration 5] [--out .bench/sidepath]
 
 Three Tessera servers run at once on CPU 0 over two models, each with versions 1 and 2 identical: the
 sample classifier (`tabular`, 8 features) and a wide MLP (`wide`, 512 features -> 256 -> 10, the case
@@ -35,11 +35,13 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from .encoding import encode_payloads
-from .inputs import fetch_model_info, random_samples
-from .runner import run_step
+from loadtests.encoding import encode_payloads
+from loadtests.inputs import fetch_model_info, random_samples
+from loadtests.runner import run_step
+from loadtests.spec import LoadSpec, Target
+
+from .sample_models import make_models
 from .server_process import ServerProcess, free_port, http_ready, tcp_ready
-from .spec import LoadSpec, Target
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = ("baseline", "drift", "shadow")
@@ -50,9 +52,6 @@ SHADOW_SPEC = {"candidate_version": 2, "shadow": {"percent": 100, "duration_seco
 
 
 def _repository(root: Path) -> Path:
-    sys.path.insert(0, str(ROOT / "model_repository"))
-    import make_models
-
     make_models.make_tabular(root, version=1, seed=7)
     make_models.make_tabular(root, version=2, seed=7)
     make_models.make_mlp(root, "wide", [512, 256, 10])

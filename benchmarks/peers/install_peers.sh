@@ -3,7 +3,7 @@
 # FastAPI + ONNX Runtime server, FastAPI and uvicorn (MLServer already brings both). Kept apart from
 # the project venv so the peers' pins (uvloop<0.22: MLServer 1.7.1 fails on newer) never touch it.
 # Idempotent: does nothing when the venv already imports everything. Usage:
-#   loadtests/peers/install_peers.sh [VENV]
+#   benchmarks/peers/install_peers.sh [VENV]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 venv=${1:-$root/.bench/peers-venv}

@@ -14,7 +14,7 @@ from mlserver.types import InferenceRequest, InferenceResponse
 
 
 def session_options() -> ort.SessionOptions:
-    """One intra-op thread, no spinning: the server has one core (see loadtests/peers/bench.py)."""
+    """One intra-op thread, no spinning: the server has one core (see benchmarks/peers/bench.py)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1

@@ -1,7 +1,7 @@
 """How each peer is started on loopback, pinned to the server cores, and which transports it speaks.
 
 Tessera and the bare grpc.aio server run from the project venv; MLServer and the naive FastAPI
-server from the peers venv that loadtests/peers/install_peers.sh builds.
+server from the peers venv that benchmarks/peers/install_peers.sh builds.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _tessera(repository: Path, venv: Path, cpus: str, work: Path) -> Launch:
 
 def _bare(repository: Path, venv: Path, cpus: str, work: Path) -> Launch:
     port = free_port()
-    argv = [sys.executable, "-m", "loadtests.bare_server", "--model-repository", str(repository), "--port", str(port)]
+    argv = [sys.executable, "-m", "benchmarks.bare_server", "--model-repository", str(repository), "--port", str(port)]
     return Launch(
         ServerProcess(argv, cpus=cpus, log=work / "bare.log", cwd=ROOT, ready=tcp_ready(port)), {"grpc": port}
     )

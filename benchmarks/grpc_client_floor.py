@@ -6,7 +6,7 @@ else: one on a grpc.aio channel, one on the harness's HTTP/2 connection (loadtes
 Prints each round's loop / perf_analyzer ratios (throughput, p50), each loop's client CPU per
 call, and the medians.
 
-    python -m loadtests.grpc_client_floor [--rounds 5] [--seconds 6]
+    python -m benchmarks.grpc_client_floor [--rounds 5] [--seconds 6]
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ from typing import NamedTuple
 import grpc
 import uvloop
 
+from loadtests.encoding import encode_payloads
+from loadtests.grpc_h2 import grpc_message, open_connection
+from loadtests.inputs import fetch_model_info, random_samples
+from loadtests.spec import Target
+from loadtests.transports import INFER_PATH
+
 from .compare_perf_analyzer import ROOT, run_perf_analyzer, tessera_argv
-from .encoding import encode_payloads
-from .grpc_h2 import grpc_message, open_connection
-from .inputs import fetch_model_info, random_samples
 from .server_process import ServerProcess, free_port, http_ready
-from .spec import Target
-from .transports import INFER_PATH
 
 
 async def _timed(call: Callable[[bytes], Awaitable[object]], payloads: list[bytes], seconds: float) -> Figures:

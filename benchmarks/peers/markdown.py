@@ -15,7 +15,7 @@ ORT = "in-process ONNX Runtime"
 
 def render(medians: list[dict[str, Any]], machine: dict[str, str], command: str, args: argparse.Namespace) -> str:
     lines = [
-        "## Tessera against Python peers (loadtests/peers/bench.py)",
+        "## Tessera against Python peers (benchmarks/peers/bench.py)",
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores; servers pinned to CPU {machine['server_cpus']}, "
         f"the load generator to CPU {machine['client_cpus']}. Python {machine['python']}, onnxruntime "

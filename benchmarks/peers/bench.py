@@ -2,8 +2,8 @@
 and in-process ONNX Runtime serve the same ONNX models on one machine; the harness drives each in
 closed loops, in interleaved rounds (the order reverses each round), and the medians become ratios.
 
-    python -m loadtests.peers.bench                      # both models, c = 1, 8, 32, two rounds
-    python -m loadtests.peers.bench --models mlp --levels 8,32 --rounds 1 --duration 3
+    python -m benchmarks.peers.bench                      # both models, c = 1, 8, 32, two rounds
+    python -m benchmarks.peers.bench --models mlp --levels 8,32 --rounds 1 --duration 3
 
 Servers are pinned to --server-cpus and the generator to --client-cpus. Output: results.json and
 peers.md (the BENCHMARKS.md section) under --out.
@@ -21,10 +21,11 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..encoding import encode_payloads
-from ..inputs import fetch_model_info, random_samples
-from ..runner import run_step
-from ..spec import LoadSpec, Target
+from loadtests.encoding import encode_payloads
+from loadtests.inputs import fetch_model_info, random_samples
+from loadtests.runner import run_step
+from loadtests.spec import LoadSpec, Target
+
 from .markdown import render
 from .models import build_repository
 from .servers import PEERS, ROOT, Launch, Peer, Transport
@@ -89,14 +90,14 @@ def _measure(
 
 
 def _in_process(args: argparse.Namespace, repository: Path, model: str, round_: int) -> Point:
-    """loadtests/ort_inprocess.py on the server cores: one thread, batch 1, sessions built as Tessera's."""
+    """benchmarks/ort_inprocess.py on the server cores: one thread, batch 1, sessions built as Tessera's."""
     command = [
         "taskset",
         "-c",
         args.server_cpus,
         sys.executable,
         "-m",
-        "loadtests.ort_inprocess",
+        "benchmarks.ort_inprocess",
         str(repository / model / "1" / "model.onnx"),
         "--concurrency",
         "1",
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if (not args.skip_install and "mlserver" in order) or "naive" in order:
         subprocess.run(
-            ["bash", str(ROOT / "loadtests" / "peers" / "install_peers.sh"), str(args.peers_venv)], check=True
+            ["bash", str(ROOT / "benchmarks" / "peers" / "install_peers.sh"), str(args.peers_venv)], check=True
         )
     os.sched_setaffinity(0, set(args.client_cpu_set))
     repository = args.out / "models"
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         order.reverse()  # ABBA: slow drift of the machine falls on every peer alike
     medians = _medians(points)
     machine = _machine(args)
-    command = "python -m loadtests.peers.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.peers.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     (args.out / "results.json").write_text(
         json.dumps(
             {"machine": machine, "command": command, "points": [asdict(p) for p in points], "medians": medians},

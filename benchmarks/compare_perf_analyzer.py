@@ -11,8 +11,8 @@ does (seen with strace). A request arriving in two TCP segments costs the server
 and parse; sent in one write (the harness's default) the same server answered 8-17% more requests
 at concurrency 8 and 32. --http-one-write compares with the default instead.
 
-    python -m loadtests.compare_perf_analyzer                     # Tessera, tabular, c = 1, 8, 32
-    python -m loadtests.compare_perf_analyzer --acceptance --out .bench/compare
+    python -m benchmarks.compare_perf_analyzer                     # Tessera, tabular, c = 1, 8, 32
+    python -m benchmarks.compare_perf_analyzer --acceptance --out .bench/compare
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from .encoding import encode_payloads
-from .inputs import fetch_model_info, random_samples
-from .runner import run_step
+from loadtests.encoding import encode_payloads
+from loadtests.inputs import fetch_model_info, random_samples
+from loadtests.runner import run_step
+from loadtests.spec import LoadSpec, Target
+
 from .server_process import ServerProcess, free_port, http_ready
-from .spec import LoadSpec, Target
 
 __all__ = ["Comparison", "main", "run_perf_analyzer", "tessera_argv"]
 

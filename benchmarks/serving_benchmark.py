@@ -1,7 +1,7 @@
 """Serving benchmark (issue 2): Tessera over gRPC and HTTP against in-process ONNX Runtime and a bare
-grpc.aio server (loadtests/bare_server.py), on a small and a compute-heavy MLP, all in one run.
+grpc.aio server (benchmarks/bare_server.py), on a small and a compute-heavy MLP, all in one run.
 
-    .venv/bin/python -m loadtests.serving_benchmark --out .bench/serving
+    .venv/bin/python -m benchmarks.serving_benchmark --out .bench/serving
 
 Servers run on one core (taskset -c 0), perf_analyzer on the other (taskset -c 1); in-process ORT runs
 on the servers' core. Every (repeat, concurrency) round runs all systems back to back in a rotating
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .sample_models import make_models
 from .serving_report import BATCH_CEILING_ROWS, HEAVY, SMALL, Cell, Figure, machine, markdown, summarize
 
 __all__ = ["Bench", "build_repository", "main"]
@@ -37,23 +37,14 @@ PERF_ANALYZER = ROOT / "loadtests" / "perf_analyzer.sh"
 
 
 # -- repository and processes ---------------------------------------------------------------------
-def _make_models() -> Any:
-    spec = importlib.util.spec_from_file_location("make_models", ROOT / "model_repository" / "make_models.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def build_repository(root: Path, small_delay_us: int, heavy_delay_us: int, heavy_max_batch: int) -> None:
     """small, heavy (dynamic batching) and heavy_single (the same graph, each request alone)."""
-    mm = _make_models()
     if root.exists():
         shutil.rmtree(root)
-    mm.make_mlp(root, "small", SMALL, 64, 11,
-                f"dynamic_batching {{ max_queue_delay_microseconds: {small_delay_us} }}\n")
-    mm.make_mlp(root, "heavy", HEAVY, heavy_max_batch, 12,
-                f"dynamic_batching {{ max_queue_delay_microseconds: {heavy_delay_us} }}\n")
+    make_models.make_mlp(root, "small", SMALL, 64, 11,
+                         f"dynamic_batching {{ max_queue_delay_microseconds: {small_delay_us} }}\n")
+    make_models.make_mlp(root, "heavy", HEAVY, heavy_max_batch, 12,
+                         f"dynamic_batching {{ max_queue_delay_microseconds: {heavy_delay_us} }}\n")
     (root / "heavy_single" / "1").mkdir(parents=True)
     shutil.copyfile(root / "heavy" / "1" / "model.onnx", root / "heavy_single" / "1" / "model.onnx")
     (root / "heavy_single" / "config.pbtxt").write_text(
@@ -161,7 +152,7 @@ class Bench:
 
     def in_process(self, cell: Cell, tag: str) -> Figure | None:
         batch = BATCH_CEILING_ROWS if cell.system == "ort-batch64" else 1
-        cmd = ["taskset", "-c", self.server_cpu, sys.executable, "-m", "loadtests.ort_inprocess",
+        cmd = ["taskset", "-c", self.server_cpu, sys.executable, "-m", "benchmarks.ort_inprocess",
                str(self.repo / cell.model / "1" / "model.onnx"), "--concurrency", str(cell.concurrency),
                "--seconds", str(3 * self.window_ms / 1000), "--batch", str(batch)]
         loadavg = os.getloadavg()[0]
@@ -267,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
              [lambda: _http_ready(ports["http"]), lambda: _grpc_ready(ports["grpc"])]),
             (tessera(ports["nodrift_http"], ports["nodrift_grpc"], "nodrift", "--drift", "false"),
              "tessera-nodrift.log", [lambda: _grpc_ready(ports["nodrift_grpc"])]),
-            ([sys.executable, "-m", "loadtests.bare_server", "--model-repository", str(repo),
+            ([sys.executable, "-m", "benchmarks.bare_server", "--model-repository", str(repo),
               "--port", str(ports["bare"])], "bare.log", [lambda: _grpc_ready(ports["bare"])]),
         ):
             servers.callback(stop, start(cmd, out / "logs" / log, args.server_cpu, probes))
@@ -280,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarize(results, levels)
     loads = [f.loadavg for figs in results.values() for f in figs if f]
     meta = {
-        "command": " ".join([".venv/bin/python -m loadtests.serving_benchmark", *(argv or sys.argv[1:])]),
+        "command": " ".join([".venv/bin/python -m benchmarks.serving_benchmark", *(argv or sys.argv[1:])]),
         "machine": machine(), "started": started, "duration_s": time.monotonic() - t0,
         "repeats": args.repeats, "window_ms": args.window_ms, "server_cpu": args.server_cpu,
         "client_cpu": args.client_cpu, "small_delay_us": args.small_delay_us,

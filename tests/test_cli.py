@@ -1,0 +1,34 @@
+"""`tessera`'s command line: every subcommand listed in --help, and `loadtest` without its extra."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from server.cli import build_parser, main
+
+
+def test_help_lists_every_subcommand_including_the_load_harness() -> None:
+    text = build_parser().format_help()
+    for command in ("serve", "profile", "drift", "loadtest"):
+        assert command in text
+    assert "pip install 'tessera[loadtest]'" in text
+
+
+@pytest.mark.parametrize("module", [pytest.param(m, id=m) for m in ("hdrh", "hpack", "matplotlib")])
+def test_loadtest_without_its_extra_names_the_extra_to_install(module: str) -> None:
+    # A fresh interpreter in which `import <module>` fails as if the package were not installed.
+    code = f"import sys; sys.modules[{module!r}] = None; from server.cli import main; main(['loadtest', 'run'])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (f"tessera loadtest: the load harness needs the loadtest extra ({module} is not "
+                                   "installed): pip install 'tessera[loadtest]'")
+
+
+def test_loadtest_hands_its_arguments_to_the_harness(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["loadtest", "--help"])
+    assert exited.value.code == 0
+    assert "run" in capsys.readouterr().out
