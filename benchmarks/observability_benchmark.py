@@ -6,8 +6,8 @@ Servers, all started together, each pinned to CPU 0 (`taskset -c 0`), drift stat
 what is measured differs; the load generator (loadtests' closed loop) runs on CPU 1, as does this script's
 OTLP/HTTP receiver, which takes the exported spans and discards them:
 
-- `before`: the code before issue 17 (`git archive <rev>`, default the parent of the first observability
-  commit): what "tracing off costs nothing measurable" is judged against;
+- `before`: the code before issue 17 (`git archive <rev>`, default main as it was when merged into this
+  branch): what "tracing off costs nothing measurable" is judged against;
 - `off`: this code with nothing configured (no OTEL_* variables, no request log);
 - `off2`: a second `off`, the A/A control: how much two identical servers differ in this run;
 - `trace_0.01`: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT set, OTEL_TRACES_SAMPLER_ARG=0.01;
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per step")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--before", default="aba894f", help="revision of the code before issue 17")
+    parser.add_argument("--before", default="dda49d7", help="revision before issue 17 (main at the merge)")
     parser.add_argument("--out", type=Path, default=Path(".bench/observability"))
     parser.add_argument("--hooks-only", action="store_true", help="only the in-process hook costs")
     args = parser.parse_args(argv)
