@@ -35,6 +35,7 @@ class ObservabilitySidePaths:
         self.request_log = request_log
         self.payload_log = payload_log
         self._observability = Observability(tracing, request_log, payload_log is not None)
+        self._stopped = False
 
     @classmethod
     def create(cls, settings: ServerSettings, registry: CollectorRegistry, manager: ModelManager,
@@ -65,7 +66,10 @@ class ObservabilitySidePaths:
         observation.install(self._observability)
 
     async def stop(self) -> None:
-        """Switch the hooks off, then flush and stop each side path (off the event loop)."""
+        """Switch the hooks off, then flush and stop each side path (off the event loop); once."""
+        if self._stopped:
+            return
+        self._stopped = True
         if observation.ACTIVE is self._observability:
             observation.uninstall()
         for part in (self.request_log, self.payload_log):
