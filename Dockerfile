@@ -27,8 +27,13 @@ COPY loadtests ./loadtests
 RUN pip install --upgrade pip && pip install ".[${RUNTIME}]" && rm -rf /src
 
 COPY model_repository /models
-RUN useradd --system --uid 10001 tessera
-USER tessera
+# uid/gid 10001 as deploy/ runs it; state (audit trail, repository cache) under /var/lib/tessera, which
+# Kubernetes mounts as an emptyDir beside a read-only root filesystem.
+RUN groupadd --system --gid 10001 tessera && \
+    useradd --system --uid 10001 --gid 10001 --create-home tessera && \
+    mkdir -p /var/lib/tessera && chown tessera:tessera /var/lib/tessera
+ENV TESSERA_STATE_DIR=/var/lib/tessera
+USER 10001:10001
 WORKDIR /home/tessera
 EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s CMD python3 -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready').status == 200 else 1)"

@@ -14,7 +14,9 @@ from typing import Any
 import grpc
 import uvicorn
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .admission import Admission
 from .audit import AuditLog
 from .auth import Authorizer
 from .dataplane import DataPlane
@@ -23,12 +25,15 @@ from .grpc_api.credentials import server_credentials
 from .grpc_api.rollout_service import RolloutService
 from .grpc_api.service import SERVICE_NAME, InferenceService
 from .http_api import build_http_app
+from .http_api.connection import ConnectionLimits, guarded_protocol
 from .http_api.security import TlsPeerProtocol
 from .metrics import Metrics
 from .observability import ObservabilitySidePaths
+from .protocol.limits import DecodeLimits
+from .repository.fleet_admin import FleetAdmin
 from .repository.manager import ModelManager
 from .repository.watcher import RepositoryWatcher
-from .routing import FileStateStore, RedisStateStore, RolloutController, StateStore
+from .routing import build_rollout_controller, replica_name
 from .settings import ServerSettings
 from .tls import FileWatcher, ServerTlsContext, TlsFiles
 
@@ -64,17 +69,19 @@ class App:
         self.file_watcher = FileWatcher(settings.tls_reload_s)
         if self.authorizer.enabled:
             self.file_watcher.add(self.authorizer.refresh)
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(multiprocess_dir=settings.metrics_multiprocess_dir)
         self.manager = ModelManager(settings.model_repository, settings, self.metrics)
         self._watcher: RepositoryWatcher | None = None
-        store: StateStore = (RedisStateStore(settings.redis_url) if settings.redis_url
-                             else FileStateStore(settings.state_dir))
         self.audit = AuditLog(settings.state_dir / "audit.jsonl")
-        self.rollouts = RolloutController(self.manager, self.metrics, store, self.audit,
-                                          tick_s=settings.rollout_tick_s)
+        self.rollouts = build_rollout_controller(settings, self.manager, self.metrics, self.audit)
         self.dataplane = DataPlane(self.manager, self.metrics, admin_enabled=settings.allow_repository_admin,
                                    rollouts=self.rollouts, authorizer=self.authorizer, audit=self.audit,
                                    metrics_auth=settings.metrics_auth)
+        self.fleet_admin: FleetAdmin | None = None
+        if settings.redis_url and settings.model_control_mode == "explicit":
+            self.fleet_admin = FleetAdmin(self.manager, settings.redis_url, replica_name(settings),
+                                          settings.fleet_admin_timeout_s)
+            self.dataplane.set_fleet_admin(self.fleet_admin, self.fleet_admin.fleet_index)
         self.drift: DriftSidePath | None = None
         if settings.drift_enabled:
             self.drift = DriftSidePath.create(
@@ -90,6 +97,10 @@ class App:
             self.dataplane.add_observer(self.drift.tap)
             if self.drift.monitor is not None:
                 self.dataplane.set_drift_reports(self.drift.monitor.latest_reports)
+        self.admission = Admission(settings.body_budget_bytes, settings.rate_limit_rps, settings.rate_limit_burst)
+        self.decode_limits = DecodeLimits(max_elements=settings.max_request_elements,
+                                          max_bytes=settings.max_request_tensor_bytes,
+                                          off_loop_bytes=settings.decode_off_loop_bytes)
         self.observability = ObservabilitySidePaths.create(settings, self.metrics.registry, self.manager,
                                                            self.dataplane)
         if self.drift is not None and settings.drift_outputs:
@@ -112,6 +123,8 @@ class App:
         if s.model_control_mode == "poll":
             self._watcher = RepositoryWatcher(self.manager, s.repository_poll_secs)
             self._watcher.start()
+        if self.fleet_admin is not None:
+            await self.fleet_admin.start()
         await self.rollouts.start()
         if self.drift is not None:
             await self.drift.start()
@@ -129,9 +142,17 @@ class App:
             ("grpc.max_receive_message_length", s.grpc_max_message_bytes),
             ("grpc.max_send_message_length", s.grpc_max_message_bytes),
             ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
+            # Idle connections go (GOAWAY). Keepalive pings stay policed as grpc-core does by default
+            # (no pings without calls, at most one per 5 minutes without data, GOAWAY ENHANCE_YOUR_CALM
+            # after 2 strikes): stated here so a change of library default cannot loosen them.
+            ("grpc.max_connection_idle_ms", max(1, round(s.grpc_max_connection_idle_s * 1000))),
+            ("grpc.keepalive_permit_without_calls", 0),
+            ("grpc.http2.min_ping_interval_without_data_ms", 300_000),
+            ("grpc.http2.max_ping_strikes", 2),
         ]
         server = grpc.aio.server(options=options)
-        server.add_generic_rpc_handlers((InferenceService(self.dataplane).handler(),
+        inference = InferenceService(self.dataplane, self.admission, self.decode_limits, s.stream_queue_share)
+        server.add_generic_rpc_handlers((inference.handler(),
                                          RolloutService(self.dataplane).handler()))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = f"[{s.host}]:{s.grpc_port}" if ":" in s.host else f"{s.host}:{s.grpc_port}"
@@ -146,14 +167,20 @@ class App:
 
     async def _start_http(self) -> None:
         s = self.settings
-        app = build_http_app(self.dataplane, self.metrics, s.http_max_body_bytes, s.cors_origins)
-        tls: dict[str, Any] = {}
+        app = build_http_app(self.dataplane, self.metrics, s.http_max_body_bytes, self.admission,
+                             self.decode_limits, s.cors_origins)
+        base: type[HttpToolsProtocol] = HttpToolsProtocol
+        ssl: dict[str, Any] = {}
         if self.tls is not None:  # one SSLContext, reloaded in place when the files change
             context = ServerTlsContext(self.tls)
             self.file_watcher.add(context.refresh)
-            tls = {"http": TlsPeerProtocol, "ssl_context_factory": lambda _config, _default: context.context}
-        config = uvicorn.Config(app, **{"http": "httptools", **tls}, lifespan="off", access_log=False,
-                                log_config=None, timeout_graceful_shutdown=max(1, round(s.drain_timeout_s)))
+            base = TlsPeerProtocol
+            ssl = {"ssl_context_factory": lambda _config, _default: context.context}
+        protocol = guarded_protocol(ConnectionLimits(s.http_header_timeout_s, s.http_body_timeout_s,
+                                                     s.http_max_header_bytes), base)
+        config = uvicorn.Config(app, http=protocol, **ssl, lifespan="off", access_log=False, log_config=None,
+                                timeout_graceful_shutdown=max(1, round(s.drain_timeout_s)),
+                                limit_concurrency=s.http_max_connections or None)
         self._http = uvicorn.Server(config)
         sock = _bind(s.host, s.http_port, reuse_port=s.workers > 1)
         self.http_port = sock.getsockname()[1]
@@ -176,6 +203,8 @@ class App:
         if self._watcher is not None:
             await self._watcher.stop()
         await self.file_watcher.stop()
+        if self.fleet_admin is not None:
+            await self.fleet_admin.stop()
         await self.rollouts.stop()
         if self.drift is not None:
             await self.drift.stop()

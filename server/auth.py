@@ -99,7 +99,7 @@ class Principal:
     """Unix time after which a token is refused as expired; None never expires."""
 
 
-_OPEN = Principal("anonymous", ALL)
+OPEN = Principal("anonymous", ALL)
 
 
 def hash_token(token: str) -> str:
@@ -223,7 +223,7 @@ class Authorizer:
         Raises Unauthenticated (no, wrong or expired credential) or PermissionDenied (missing scope).
         """
         if not self.enabled:
-            return Principal(creds.describe(), ALL) if creds.cert_identities else _OPEN
+            return Principal(creds.describe(), ALL) if creds.cert_identities else OPEN
         principal = self._authenticate(creds)
         if not principal.grant.allows(scope, model):
             if scope is Scope.INFER and principal.grant.infer:

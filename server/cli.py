@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import json
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -93,6 +95,48 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--drift-stream-maxlen", type=int, default=int(_env("drift-stream-maxlen", "1000") or 1000))
     p.add_argument("--drift-buffer-windows", type=int, default=int(_env("drift-buffer-windows", "256") or 256))
     p.add_argument("--log-level", default=_env("log-level", "INFO"))
+    # The fleet: replicas sharing --redis-url share rollouts and (explicit mode) repository admin.
+    p.add_argument("--rollout-tick-s", type=float, default=float(_env("rollout-tick-s", "0.5") or 0.5),
+                   help="seconds between checks of each active rollout (and fleet syncs)")
+    p.add_argument("--rollout-lease-s", type=float, default=float(_env("rollout-lease-s", "0") or 0),
+                   help="rollout leader lease, seconds (0: three ticks)")
+    p.add_argument("--replica-id", default=_env("replica-id", "") or "",
+                   help="this replica's name in the fleet (default <hostname>-<pid>)")
+    p.add_argument("--fleet-admin-timeout-s", type=float,
+                   default=float(_env("fleet-admin-timeout-s", "30") or 30),
+                   help="seconds a load/unload waits for every replica's answer (explicit mode, Redis)")
+    # -- bounded decoding, slow clients, rate limits (issue 11) --
+    p.add_argument("--max-request-elements", type=int,
+                   default=int(_env("max-request-elements", str(1 << 24)) or 0),
+                   help="tensor elements one inference request may declare (all inputs)")
+    p.add_argument("--max-request-tensor-bytes", type=int,
+                   default=int(_env("max-request-tensor-bytes", str(128 << 20)) or 0),
+                   help="decoded tensor bytes one inference request may declare (all inputs)")
+    p.add_argument("--decode-off-loop-bytes", type=int,
+                   default=int(_env("decode-off-loop-bytes", str(1 << 20)) or 0),
+                   help="bodies/messages at least this big are decoded on a worker thread")
+    p.add_argument("--body-budget-bytes", type=int, default=int(_env("body-budget-bytes", str(256 << 20)) or 0),
+                   help="bytes held in request bodies process-wide before 429 / RESOURCE_EXHAUSTED (0: off)")
+    p.add_argument("--http-header-timeout-s", type=float,
+                   default=float(_env("http-header-timeout-s", "10") or 0),
+                   help="seconds to send a complete request head before the connection is closed (0: off)")
+    p.add_argument("--http-body-timeout-s", type=float, default=float(_env("http-body-timeout-s", "30") or 0),
+                   help="seconds to send the whole body after the head before the connection is closed (0: off)")
+    p.add_argument("--http-max-header-bytes", type=int,
+                   default=int(_env("http-max-header-bytes", str(64 << 10)) or 0),
+                   help="largest request head; larger ones get 431 and the connection closes")
+    p.add_argument("--http-max-connections", type=int,
+                   default=int(_env("http-max-connections", "2048") or 0),
+                   help="concurrent HTTP connections or requests before 503 (0: unlimited)")
+    p.add_argument("--grpc-max-connection-idle-s", type=float,
+                   default=float(_env("grpc-max-connection-idle-s", "300") or 0),
+                   help="seconds a gRPC connection may stay without calls before it is closed")
+    p.add_argument("--rate-limit-rps", type=float, default=float(_env("rate-limit-rps", "0") or 0),
+                   help="inference requests per second per client (token bucket); 0: off")
+    p.add_argument("--rate-limit-burst", type=int, default=int(_env("rate-limit-burst", "0") or 0),
+                   help="rate-limit bucket size (0: one second's worth)")
+    p.add_argument("--stream-queue-share", type=float, default=float(_env("stream-queue-share", "0.25") or 0),
+                   help="share of a model's queue one gRPC stream may hold")
     _add_security_flags(p)
     _add_observability(p)
 
@@ -238,6 +282,9 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
         drift_buffer_windows=args.drift_buffer_windows,
         log_level=args.log_level.upper(),
         **_security_settings(args),
+        rollout_tick_s=args.rollout_tick_s, rollout_lease_s=args.rollout_lease_s, replica_id=args.replica_id,
+        fleet_admin_timeout_s=args.fleet_admin_timeout_s,
+        **_limit_settings(args),
         **_observability_settings(args),
     )
     problem = settings.exposure_problem()
@@ -251,6 +298,14 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         raise SystemExit(f"tessera serve: {exc}") from None
     return settings
+
+
+def _limit_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The bounded-decoding, slow-client and rate-limit settings (issue 11)."""
+    names = ("max_request_elements", "max_request_tensor_bytes", "decode_off_loop_bytes", "body_budget_bytes",
+             "http_header_timeout_s", "http_body_timeout_s", "http_max_header_bytes", "http_max_connections",
+             "grpc_max_connection_idle_s", "rate_limit_rps", "rate_limit_burst", "stream_queue_share")
+    return {name: getattr(args, name) for name in names}
 
 
 async def _serve(settings: ServerSettings) -> None:
@@ -286,6 +341,13 @@ def run_server(settings: ServerSettings) -> None:
 
 
 def _run_workers(settings: ServerSettings) -> int:
+    from .metrics import mark_worker_dead, prepare_multiprocess_dir
+
+    # prometheus-client picks its multiprocess value store when it is imported: the variable must be in
+    # the environment the workers are spawned with.
+    metrics_dir, temporary = prepare_multiprocess_dir(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    settings = dataclasses.replace(settings, metrics_multiprocess_dir=metrics_dir)
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=run_server, args=(settings,), name=f"tessera-{i}") for i in range(settings.workers)]
     for proc in procs:
@@ -300,6 +362,10 @@ def _run_workers(settings: ServerSettings) -> int:
     signal.signal(signal.SIGINT, forward)
     for proc in procs:
         proc.join()
+        if proc.pid is not None:
+            mark_worker_dead(metrics_dir, proc.pid)
+    if temporary:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return max((proc.exitcode or 0) for proc in procs)
 
 

@@ -26,7 +26,7 @@ from .routing import RolloutController, RolloutSpec, RolloutState, Router
 from .statistics import ModelStatistics
 from .tensors import InferRequest, InferResponse, Tensor
 
-__all__ = ["DataPlane", "InferenceObserver", "ServerMetadata"]
+__all__ = ["DataPlane", "InferenceObserver", "RepositoryAdmin", "ServerMetadata"]
 
 T = TypeVar("T")
 
@@ -53,6 +53,15 @@ class InferenceObserver(Protocol):
                 outputs: dict[str, Tensor]) -> None: ...
 
 
+class RepositoryAdmin(Protocol):
+    """Where repository load/unload go: the ModelManager, or FleetAdmin (every replica, explicit mode)."""
+
+    async def load(self, name: str, *, config_json: str | None = None,
+                   files: dict[str, bytes] | None = None) -> None: ...
+
+    async def unload(self, name: str, *, unload_dependents: bool = False) -> None: ...
+
+
 class DataPlane:
     """The one place both transports call."""
 
@@ -72,6 +81,13 @@ class DataPlane:
         self._output_comparison: Callable[[str, int, int], dict[str, Any]] | None = None
         self._metadata = ServerMetadata("tessera", __version__, EXTENSIONS)
         self.accepting = True
+        self._repository_admin: RepositoryAdmin = manager
+        self._fleet_index: Callable[[], Awaitable[dict[str, list[IndexEntry]]]] | None = None
+
+    def set_fleet_admin(self, admin: RepositoryAdmin,
+                        index: Callable[[], Awaitable[dict[str, list[IndexEntry]]]]) -> None:
+        """Send load/unload to `admin` (every replica), and show the fleet's index from `index`."""
+        self._repository_admin, self._fleet_index = admin, index
 
     @property
     def manager(self) -> ModelManager:
@@ -206,6 +222,13 @@ class DataPlane:
         self.authorize(creds, Scope.READ, "repository_index")
         return [e for e in self._manager.index() if not ready_only or e.state == "READY"]
 
+    async def fleet_index(self, creds: Credentials = ANONYMOUS) -> dict[str, list[IndexEntry]]:
+        """Each replica's repository index (replica name -> entries). Raises Unsupported outside a fleet."""
+        self.authorize(creds, Scope.READ, "fleet_index")
+        if self._fleet_index is None:
+            raise Unsupported("the fleet's index needs --redis-url and --model-control-mode explicit")
+        return await self._fleet_index()
+
     async def _admin(self, creds: Credentials, action: str, model: str,
                      operation: Callable[[str], Awaitable[T]]) -> T:
         """Check `admin`, run `operation(actor)` and write the audit line with its outcome."""
@@ -231,14 +254,14 @@ class DataPlane:
     async def load_model(self, name: str, config_json: str | None = None,
                          files: dict[str, bytes] | None = None, creds: Credentials = ANONYMOUS) -> None:
         async def load(actor: str) -> None:
-            await self._manager.load(name, config_json=config_json, files=files or {})
+            await self._repository_admin.load(name, config_json=config_json, files=files or {})
 
         await self._admin(creds, "load", check_model_name(name), load)
 
     async def unload_model(self, name: str, unload_dependents: bool = False,
                            creds: Credentials = ANONYMOUS) -> None:
         async def unload(actor: str) -> None:
-            await self._manager.unload(name)
+            await self._repository_admin.unload(name)
 
         await self._admin(creds, "unload", check_model_name(name), unload)
 

@@ -34,6 +34,7 @@ __all__ = [
     "PermissionDenied",
     "TesseraError",
     "Unauthenticated",
+    "Unavailable",
     "Unsupported",
     "status_for",
 ]
@@ -96,6 +97,10 @@ class ExecutionFailed(TesseraError):
     """ONNX Runtime failed while running a batch."""
 
 
+class Unavailable(TesseraError):
+    """A shared service the operation needs (the fleet's Redis) cannot be reached; try again."""
+
+
 # (gRPC status code name, HTTP status). Order matters only for readability;
 # lookup walks the MRO so PayloadTooLarge finds its own row before InvalidInput's.
 STATUS_TABLE: dict[type[TesseraError], tuple[str, HTTPStatus]] = {
@@ -111,6 +116,7 @@ STATUS_TABLE: dict[type[TesseraError], tuple[str, HTTPStatus]] = {
     Unsupported: ("UNIMPLEMENTED", HTTPStatus.NOT_IMPLEMENTED),
     ModelLoadError: ("FAILED_PRECONDITION", HTTPStatus.BAD_REQUEST),
     ExecutionFailed: ("INTERNAL", HTTPStatus.INTERNAL_SERVER_ERROR),
+    Unavailable: ("UNAVAILABLE", HTTPStatus.SERVICE_UNAVAILABLE),
 }
 
 _REASONS: dict[type[TesseraError], str] = {
@@ -125,6 +131,7 @@ _REASONS: dict[type[TesseraError], str] = {
     Unsupported: "unsupported",
     ModelLoadError: "load_error",
     ExecutionFailed: "execution_failed",
+    Unavailable: "unavailable",
 }
 
 

@@ -2,16 +2,25 @@
 
 Labels are `model` and `version` only (plus `reason` on failures, a small fixed set), so
 cardinality stays bounded. Histograms, unlike Triton's counters, aggregate across replicas.
+
+Under `--workers N` the workers share one scrape: prometheus-client's multiprocess mode (each process
+writes its values to memory-mapped files in one directory; `render` merges them on every scrape), so
+any worker's `/metrics` shows the process group, counters summed, gauges by their `multiprocess_mode`.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import tempfile
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from .errors import TesseraError
 
-__all__ = ["CONTENT_TYPE_LATEST", "Labels", "Metrics", "VersionMetrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "Labels", "Metrics", "VersionMetrics", "mark_worker_dead",
+           "prepare_multiprocess_dir"]
 
 Labels = tuple[str, str]
 
@@ -24,8 +33,9 @@ _BATCH_BUCKETS = tuple(float(2**i) for i in range(11))  # 1 .. 1024 rows
 class Metrics:
     """The metric families; one instance per App, each test gets a fresh registry."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, multiprocess_dir: Path | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self._multiprocess_dir = multiprocess_dir
         self._versions: dict[Labels, VersionMetrics] = {}
         r = self.registry
         mv = ("model", "version")
@@ -37,8 +47,9 @@ class Metrics:
                                        mv, registry=r)
         self.execution_count = Counter("tessera_execution_count", "Model executions (batches run).", mv,
                                        registry=r)
+        # multiprocess_mode says how `--workers N` processes' values combine (ignored in one process).
         self.pending_requests = Gauge("tessera_pending_requests", "Requests queued or executing.", mv,
-                                      registry=r)
+                                      registry=r, multiprocess_mode="livesum")
         self.request_duration = Histogram("tessera_request_duration_seconds",
                                           "End-to-end inference latency inside the server.", mv,
                                           buckets=_LATENCY_BUCKETS, registry=r)
@@ -51,16 +62,17 @@ class Metrics:
         self.batch_size = Histogram("tessera_batch_size", "Rows in each batch executed.", mv,
                                     buckets=_BATCH_BUCKETS, registry=r)
         self.model_state = Gauge("tessera_model_ready", "1 when the model version is READY.", mv,
-                                 registry=r)
+                                 registry=r, multiprocess_mode="livemin")
         self.warmup_runs = Counter("tessera_model_warmup_runs", "Warmup runs before a version took traffic.",
                                    mv, registry=r)
         self.model_load_failures = Counter("tessera_model_load_failures", "Failed model version loads.",
                                            ("model",), registry=r)
 
         self.rollout_weight = Gauge("tessera_rollout_weight", "Canary traffic share of a candidate, percent.",
-                                    mv, registry=r)
+                                    mv, registry=r, multiprocess_mode="livemax")
         self.shadow_agreement = Gauge("tessera_shadow_agreement",
-                                      "Share of shadow pairs whose outputs agree, current step.", mv, registry=r)
+                                      "Share of shadow pairs whose outputs agree, current step.", mv, registry=r,
+                                      multiprocess_mode="livemin")
         self.shadow_compared = Counter("tessera_shadow_compared", "Shadow pairs compared.", mv, registry=r)
         self.shadow_dropped = Counter("tessera_shadow_dropped", "Shadow copies dropped: candidate behind.", mv,
                                       registry=r)
@@ -75,7 +87,31 @@ class Metrics:
         return found
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition; under `--workers N`, of every worker of the process group (see module doc)."""
+        if self._multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, str(self._multiprocess_dir))  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
+
+
+def prepare_multiprocess_dir(existing: str | None) -> tuple[Path, bool]:
+    """The directory `--workers N` processes share their metric values in: `existing` (the
+    PROMETHEUS_MULTIPROC_DIR the operator set), emptied, or a new temporary one. Call before spawning
+    the workers, with PROMETHEUS_MULTIPROC_DIR set to the result in their environment.
+    Returns (directory, whether it was created here and is to be removed at exit)."""
+    if existing:
+        directory = Path(existing)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):  # a previous run's values would add to this one's
+            stale.unlink()
+        return directory, False
+    return Path(tempfile.mkdtemp(prefix="tessera-metrics-")), True
+
+
+def mark_worker_dead(directory: Path, pid: int) -> None:
+    """Drop a finished worker's live gauges (its counters and histograms keep counting in the sum)."""
+    multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
 
 
 class VersionMetrics:

@@ -100,6 +100,56 @@ class ServerSettings:
     log_level: str = "INFO"
     """Python logging level name."""
 
+    # -- bounded decoding, slow clients, rate limits (issue 11) -------------------------------------
+    max_request_elements: int = 1 << 24
+    """Tensor elements one inference request may declare, all inputs together (16,777,216)."""
+
+    max_request_tensor_bytes: int = 128 << 20
+    """Decoded tensor bytes one inference request may declare, all inputs together (BYTES: payload)."""
+
+    decode_off_loop_bytes: int = 1 << 20
+    """Bodies and gRPC messages at least this big are decoded on a worker thread, off the event loop."""
+
+    body_budget_bytes: int = 256 << 20
+    """Bytes held in inference request bodies, process-wide; beyond it, 429 / RESOURCE_EXHAUSTED (0: off)."""
+
+    http_header_timeout_s: float = 10.0
+    """Seconds a connection has to send a complete request head (from connect or its last response)."""
+
+    http_body_timeout_s: float = 30.0
+    """Seconds a request has, after its head, to send its whole body; slower connections are closed."""
+
+    http_max_header_bytes: int = 64 << 10
+    """Largest request head (request line and headers); larger ones get 431 and the connection closes."""
+
+    http_max_connections: int = 2048
+    """Concurrent HTTP connections (or requests) before new requests get 503 (uvicorn's limit_concurrency)."""
+
+    grpc_max_connection_idle_s: float = 300.0
+    """Seconds a gRPC connection may stay without calls before the server closes it (GOAWAY)."""
+
+    rate_limit_rps: float = 0.0
+    """Inference requests per second per client identity (token bucket); 0 switches rate limits off."""
+
+    rate_limit_burst: int = 0
+    """Bucket size of the rate limit; 0 means one second's worth (at least 1)."""
+
+    stream_queue_share: float = 0.25
+    """Share of a model's queue one gRPC stream may hold (at least one request); its excess is refused."""
+
+    # -- the fleet (replicas sharing --redis-url) ----------------------------------------------
+    replica_id: str = ""
+    """This replica's name in the fleet; empty: <hostname>-<pid> (the pod name in Kubernetes)."""
+
+    rollout_lease_s: float = 0.0
+    """Seconds the rollout leader's lease lasts unless renewed each tick; 0: three ticks, at least 0.5 s."""
+
+    fleet_admin_timeout_s: float = 30.0
+    """Seconds an explicit-mode load/unload waits for every replica to answer (with Redis)."""
+
+    metrics_multiprocess_dir: Path | None = None
+    """Set by `--workers N` (N > 1): where the workers' metric values meet, so one scrape shows all."""
+
     # -- security (TLS, authentication, CORS): see README "Security" ----------------------------
     tls_cert: Path | None = None
     """PEM certificate chain both servers present; TLS is on when this and tls_key are set."""

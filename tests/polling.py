@@ -15,12 +15,15 @@ __all__ = ["async_wait_until", "wait_until"]
 
 
 def wait_until(predicate: Callable[[], object], timeout_s: float = 30.0, interval_s: float = 0.05,
-               message: str = "condition not reached") -> None:
-    """Block this thread until `predicate()` is truthy."""
-    deadline = time.monotonic() + timeout_s
+               message: str | Callable[[], str] = "condition not reached") -> float:
+    """Block this thread until `predicate()` is truthy; return the seconds that took. `message` may be
+    a function, called only on a timeout (to show the state that was waited on)."""
+    start = time.monotonic()
     while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s: {message}"
+        if time.monotonic() - start >= timeout_s:
+            raise AssertionError(f"timed out after {timeout_s} s: {message() if callable(message) else message}")
         time.sleep(interval_s)
+    return time.monotonic() - start
 
 
 async def async_wait_until(predicate: Callable[[], object | Awaitable[object]], timeout_s: float = 30.0,

@@ -32,9 +32,9 @@ class TapMetrics:
                                        "publisher's buffer was full or Redis refused them.", ("model",),
                                        registry=r)
         self.buffered = Gauge("tessera_drift_publisher_buffered_windows", "Windows waiting to be "
-                              "published.", registry=r)
+                              "published.", registry=r, multiprocess_mode="livesum")
         self.connected = Gauge("tessera_drift_publisher_connected", "1 while the drift publisher reaches "
-                               "Redis.", registry=r)
+                               "Redis.", registry=r, multiprocess_mode="livemin")
         self.publish_errors = Counter("tessera_drift_publish_errors", "Failed attempts to write windows "
                                       "to Redis.", registry=r)
         self.reconnects = Counter("tessera_drift_publisher_reconnects", "Times the drift publisher "

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc
 
 from .. import observation
 from .._generated import grpc_service_pb2 as pb
+from ..admission import Admission
+from ..auth import Credentials, Scope
+from ..batching import QueueShare
 from ..dataplane import DataPlane
-from ..protocol.grpc_codec import decode_infer_request, encode_infer_response, encode_statistics
+from ..protocol.grpc_codec import decode_infer_request, encode_infer_response, encode_statistics, parse_message
+from ..protocol.limits import DEFAULT_LIMITS, DecodeLimits, response_bytes
+from ..protocol.validation import model_shape_check
 from .credentials import credentials_from_context as _creds
 from .errors import abort_status, guarded
 
@@ -28,6 +33,16 @@ ROUTING_KEY_METADATA = "tessera-routing-key"
 Ctx: TypeAlias = grpc.aio.ServicerContext
 
 
+def _parsed(handler: Callable[[Any, Ctx], Awaitable[Any]], message: Any
+            ) -> Callable[[bytes, Ctx], Awaitable[Any]]:
+    """`handler` taking the request's bytes, parsed into `message` (InvalidInput when malformed)."""
+
+    async def parse_then_handle(raw: bytes, context: Ctx) -> Any:
+        return await handler(parse_message(message, raw), context)
+
+    return parse_then_handle
+
+
 def _routing_key(context: Ctx) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key == ROUTING_KEY_METADATA:
@@ -35,11 +50,37 @@ def _routing_key(context: Ctx) -> str | None:
     return None
 
 
-class InferenceService:
-    """Handlers for every RPC of the service; each is a few lines around one DataPlane call."""
+def _serialize(message: Any) -> bytes:
+    return message.SerializeToString()  # type: ignore[no-any-return]
 
-    def __init__(self, dataplane: DataPlane) -> None:
+
+class InferenceService:
+    """Handlers for every RPC of the service; each is a few lines around one DataPlane call.
+
+    Requests arrive as bytes and are parsed inside the error mapping (malformed bytes are
+    INVALID_ARGUMENT), big ones on a worker thread; inference passes `admission` first.
+    """
+
+    def __init__(self, dataplane: DataPlane, admission: Admission | None = None,
+                 limits: DecodeLimits = DEFAULT_LIMITS, stream_queue_share: float = 0.25) -> None:
         self._dp = dataplane
+        self._admission = admission or Admission()
+        self._limits = limits
+        self._stream_queue_share = stream_queue_share
+
+    async def _infer(self, raw: bytes, creds: Credentials, key: str | None, ids: list[str]
+                     ) -> pb.ModelInferResponse:
+        """Parse (off the loop for big messages; the request's id is appended to `ids`), check the caller
+        before the tensors are decoded, decode, infer, encode."""
+        with self._admission.bodies.hold() as hold:  # held until the model is done with the views
+            hold.grow(len(raw))
+            msg = await self._limits.off_loop(len(raw), parse_message, pb.ModelInferRequest, raw)
+            ids.append(msg.id)
+            self._admission.admit_caller(self._dp.authorize(creds, Scope.INFER, "infer", msg.model_name), creds)
+            check = model_shape_check(self._dp.manager, msg.model_name, msg.model_version)
+            request = await self._limits.off_loop(len(raw), decode_infer_request, msg, key, self._limits, check)
+            response = await self._dp.infer(request, creds)
+        return await self._limits.off_loop(response_bytes(response), encode_infer_response, response)
 
     async def server_live(self, request: pb.ServerLiveRequest, context: Ctx) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self._dp.live())
@@ -70,36 +111,41 @@ class InferenceService:
         return pb.ModelConfigResponse(config=self._dp.model_config(request.name, request.version,
                                                                               _creds(context)))
 
-    async def model_infer(self, request: pb.ModelInferRequest, context: Ctx) -> pb.ModelInferResponse:
+    async def model_infer(self, raw: bytes, context: Ctx) -> pb.ModelInferResponse:
         observed = observation.begin_grpc(context.invocation_metadata()) if observation.ACTIVE is not None else None
-        response = await self._dp.infer(decode_infer_request(request, _routing_key(context)), _creds(context))
-        encoded = encode_infer_response(response)
+        response = await self._infer(raw, _creds(context), _routing_key(context), [])
         if observed is not None and (trace := observed.finish()):
             context.set_trailing_metadata(tuple(trace.items()))
-        return encoded
+        return response
 
-    async def model_stream_infer(self, requests: AsyncIterator[pb.ModelInferRequest], context: Ctx
+    async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Ctx
                                  ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Requests on one stream run concurrently; an error answers that request and the stream goes on."""
+        """Requests on one stream run concurrently; an error answers that request and the stream goes on.
+
+        The stream's requests share one QueueShare: beyond its part of a model's queue they are
+        answered RESOURCE_EXHAUSTED, so one stream cannot fill the queue for everyone else.
+        """
         results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         key = _routing_key(context)
         creds = _creds(context)
+        share = QueueShare(self._stream_queue_share)
         metadata = context.invocation_metadata() if observation.ACTIVE is not None else None
 
-        async def one(request: pb.ModelInferRequest) -> None:
+        async def one(raw: bytes) -> None:
             observed = observation.begin_grpc(metadata) if observation.ACTIVE is not None else None
+            ids: list[str] = []
             try:
-                response = await self._dp.infer(decode_infer_request(request, key), creds)
-                encoded = encode_infer_response(response)
+                with share.applied():
+                    response = await self._infer(raw, creds, key, ids)
                 if observed is not None:
                     observed.finish()
-                await results.put(pb.ModelStreamInferResponse(infer_response=encoded))
+                await results.put(pb.ModelStreamInferResponse(infer_response=response))
             except Exception as exc:
                 if observed is not None:
                     observed.failed(exc)
                 _, message = abort_status(exc)
                 await results.put(pb.ModelStreamInferResponse(
-                    error_message=message, infer_response=pb.ModelInferResponse(id=request.id)))
+                    error_message=message, infer_response=pb.ModelInferResponse(id=ids[0] if ids else "")))
 
         async def reader() -> None:
             tasks: set[asyncio.Task[None]] = set()
@@ -153,19 +199,19 @@ class InferenceService:
             "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest),
             "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest),
             "ModelConfig": (self.model_config, pb.ModelConfigRequest),
-            "ModelInfer": (self.model_infer, pb.ModelInferRequest),
             "ModelStatistics": (self.model_statistics, pb.ModelStatisticsRequest),
             "RepositoryIndex": (self.repository_index, pb.RepositoryIndexRequest),
             "RepositoryModelLoad": (self.repository_model_load, pb.RepositoryModelLoadRequest),
             "RepositoryModelUnload": (self.repository_model_unload, pb.RepositoryModelUnloadRequest),
         }
+        # No request_deserializer: the handlers get bytes, so a malformed message is answered
+        # INVALID_ARGUMENT by the error mapping (grpc.aio would answer UNKNOWN naming DecodeError).
         methods: dict[str, grpc.RpcMethodHandler] = {
-            name: grpc.unary_unary_rpc_method_handler(
-                guarded(fn), request_deserializer=req.FromString,
-                response_serializer=lambda m: m.SerializeToString())
+            name: grpc.unary_unary_rpc_method_handler(guarded(_parsed(fn, req)), response_serializer=_serialize)
             for name, (fn, req) in unary.items()
         }
+        methods["ModelInfer"] = grpc.unary_unary_rpc_method_handler(guarded(self.model_infer),
+                                                                    response_serializer=_serialize)
         methods["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
-            self.model_stream_infer, request_deserializer=pb.ModelInferRequest.FromString,
-            response_serializer=lambda m: m.SerializeToString())
+            self.model_stream_infer, response_serializer=_serialize)
         return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)

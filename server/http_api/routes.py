@@ -16,11 +16,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import observation
+from ..admission import Admission
+from ..auth import Scope
 from ..dataplane import DataPlane
 from ..metrics import CONTENT_TYPE_LATEST, Metrics
 from ..protocol.http_codec import HEADER_LENGTH, decode_infer_request, encode_infer_response
+from ..protocol.limits import DEFAULT_LIMITS, DecodeLimits, response_bytes
+from ..protocol.validation import model_shape_check
 from . import documents
-from .body import read_body
+from .body import read_body, read_body_buffer
 from .errors import HTTP_EXCEPTION_HANDLERS, ErrorMiddleware
 from .security import cors_middleware, require_json
 from .security import credentials_from_request as _creds
@@ -50,10 +54,13 @@ def _model(request: Request) -> tuple[str, str]:
 class HttpRoutes:
     """The handlers, bound to one DataPlane."""
 
-    def __init__(self, dataplane: DataPlane, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(self, dataplane: DataPlane, metrics: Metrics, max_body_bytes: int,
+                 admission: Admission | None = None, limits: DecodeLimits = DEFAULT_LIMITS) -> None:
         self._dp = dataplane
         self._metrics = metrics
         self._max_body_bytes = max_body_bytes
+        self._admission = admission or Admission()
+        self._limits = limits
         self._openapi = orjson.dumps(orjson.loads(_OPENAPI_PATH.read_bytes()))  # checked once, at start
 
     async def live(self, request: Request) -> Response:
@@ -76,11 +83,19 @@ class HttpRoutes:
 
     async def infer(self, request: Request) -> Response:
         observed = observation.begin_http(request.headers) if observation.ACTIVE is not None else None
-        body = await read_body(request, self._max_body_bytes)
         name, version = _model(request)
-        infer_request = decode_infer_request(body, request.headers.get(HEADER_LENGTH), name, version,
-                                             request.headers.get(ROUTING_KEY_HEADER))
-        encoded = encode_infer_response(await self._dp.infer(infer_request, _creds(request)), infer_request)
+        creds = _creds(request)
+        principal = self._dp.authorize(creds, Scope.INFER, "infer", name)  # before a byte of the body is read
+        self._admission.admit_caller(principal, creds)
+        with self._admission.bodies.hold() as hold:  # held until the model is done with the body's views
+            body = await read_body_buffer(request, self._max_body_bytes, hold)
+            infer_request = await self._limits.off_loop(
+                len(body), decode_infer_request, body, request.headers.get(HEADER_LENGTH), name, version,
+                request.headers.get(ROUTING_KEY_HEADER), self._limits,
+                model_shape_check(self._dp.manager, name, version))
+            response = await self._dp.infer(infer_request, creds)
+        encoded = await self._limits.off_loop(response_bytes(response), encode_infer_response, response,
+                                              infer_request)
         headers = {} if encoded.header_length is None else {HEADER_LENGTH: str(encoded.header_length)}
         if observed is not None:
             headers.update(observed.finish())
@@ -94,6 +109,10 @@ class HttpRoutes:
     async def repository_index(self, request: Request) -> Response:
         ready_only = documents.decode_index_request(await read_body(request, self._max_body_bytes))
         return _json(documents.encode_index(self._dp.repository_index(ready_only, _creds(request))))
+
+    async def fleet_index(self, request: Request) -> Response:
+        index = await self._dp.fleet_index(_creds(request))
+        return _json({"replicas": {name: documents.encode_index(entries) for name, entries in index.items()}})
 
     async def load(self, request: Request) -> Response:
         require_json(request)
@@ -153,6 +172,7 @@ class HttpRoutes:
                 Route(f"{base}/stats", self.statistics, methods=["GET"]),
             )),
             Route("/v2/repository/index", self.repository_index, methods=["POST"]),
+            Route("/v2/repository/fleet", self.fleet_index, methods=["GET"]),
             Route("/v2/repository/models/{name}/load", self.load, methods=["POST"]),
             Route("/v2/repository/models/{name}/unload", self.unload, methods=["POST"]),
             Route(f"{model}/rollout", self.rollout_status, methods=["GET"]),
@@ -166,13 +186,15 @@ class HttpRoutes:
 
 
 def build_http_app(dataplane: DataPlane, metrics: Metrics, max_body_bytes: int,
+                   admission: Admission | None = None, limits: DecodeLimits = DEFAULT_LIMITS,
                    cors_origins: tuple[str, ...] = ()) -> Starlette:
-    """The ASGI app serving the V2 HTTP API over `dataplane`; bodies over `max_body_bytes` get 413.
+    """The ASGI app serving the V2 HTTP API over `dataplane`; bodies over `max_body_bytes` get 413,
+    inference requests pass `admission` (rate limits, body budget) and are decoded under `limits`.
 
     CORS is answered for `cors_origins` only; with none, browsers get no cross-origin access.
     """
     return Starlette(
-        routes=HttpRoutes(dataplane, metrics, max_body_bytes).routes(),
+        routes=HttpRoutes(dataplane, metrics, max_body_bytes, admission, limits).routes(),
         middleware=[*cors_middleware(cors_origins), Middleware(ErrorMiddleware)],
         exception_handlers=HTTP_EXCEPTION_HANDLERS,
     )

@@ -6,16 +6,27 @@
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import numpy as np
+from google.protobuf.message import DecodeError, Message
 
 from .._generated import grpc_service_pb2 as pb
 from ..errors import InvalidInput
 from ..statistics import Duration, ModelStatistics
 from ..tensors import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
-from .datatypes import V2_TO_NUMPY, V2_TO_WIRE_DTYPE, deserialize_bytes_tensor, serialize_bytes_tensor
+from .datatypes import (
+    V2_TO_NUMPY,
+    V2_TO_WIRE_DTYPE,
+    bytes_elements_to_tensor,
+    deserialize_bytes_tensor,
+    serialize_bytes_tensor,
+)
+from .limits import DEFAULT_LIMITS, DecodeLimits, ShapeCheck, timeout_us
 
-__all__ = ["decode_infer_request", "encode_infer_response", "encode_statistics"]
+__all__ = ["decode_infer_request", "encode_infer_response", "encode_statistics", "parse_message"]
+
+_M = TypeVar("_M", bound=Message)
 
 # Which typed field of InferTensorContents carries each datatype (FP16/BF16: raw only).
 _CONTENTS_FIELD: dict[str, str] = {
@@ -34,6 +45,14 @@ _CONTENTS_FIELD: dict[str, str] = {
 }
 
 
+def parse_message(message: type[_M], data: bytes) -> _M:
+    """Parse a request message; raises InvalidInput naming the message when the bytes are malformed."""
+    try:
+        return message.FromString(data)
+    except DecodeError:
+        raise InvalidInput(f"malformed {message.DESCRIPTOR.name} message") from None
+
+
 def _parameters(params: object) -> Parameters:
     out: Parameters = {}
     for key, value in params.items():  # type: ignore[attr-defined]
@@ -41,13 +60,6 @@ def _parameters(params: object) -> Parameters:
         if which is not None:
             out[key] = getattr(value, which)
     return out
-
-
-def _shape(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[int, ...]:
-    shape = tuple(tensor.shape)
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"input '{tensor.name}': shape {list(shape)} has a negative dimension")
-    return shape
 
 
 def _from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> Tensor:
@@ -73,26 +85,49 @@ def _from_contents(tensor: pb.ModelInferRequest.InferInputTensor, datatype: str,
         raise InvalidInput(f"input '{tensor.name}': {len(values)} values in contents, but "
                            f"{datatype}{list(shape)} needs {count}")
     if datatype == "BYTES":
-        array = np.empty(count, dtype=np.object_)
-        array[:] = list(values)
-        return array.reshape(shape)
+        return bytes_elements_to_tensor(values, count).reshape(shape)
     return np.asarray(values, dtype=V2_TO_NUMPY[datatype]).reshape(shape)
 
 
-def decode_infer_request(msg: pb.ModelInferRequest, routing_key: str | None = None) -> InferRequest:
-    """Build an InferRequest from a ModelInferRequest. Raises InvalidInput with the exact problem."""
+def _payload_bytes(tensor: pb.ModelInferRequest.InferInputTensor, datatype: str, raw: bytes | None) -> int:
+    """Bytes a BYTES input carries (its payload is not known from the shape)."""
+    if datatype != "BYTES":
+        return 0
+    if raw is not None:
+        return len(raw)
+    return tensor.contents.ByteSize()
+
+
+def decode_infer_request(msg: pb.ModelInferRequest, routing_key: str | None = None,
+                         limits: DecodeLimits = DEFAULT_LIMITS, model_check: ShapeCheck | None = None
+                         ) -> InferRequest:
+    """Build an InferRequest from a ModelInferRequest. Raises InvalidInput with the exact problem.
+
+    Every input's declared shape passes `limits` (and the model's check) before its data is decoded.
+    CPU-bound for big messages: transports call it off the event loop above a size threshold.
+    """
     raw = msg.raw_input_contents
     if raw and len(raw) != len(msg.inputs):
         raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} inputs")
-    inputs: dict[str, Tensor] = {}
-    datatypes: dict[str, str] = {}
+    shapes: list[tuple[int, ...]] = []
+    elements = nbytes = 0
     for index, tensor in enumerate(msg.inputs):
         datatype = tensor.datatype
         if datatype not in V2_TO_NUMPY:
             raise InvalidInput(f"input '{tensor.name}': unknown datatype '{datatype}'")
+        shape = limits.check(tensor.name, datatype, tensor.shape, model_check, (elements, nbytes))
+        count = math.prod(shape)
+        elements += count
+        nbytes += count * V2_TO_NUMPY[datatype].itemsize if datatype != "BYTES" else _payload_bytes(
+            tensor, datatype, raw[index] if raw else None)
+        limits.check_bytes(tensor.name, nbytes)
+        shapes.append(shape)
+    inputs: dict[str, Tensor] = {}
+    datatypes: dict[str, str] = {}
+    for index, (tensor, shape) in enumerate(zip(msg.inputs, shapes, strict=True)):
+        datatype = tensor.datatype
         if tensor.name in inputs:
             raise InvalidInput(f"input '{tensor.name}' is given twice")
-        shape = _shape(tensor)
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidInput(f"input '{tensor.name}': contents and raw_input_contents are exclusive")
@@ -101,7 +136,6 @@ def decode_infer_request(msg: pb.ModelInferRequest, routing_key: str | None = No
             inputs[tensor.name] = _from_contents(tensor, datatype, shape)
         datatypes[tensor.name] = datatype
     parameters = _parameters(msg.parameters)
-    timeout = parameters.get("timeout", 0)
     return InferRequest(
         model_name=msg.model_name,
         model_version=msg.model_version or None,
@@ -110,7 +144,7 @@ def decode_infer_request(msg: pb.ModelInferRequest, routing_key: str | None = No
         datatypes=datatypes,
         outputs=[RequestedOutput(o.name) for o in msg.outputs],
         parameters=parameters,
-        timeout_us=int(timeout) if isinstance(timeout, int | float) and not isinstance(timeout, bool) else 0,
+        timeout_us=timeout_us(parameters),
         routing_key=routing_key,
     )
 

@@ -21,7 +21,9 @@ from .datatypes import (
     V2_TO_WIRE_DTYPE,
     deserialize_bytes_tensor,
     serialize_bytes_tensor,
+    text_array,
 )
+from .limits import DEFAULT_LIMITS, DecodeLimits, ShapeCheck, timeout_us
 
 __all__ = [
     "HEADER_LENGTH",
@@ -102,12 +104,16 @@ def _parameters(obj: dict[str, Any], where: str) -> Parameters:
 
 
 # -- request -----------------------------------------------------------------------------------
-def decode_infer_request(body: bytes, header_length: str | None, model_name: str,
-                         model_version: str | None = None, routing_key: str | None = None) -> InferRequest:
+def decode_infer_request(body: bytes | bytearray, header_length: str | None, model_name: str,
+                         model_version: str | None = None, routing_key: str | None = None,
+                         limits: DecodeLimits = DEFAULT_LIMITS,
+                         model_check: ShapeCheck | None = None) -> InferRequest:
     """Decode an infer request body; `header_length` is the raw Inference-Header-Content-Length.
 
-    Binary tensors are read-only views of `body`. Raises InvalidInput for anything malformed,
-    Unsupported for shared memory and classification.
+    Binary tensors are read-only views of `body`. Every input's declared shape passes `limits` (and
+    the model's check) before its data is touched. Raises InvalidInput for anything malformed,
+    Unsupported for shared memory and classification. CPU-bound for big bodies: the route calls it
+    off the event loop above a size threshold.
     """
     json_end = _json_length(header_length, len(body))
     view = memoryview(body)
@@ -117,8 +123,9 @@ def decode_infer_request(body: bytes, header_length: str | None, model_name: str
     inputs: dict[str, Tensor] = {}
     datatypes: dict[str, str] = {}
     offset = json_end
+    budget = _Budget(limits, model_check)
     for index, entry in enumerate(entries):
-        name, datatype, array, used = _decode_input(entry, index, view, offset)
+        name, datatype, array, used = _decode_input(entry, index, view, offset, budget)
         if name in inputs:
             raise InvalidInput(f"input '{name}' appears more than once")
         inputs[name], datatypes[name] = array, datatype
@@ -134,7 +141,7 @@ def decode_infer_request(body: bytes, header_length: str | None, model_name: str
         id=_field(header, "id", str, "inference request", ""),
         outputs=_decode_outputs(header, parameters),
         parameters=parameters,
-        timeout_us=_timeout_us(parameters),
+        timeout_us=timeout_us(parameters),
         routing_key=routing_key,
     )
 
@@ -151,16 +158,35 @@ def _json_length(header_length: str | None, body_length: int) -> int:
     return length
 
 
-def _timeout_us(parameters: Parameters) -> int:
-    timeout = parameters.get("timeout", 0)
-    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
-        raise InvalidInput(f"parameter 'timeout' must be a non-negative integer of microseconds, "
-                           f"got {timeout!r}")
-    return timeout
+@dataclass(slots=True)
+class _Budget:
+    """What the request's inputs have declared so far, against the per-request limits."""
+
+    limits: DecodeLimits
+    model_check: ShapeCheck | None
+    elements: int = 0
+    nbytes: int = 0
+
+    def shape(self, name: str, datatype: str, shape: list[Any]) -> tuple[int, ...]:
+        dims = self.limits.check(name, datatype, shape, None, (self.elements, self.nbytes))
+        count = prod(dims)
+        self.elements += count
+        if datatype != "BYTES":
+            self.nbytes += count * V2_TO_NUMPY[datatype].itemsize
+        return dims
+
+    def model(self, name: str, datatype: str, shape: tuple[int, ...]) -> None:
+        """The model's check, after the entry's own structure is known good, before its data is read."""
+        if self.model_check is not None:
+            self.model_check(name, datatype, shape)
+
+    def payload(self, name: str, size: int) -> None:
+        self.nbytes += size
+        self.limits.check_bytes(name, self.nbytes)
 
 
-def _decode_input(entry: Any, index: int, body: memoryview,
-                  offset: int) -> tuple[str, str, Tensor, int]:
+def _decode_input(entry: Any, index: int, body: memoryview, offset: int,
+                  budget: _Budget) -> tuple[str, str, Tensor, int]:
     """One input: (name, datatype, array, binary bytes consumed from `offset`)."""
     if not isinstance(entry, dict):
         raise InvalidInput(f"inputs[{index}] must be a JSON object, got {_json_type(entry)}")
@@ -169,7 +195,7 @@ def _decode_input(entry: Any, index: int, body: memoryview,
     datatype = _field(entry, "datatype", str, where)
     if datatype not in V2_TO_NUMPY:
         raise InvalidInput(f"{where}: unknown datatype '{datatype}'")
-    shape = _shape(_field(entry, "shape", list, where), where)
+    shape = budget.shape(name, datatype, _field(entry, "shape", list, where))
     params = _parameters(entry, where)
     _reject_unsupported(params, where)
     size = params.get("binary_data_size")
@@ -181,16 +207,16 @@ def _decode_input(entry: Any, index: int, body: memoryview,
         if offset + size > len(body):
             raise InvalidInput(f"{where}: binary_data_size {size} runs past the end of the body "
                                f"({len(body) - offset} bytes remain)")
+        if datatype == "BYTES":
+            budget.payload(name, size)
+        budget.model(name, datatype, shape)
         return name, datatype, _binary_array(body[offset : offset + size], datatype, shape, name), size
     if "data" not in entry:
         raise InvalidInput(f"{where}: has neither 'data' nor 'binary_data_size'")
+    if datatype == "BF16":
+        raise InvalidInput(f"{where}: BF16 data must be sent as binary data (binary_data_size)")
+    budget.model(name, datatype, shape)
     return name, datatype, _json_array(entry["data"], datatype, shape, where), 0
-
-
-def _shape(value: list[Any], where: str) -> tuple[int, ...]:
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
-        raise InvalidInput(f"{where}: shape must be a list of non-negative integers, got {value}")
-    return tuple(value)
 
 
 def _reject_unsupported(params: Parameters, where: str) -> None:
@@ -216,8 +242,6 @@ def _binary_array(data: memoryview, datatype: str, shape: tuple[int, ...], name:
 
 
 def _json_array(data: Any, datatype: str, shape: tuple[int, ...], where: str) -> Tensor:
-    if datatype == "BF16":
-        raise InvalidInput(f"{where}: BF16 data must be sent as binary data (binary_data_size)")
     if datatype == "BYTES":
         array = _json_bytes(data, where)
     else:
@@ -270,13 +294,13 @@ def _leaves(data: Any) -> list[Any]:
 
 
 def _json_bytes(data: Any, where: str) -> Tensor:
+    """JSON strings as one fixed-width str array (a few bytes per element) where that is cheaper than
+    objects (not when one long string makes it wide), unless a string ends in NUL (numpy drops it)."""
     items = _leaves(data)
     for value in items:
         if not isinstance(value, str):
             raise InvalidInput(f"{where}: BYTES 'data' must hold strings, got {_json_type(value)}")
-    array = np.empty(len(items), dtype=np.object_)
-    array[:] = [value.encode() for value in items]
-    return array
+    return text_array(items)
 
 
 def _decode_outputs(header: dict[str, Any], parameters: Parameters) -> list[RequestedOutput]:

@@ -6,13 +6,16 @@ Messages name the tensor, what the model expects and what arrived, e.g.
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import numpy as np
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, TesseraError
 from ..repository.spec import ModelSpec, TensorSpec
 from ..tensors import InferRequest, Tensor
+from .limits import ShapeCheck
 
-__all__ = ["prepare_inputs", "select_outputs"]
+__all__ = ["declared_shape_check", "model_shape_check", "prepare_inputs", "select_outputs"]
 
 
 def _shape_text(datatype: str, shape: tuple[int, ...]) -> str:
@@ -24,12 +27,11 @@ def _expected(spec: ModelSpec, tensor: TensorSpec) -> str:
     return _shape_text(tensor.datatype, dims)
 
 
-def _check_tensor(spec: ModelSpec, tensor: TensorSpec, array: Tensor, datatype: str) -> int:
-    """Validate one input; return its batch size (1 for unbatched models)."""
-    got = _shape_text(datatype, tuple(array.shape))
+def _check_tensor(spec: ModelSpec, tensor: TensorSpec, shape: tuple[int, ...], datatype: str) -> int:
+    """Validate one input's shape and datatype; return its batch size (1 for unbatched models)."""
+    got = _shape_text(datatype, shape)
     if datatype != tensor.datatype:
         raise InvalidInput(f"input '{tensor.name}': expected {_expected(spec, tensor)}, got {got}")
-    shape = tuple(array.shape)
     if spec.batched:
         if len(shape) != len(tensor.dims) + 1 or not _dims_match(tensor.dims, shape[1:]):
             raise InvalidInput(f"input '{tensor.name}': expected {_expected(spec, tensor)}, got {got}")
@@ -52,7 +54,11 @@ def _dims_match(expected: tuple[int, ...], got: tuple[int, ...]) -> bool:
 
 
 def _as_onnx_strings(name: str, array: Tensor) -> Tensor:
-    """ONNX string tensors hold text: ORT would feed `bytes` items through str() (b'...')."""
+    """ONNX string tensors hold text: ORT would feed `bytes` items through str() (b'...').
+
+    Fixed-width str arrays (what the codecs make of ASCII elements) are fed as they are."""
+    if array.dtype.kind == "U":
+        return array
     flat = array.reshape(-1)
     out = np.empty(flat.shape, dtype=np.object_)
     try:
@@ -61,6 +67,33 @@ def _as_onnx_strings(name: str, array: Tensor) -> Tensor:
         raise InvalidInput(f"input '{name}': BYTES element is not UTF-8 text, which ONNX string tensors "
                            f"need ({exc.reason} at byte {exc.start})") from exc
     return out.reshape(array.shape)
+
+
+def declared_shape_check(spec: ModelSpec) -> ShapeCheck:
+    """The model's check of a declared (not yet decoded) input shape, for the codecs' DecodeLimits:
+    datatype, dims and rows against max_batch_size, before anything is allocated for the input.
+    Inputs the model does not take are left to `prepare_inputs`, which names them."""
+
+    def check(name: str, datatype: str, shape: tuple[int, ...]) -> None:
+        tensor = spec.input(name)
+        if tensor is not None:
+            _check_tensor(spec, tensor, shape, datatype)
+
+    return check
+
+
+class _Versions(Protocol):
+    def get(self, name: str, version: str | None = None) -> Any: ...
+
+
+def model_shape_check(models: _Versions, name: str, version: str | None) -> ShapeCheck | None:
+    """`declared_shape_check` for the version a request names (or the serving one); None when the
+    model cannot be resolved now, leaving the answer to the DataPlane's own lookup."""
+    try:
+        spec = models.get(name, version or None).spec
+    except TesseraError:
+        return None
+    return declared_shape_check(spec)
 
 
 def prepare_inputs(spec: ModelSpec, request: InferRequest) -> tuple[dict[str, Tensor], int]:
@@ -84,7 +117,7 @@ def prepare_inputs(spec: ModelSpec, request: InferRequest) -> tuple[dict[str, Te
                 continue
             raise InvalidInput(f"missing input '{tensor.name}' ({_expected(spec, tensor)}) "
                                f"for model '{spec.name}'")
-        batch = _check_tensor(spec, tensor, array, request.datatypes.get(tensor.name, ""))
+        batch = _check_tensor(spec, tensor, tuple(array.shape), request.datatypes.get(tensor.name, ""))
         if rows not in (-1, batch):
             raise InvalidInput(
                 f"input '{tensor.name}': batch size {batch} differs from the other inputs' {rows}"

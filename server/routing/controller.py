@@ -18,6 +18,7 @@ from ..errors import InvalidInput, ModelNotFound, ModelNotReady, TesseraError
 from ..metrics import Metrics
 from ..repository.manager import ModelManager
 from .analysis import analyse, step_complete
+from .evidence import StepEvidence
 from .rollout import Rollout
 from .spec import RolloutSpec, read_rollout_file
 from .state import Phase, RolloutState
@@ -78,6 +79,13 @@ class RolloutController:
     # -- admin operations ----------------------------------------------------------------------
     async def start_rollout(self, model: str, spec: RolloutSpec, actor: str = "api") -> RolloutState:
         """Begin a rollout. Raises ModelNotFound / ModelNotReady / InvalidInput."""
+        state = self._new_state(model, spec)
+        self._install(state)
+        await self._persist(state, "rollout_started", actor, f"{state.phase.value} at {state.weight}%")
+        return state
+
+    def _new_state(self, model: str, spec: RolloutSpec) -> RolloutState:
+        """The first state of a rollout of `spec`, checked against what serves here. Raises like start_rollout."""
         current = self.rollouts.get(model)
         if current is not None and current.active:
             raise InvalidInput(f"model '{model}' already has a rollout in progress "
@@ -88,12 +96,9 @@ class RolloutController:
             raise InvalidInput(f"rollout of '{model}': candidate and stable are both version {stable}")
         self._manager.get(model, str(stable))
         shadow_first = spec.shadow.percent > 0
-        state = RolloutState(model, stable, spec.candidate_version, spec,
-                             Phase.SHADOW if shadow_first else Phase.CANARY,
-                             weight=0.0 if shadow_first else spec.canary.steps[0])
-        self._install(state)
-        await self._persist(state, "rollout_started", actor, f"{state.phase.value} at {state.weight}%")
-        return state
+        return RolloutState(model, stable, spec.candidate_version, spec,
+                            Phase.SHADOW if shadow_first else Phase.CANARY,
+                            weight=0.0 if shadow_first else spec.canary.steps[0])
 
     async def promote(self, model: str, actor: str = "api", reason: str = "manual promote") -> RolloutState:
         rollout = self._require(model)
@@ -144,11 +149,16 @@ class RolloutController:
                 last_scan = time.monotonic()
                 await self.reconcile_declared()
 
+    def _evidence(self, rollout: Rollout) -> StepEvidence:
+        """What a step is judged on: this process's evidence (the fleet's, in FleetRolloutController)."""
+        return rollout.evidence
+
     async def _judge(self, rollout: Rollout) -> None:
         state = rollout.state
-        if not step_complete(state.spec, state.phase, rollout.evidence, time.time() - state.step_started_at):
+        evidence = self._evidence(rollout)
+        if not step_complete(state.spec, state.phase, evidence, time.time() - state.step_started_at):
             return
-        result = analyse(state.spec, state.phase, rollout.evidence)
+        result = analyse(state.spec, state.phase, evidence)
         state.last_analysis = {"passed": result.passed, "failures": list(result.failures), **result.figures}
         outcome = "pass" if result.passed else "fail"
         self._metrics.rollout_analysis.labels(state.model, str(state.candidate_version), outcome).inc()

@@ -13,9 +13,10 @@ import numpy as np
 
 from ..tensors import Tensor
 
-__all__ = ["ArmEvidence", "ComparisonEvidence", "StepEvidence", "compare_outputs", "compare_rows"]
+__all__ = ["RING", "ArmEvidence", "ComparisonEvidence", "StepEvidence", "compare_outputs", "compare_rows"]
 
 _RING = 8192
+RING = _RING
 
 
 @dataclass(slots=True)
@@ -35,6 +36,20 @@ class ArmEvidence:
     @property
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
+
+    def latency_samples(self) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """The latencies held (the last RING requests'), seconds, a copy."""
+        return self._latency_s[:min(self.requests, _RING)].copy()
+
+    @classmethod
+    def from_samples(cls, requests: int, errors: int, latency_s: np.ndarray[Any, np.dtype[np.float64]]
+                     ) -> ArmEvidence:
+        """An arm standing for merged evidence: its counts, and latencies that represent its distribution
+        (at most RING of them, placed where p99_s reads them)."""
+        ring = np.zeros(_RING)
+        n = min(requests, _RING, len(latency_s))
+        ring[:n] = latency_s[:n]
+        return cls(requests=requests, errors=errors, _latency_s=ring)
 
     def p99_s(self) -> float:
         n = min(self.requests, _RING)

@@ -1,5 +1,6 @@
-"""Where rollout state survives restarts: a JSON file per model in the state directory, or Redis
-when one is configured (so every replica shares one rollout). Writes happen on transitions only."""
+"""Where one process's rollout state survives restarts: a JSON file per model in the state directory.
+With Redis, the fleet's shared state lives in FleetStore (fleet_store.py) instead. Writes happen on
+transitions only."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Protocol
 from ..names import check_model_name, path_inside
 from .state import RolloutState
 
-__all__ = ["FileStateStore", "RedisStateStore", "StateStore"]
+__all__ = ["FileStateStore", "StateStore"]
 
 
 class StateStore(Protocol):
@@ -56,25 +57,3 @@ class FileStateStore:
 
     async def close(self) -> None:
         return None
-
-
-class RedisStateStore:
-    """One hash `tessera:rollouts` (field: model, value: JSON) shared by every replica."""
-
-    KEY = "tessera:rollouts"
-
-    def __init__(self, url: str) -> None:
-        import redis.asyncio as redis
-
-        self._redis = redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-
-    async def load_all(self) -> dict[str, RolloutState]:
-        raw = await self._redis.hgetall(self.KEY)
-        states = (RolloutState.from_json(json.loads(v)) for v in raw.values())
-        return {s.model: s for s in states}
-
-    async def save(self, state: RolloutState) -> None:
-        await self._redis.hset(self.KEY, state.model, json.dumps(state.to_json()))
-
-    async def close(self) -> None:
-        await self._redis.aclose()

@@ -1,0 +1,121 @@
+"""Bounds on what one request may make the server allocate, checked on the declared shape first.
+
+Both codecs call `DecodeLimits.check` with each input's declared shape before they touch its data,
+so a request that declares more than the caps (or a shape numpy cannot hold) is refused with
+InvalidInput and nothing is allocated for it. `timeout_us` decides the `timeout` parameter for
+both transports, so they answer the same status and message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
+
+from ..errors import InvalidInput
+from ..tensors import InferResponse, Parameters
+from .datatypes import V2_TO_NUMPY
+
+__all__ = ["DEFAULT_LIMITS", "MAX_DIMS", "DecodeLimits", "ShapeCheck", "response_bytes", "timeout_us"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+MAX_DIMS = 64
+"""numpy's own limit on dimensions; the protocol has none, so we state it."""
+
+ShapeCheck = Callable[[str, str, tuple[int, ...]], None]
+"""(input name, datatype, declared shape) -> None; raises InvalidInput. A model's check (validation.py)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecodeLimits:
+    """Per-request caps; every input's declared shape is checked against them before decoding."""
+
+    max_elements: int = 1 << 24
+    """Elements per request, all inputs together (16,777,216: 64 MiB of FP32)."""
+
+    max_bytes: int = 128 << 20
+    """Decoded tensor bytes per request, all inputs together (BYTES count their payload)."""
+
+    max_dims: int = MAX_DIMS
+    """Dimensions per input shape."""
+
+    off_loop_bytes: int = 1 << 20
+    """Bodies, messages and responses at least this big are decoded / encoded on a worker thread."""
+
+    async def off_loop(self, size: int, work: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        """`work(*args, **kwargs)` (a decode or an encode), on a worker thread when `size` bytes reach
+        `off_loop_bytes`, so a big request never holds the event loop for long (numpy releases the
+        GIL for most of its work; pure-Python steps share it with the loop in switch intervals)."""
+        if size >= self.off_loop_bytes:
+            return await asyncio.to_thread(work, *args, **kwargs)
+        return work(*args, **kwargs)
+
+    def check(self, name: str, datatype: str, shape: Sequence[object], model_check: ShapeCheck | None = None,
+              spent: tuple[int, int] = (0, 0)) -> tuple[int, ...]:
+        """The declared shape as a tuple of ints, once it is known to fit; raises InvalidInput.
+
+        `spent` is (elements, bytes) already declared by earlier inputs of the same request.
+        """
+        where = f"input '{name}'"
+        if len(shape) > self.max_dims:
+            raise InvalidInput(f"{where}: shape has {len(shape)} dimensions, more than the {self.max_dims} "
+                               f"allowed")
+        dims = _dims(shape, where)
+        for index, dim in enumerate(dims):
+            if dim > self.max_elements:
+                raise InvalidInput(f"{where}: dimension {index} is {dim}, over the limit of "
+                                   f"{self.max_elements} elements per request")
+        count = 1
+        for dim in dims:
+            count *= dim
+        if spent[0] + count > self.max_elements:
+            raise InvalidInput(f"{where}: shape {list(dims)} declares {count} elements; the request may "
+                               f"carry at most {self.max_elements}")
+        if datatype in V2_TO_NUMPY and datatype != "BYTES":
+            self.check_bytes(name, spent[1] + count * V2_TO_NUMPY[datatype].itemsize)
+        if model_check is not None:
+            model_check(name, datatype, dims)
+        return dims
+
+    def check_bytes(self, name: str, total: int) -> None:
+        """Raise InvalidInput when `total` decoded bytes (this input and earlier ones) exceed the cap."""
+        if total > self.max_bytes:
+            raise InvalidInput(f"input '{name}': the request's tensors need {total} bytes, over the limit "
+                               f"of {self.max_bytes} bytes")
+
+
+def _dims(shape: Sequence[object], where: str) -> tuple[int, ...]:
+    for dim in shape:
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise InvalidInput(f"{where}: shape must be a list of non-negative integers, got "
+                               f"{_clip(list(shape))}")
+        if dim < 0:
+            raise InvalidInput(f"{where}: shape must be a list of non-negative integers, got "
+                               f"{_clip(list(shape))} (a negative dimension)")
+    return tuple(shape)  # type: ignore[arg-type]
+
+
+def _clip(value: object, limit: int = 200) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+DEFAULT_LIMITS = DecodeLimits()
+
+
+def timeout_us(parameters: Parameters) -> int:
+    """The `timeout` parameter in microseconds (0 when absent); raises InvalidInput for anything else
+    than a non-negative integer (floats, inf, NaN, booleans, strings, negatives)."""
+    timeout = parameters.get("timeout", 0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
+        raise InvalidInput(f"parameter 'timeout' must be a non-negative integer of microseconds, "
+                           f"got {timeout!r}")
+    return timeout
+
+
+def response_bytes(response: InferResponse) -> int:
+    """Roughly what encoding `response` walks (an object element counts as 8 bytes)."""
+    return sum(array.nbytes for array in response.outputs.values())
