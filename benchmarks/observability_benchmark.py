@@ -55,6 +55,7 @@ from .server_process import ServerProcess, free_port, http_ready
 ROOT = Path(__file__).resolve().parents[1]
 
 SERVERS = ("before", "off", "off2", "trace_0.01", "trace_1", "logs")
+OPTIONAL_SERVERS = ("trace_0",)  # tracing on, nothing sampled: the unsampled path alone
 PROTOCOLS = ("grpc", "http")
 
 
@@ -182,15 +183,18 @@ def hook_cost_us(requests: int = 20_000) -> dict[str, float]:
     return costs
 
 
-def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev: str) -> dict[str, Any]:
+def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev: str,
+        servers: tuple[str, ...] = SERVERS) -> dict[str, Any]:
     os.sched_setaffinity(0, {1})  # this process (the OTLP sink) and the load generator: CPU 1
+    if "off" not in servers:
+        raise ValueError("`off` is what the others are compared with")
     workdir = Path(tempfile.mkdtemp(prefix="tessera-observability-"))
     sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{sink.server_address[1]}/v1/traces"
     loads: list[float] = []
-    results: dict[str, dict[str, list[float]]] = {p: {s: [] for s in SERVERS} for p in PROTOCOLS}
-    cpu: dict[str, dict[str, list[float]]] = {p: {s: [] for s in SERVERS} for p in PROTOCOLS}
+    results: dict[str, dict[str, list[float]]] = {p: {s: [] for s in servers} for p in PROTOCOLS}
+    cpu: dict[str, dict[str, list[float]]] = {p: {s: [] for s in servers} for p in PROTOCOLS}
     started = time.time()
     try:
         from .sample_models import make_models
@@ -203,12 +207,13 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev:
             "before": (before, {}, []), "off": (ROOT, {}, []), "off2": (ROOT, {}, []),
             "trace_0.01": (ROOT, {**trace, "OTEL_TRACES_SAMPLER_ARG": "0.01"}, []),
             "trace_1": (ROOT, {**trace, "OTEL_TRACES_SAMPLER_ARG": "1"}, []),
+            "trace_0": (ROOT, {**trace, "OTEL_TRACES_SAMPLER_ARG": "0"}, []),
             "logs": (ROOT, {}, ["--request-log", str(workdir / "requests.jsonl")]),
         }
         with ExitStack() as stack:
             ports: dict[str, tuple[int, int]] = {}
             processes: dict[str, ServerProcess] = {}
-            for name in SERVERS:
+            for name in servers:
                 cwd, env, extra = setups[name]
                 server, http, grpc = _serve(name, repo, workdir, cwd, env, extra)
                 stack.enter_context(server)
@@ -216,7 +221,7 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev:
                 processes[name] = server
             spec = LoadSpec(mode="closed", concurrency=concurrency, duration_s=duration_s, warmup_s=1.0, cpus=(1,))
             for round_index in range(rounds):
-                order = SERVERS if round_index % 2 == 0 else tuple(reversed(SERVERS))
+                order = servers if round_index % 2 == 0 else tuple(reversed(servers))
                 for protocol in PROTOCOLS:
                     targets = {n: Target(port=(h if protocol == "http" else g), protocol=protocol, model="tabular")
                                for n, (h, g) in ports.items()}
@@ -255,11 +260,12 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev:
         "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
         "otlp_bytes_received": _Sink.received, "request_log_lines": log_lines,
         "throughput_median": {p: {n: statistics.median(v) for n, v in by.items()} for p, by in results.items()},
-        "ratio_to_off": {p: {n: ratio(p, n, "off") for n in SERVERS if n != "off"} for p in PROTOCOLS},
-        "off_to_before": {p: ratio(p, "off", "before") for p in PROTOCOLS},
+        "ratio_to_off": {p: {n: ratio(p, n, "off") for n in servers if n != "off"} for p in PROTOCOLS},
+        "servers": list(servers),
+        "off_to_before": {p: ratio(p, "off", "before") if "before" in servers else 1.0 for p in PROTOCOLS},
         "cpu_us_per_request_median": {p: {n: statistics.median(v) for n, v in by.items()} for p, by in cpu.items()},
-        "cpu_ratio_to_off": {p: {n: ratio(p, n, "off", cpu) for n in SERVERS if n != "off"} for p in PROTOCOLS},
-        "cpu_off_to_before": {p: ratio(p, "off", "before", cpu) for p in PROTOCOLS},
+        "cpu_ratio_to_off": {p: {n: ratio(p, n, "off", cpu) for n in servers if n != "off"} for p in PROTOCOLS},
+        "cpu_off_to_before": {p: ratio(p, "off", "before", cpu) if "before" in servers else 1.0 for p in PROTOCOLS},
         "hook_cpu_us": hooks,
         "hook_share_of_off_cpu": {p: {n: (hooks[n] - hooks["off"]) / off_cpu[p] for n in hooks if n != "off"}
                                   for p in PROTOCOLS},
@@ -275,7 +281,7 @@ def markdown(report: dict[str, Any]) -> str:
     rows = ["| server | gRPC infer/s | ratio | gRPC CPU us/req | ratio "
             "| HTTP infer/s | ratio | HTTP CPU us/req | ratio |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in SERVERS:
+    for name in report["servers"]:
         cells = []
         for protocol in PROTOCOLS:
             cells.append(f"{report['throughput_median'][protocol][name]:,.0f}")
@@ -310,11 +316,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", default="dda49d7", help="revision before issue 17 (main at the merge)")
     parser.add_argument("--out", type=Path, default=Path(".bench/observability"))
     parser.add_argument("--hooks-only", action="store_true", help="only the in-process hook costs")
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help=f"comma-separated, from {', '.join(SERVERS + OPTIONAL_SERVERS)}")
     args = parser.parse_args(argv)
     if args.hooks_only:
         print(json.dumps(hook_cost_us(), indent=2))
         return 0
-    report = run(args.rounds, args.duration, args.concurrency, args.out, args.before)
+    report = run(args.rounds, args.duration, args.concurrency, args.out, args.before,
+                 tuple(n for n in args.servers.split(",") if n))
     print(markdown(report))
     return 0
 
