@@ -184,7 +184,7 @@ def hook_cost_us(requests: int = 20_000) -> dict[str, float]:
 
 
 def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev: str,
-        servers: tuple[str, ...] = SERVERS) -> dict[str, Any]:
+        servers: tuple[str, ...] = SERVERS, fresh: bool = False) -> dict[str, Any]:
     os.sched_setaffinity(0, {1})  # this process (the OTLP sink) and the load generator: CPU 1
     if "off" not in servers:
         raise ValueError("`off` is what the others are compared with")
@@ -210,17 +210,20 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev:
             "trace_0": (ROOT, {**trace, "OTEL_TRACES_SAMPLER_ARG": "0"}, []),
             "logs": (ROOT, {}, ["--request-log", str(workdir / "requests.jsonl")]),
         }
-        with ExitStack() as stack:
-            ports: dict[str, tuple[int, int]] = {}
-            processes: dict[str, ServerProcess] = {}
-            for name in servers:
-                cwd, env, extra = setups[name]
-                server, http, grpc = _serve(name, repo, workdir, cwd, env, extra)
-                stack.enter_context(server)
-                ports[name] = (http, grpc)
-                processes[name] = server
-            spec = LoadSpec(mode="closed", concurrency=concurrency, duration_s=duration_s, warmup_s=1.0, cpus=(1,))
+        spec = LoadSpec(mode="closed", concurrency=concurrency, duration_s=duration_s, warmup_s=1.0, cpus=(1,))
+        stack = ExitStack()
+        ports: dict[str, tuple[int, int]] = {}
+        processes: dict[str, ServerProcess] = {}
+        try:
             for round_index in range(rounds):
+                if not processes or fresh:  # fresh: new processes every round (a process keeps its own bias)
+                    stack.close()
+                    stack = ExitStack()
+                    for name in servers:
+                        cwd, env, extra = setups[name]
+                        server, http, grpc = _serve(f"{name}-{round_index}", repo, workdir, cwd, env, extra)
+                        stack.enter_context(server)
+                        ports[name], processes[name] = (http, grpc), server
                 order = servers if round_index % 2 == 0 else tuple(reversed(servers))
                 for protocol in PROTOCOLS:
                     targets = {n: Target(port=(h if protocol == "http" else g), protocol=protocol, model="tabular")
@@ -239,6 +242,8 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev:
                         cpu[protocol][name].append(cpu_us)
                         print(f"round {round_index + 1} {protocol:4} {name:10} {step.throughput_rps:8.0f} infer/s "
                               f"{cpu_us:7.0f} us CPU/request (load {loads[-1]:.2f})", flush=True)
+        finally:
+            stack.close()
         log_lines = sum(1 for _ in (workdir / "requests.jsonl").open()) if (workdir / "requests.jsonl").exists() \
             else 0
     finally:
@@ -261,7 +266,7 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev:
         "otlp_bytes_received": _Sink.received, "request_log_lines": log_lines,
         "throughput_median": {p: {n: statistics.median(v) for n, v in by.items()} for p, by in results.items()},
         "ratio_to_off": {p: {n: ratio(p, n, "off") for n in servers if n != "off"} for p in PROTOCOLS},
-        "servers": list(servers),
+        "servers": list(servers), "fresh_servers": fresh,
         "off_to_before": {p: ratio(p, "off", "before") if "before" in servers else 1.0 for p in PROTOCOLS},
         "cpu_us_per_request_median": {p: {n: statistics.median(v) for n, v in by.items()} for p, by in cpu.items()},
         "cpu_ratio_to_off": {p: {n: ratio(p, n, "off", cpu) for n in servers if n != "off"} for p in PROTOCOLS},
@@ -299,7 +304,8 @@ def markdown(report: dict[str, Any]) -> str:
     load = report["load_1min"]
     return "\n".join([
         f"Run {report['started_utc']}, {report['wall_s']:.0f} s, {report['rounds']} rounds of "
-        f"{report['duration_s']:.0f} s per server and protocol, closed loop at concurrency {report['concurrency']}.",
+        f"{report['duration_s']:.0f} s per server and protocol, closed loop at concurrency {report['concurrency']}"
+        f"{', fresh server processes every round' if report['fresh_servers'] else ''}.",
         f"1-minute load average over the steps: min {load['min']:.2f}, median {load['median']:.2f}, "
         f"max {load['max']:.2f} (2 cores); `uptime` at the end: {report['uptime']}.",
         f"`off` / `before`: throughput gRPC {report['off_to_before']['grpc']:.3f}, HTTP "
@@ -316,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", default="dda49d7", help="revision before issue 17 (main at the merge)")
     parser.add_argument("--out", type=Path, default=Path(".bench/observability"))
     parser.add_argument("--hooks-only", action="store_true", help="only the in-process hook costs")
+    parser.add_argument("--fresh-servers", action="store_true",
+                        help="new server processes every round: two identical processes can differ by 10%% "
+                             "for as long as they live")
     parser.add_argument("--servers", default=",".join(SERVERS),
                         help=f"comma-separated, from {', '.join(SERVERS + OPTIONAL_SERVERS)}")
     args = parser.parse_args(argv)
@@ -323,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(hook_cost_us(), indent=2))
         return 0
     report = run(args.rounds, args.duration, args.concurrency, args.out, args.before,
-                 tuple(n for n in args.servers.split(",") if n))
+                 tuple(n for n in args.servers.split(",") if n), args.fresh_servers)
     print(markdown(report))
     return 0
 
