@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from server._generated import grpc_service_pb2 as pb
-from server.protocol.datatypes import NUMPY_TO_V2
+from server.datatypes import NUMPY_TO_V2
 
 from .inputs import Sample
 from .spec import Target

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from server._generated import grpc_service_pb2 as pb
-from server.protocol.datatypes import V2_TO_NUMPY
+from server.datatypes import V2_TO_NUMPY
 
 from .spec import Target
 

@@ -76,7 +76,8 @@ class App:
         self.rollouts = build_rollout_controller(settings, self.manager, self.metrics, self.audit)
         self.dataplane = DataPlane(self.manager, self.metrics, admin_enabled=settings.allow_repository_admin,
                                    rollouts=self.rollouts, authorizer=self.authorizer, audit=self.audit,
-                                   metrics_auth=settings.metrics_auth)
+                                   metrics_auth=settings.metrics_auth,
+                                   replica=replica_name(settings))
         self.fleet_admin: FleetAdmin | None = None
         if settings.redis_url and settings.model_control_mode == "explicit":
             self.fleet_admin = FleetAdmin(self.manager, settings.redis_url, replica_name(settings),

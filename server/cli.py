@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from .auth import Authorizer, hash_token
+from .batch import cli as batch_cli
+from .cli_help import HelpFormatter
 from .drift import cli as drift_cli
 from .settings import ServerSettings
 from .tls import TlsFiles
@@ -49,17 +51,21 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("serve", help="serve a model repository over gRPC and HTTP")
+    p = sub.add_parser("serve", help="serve a model repository over gRPC and HTTP",
+                       formatter_class=HelpFormatter)
     p.add_argument("--model-repository", default=_env("model-repository"),
                    help="path or fsspec URL of the model repository (TESSERA_MODEL_REPOSITORY)")
     p.add_argument("--host", default=_env("host", "127.0.0.1"),
-                   help="address to bind (default loopback; 0.0.0.0 for every interface, as in a container)")
-    p.add_argument("--http-port", type=int, default=int(_env("http-port", "8000") or 8000))
-    p.add_argument("--grpc-port", type=int, default=int(_env("grpc-port", "8001") or 8001))
+                   help="address to bind (loopback unless set; 0.0.0.0 for every interface, as in a container)")
+    p.add_argument("--http-port", type=int, default=int(_env("http-port", "8000") or 8000),
+                   help="HTTP port (0: any free port)")
+    p.add_argument("--grpc-port", type=int, default=int(_env("grpc-port", "8001") or 8001),
+                   help="gRPC port (0: any free port)")
     p.add_argument("--workers", type=int, default=int(_env("workers", "1") or 1),
                    help="processes sharing the ports (SO_REUSEPORT), each with its own sessions")
     p.add_argument("--model-control-mode", choices=("none", "poll", "explicit"),
-                   default=_env("model-control-mode", "none"))
+                   default=_env("model-control-mode", "none"),
+                   help="none: load everything at start; poll: also watch the repository; explicit: load on request")
     p.add_argument("--load-model", action="append", default=None,
                    help="model to load at start in explicit mode; repeatable, '*' for all")
     p.add_argument("--repository-poll-secs", type=float,
@@ -74,27 +80,39 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    default=_bool(_env("allow-repository-admin", "false") or "false"),
                    help="serve repository load/unload and rollout control (true/false; default false)")
     p.add_argument("--grpc-max-message-bytes", type=int,
-                   default=int(_env("grpc-max-message-bytes", str(64 << 20)) or 0))
+                   default=int(_env("grpc-max-message-bytes", str(64 << 20)) or 0),
+                   help="largest gRPC message received or sent, bytes")
     p.add_argument("--http-max-body-bytes", type=int,
-                   default=int(_env("http-max-body-bytes", str(64 << 20)) or 0))
+                   default=int(_env("http-max-body-bytes", str(64 << 20)) or 0),
+                   help="largest HTTP request body, bytes (wire and decompressed); larger bodies get 413")
     p.add_argument("--intra-op-threads", type=int, default=int(_env("intra-op-threads", "1") or 1),
                    help="ONNX Runtime intra-op threads per session (models may override)")
-    p.add_argument("--allow-spinning", type=_bool, default=_bool(_env("allow-spinning", "false") or "false"))
-    p.add_argument("--drain-timeout-s", type=float, default=float(_env("drain-timeout-s", "30") or 30))
-    p.add_argument("--redis-url", default=_env("redis-url"))
-    p.add_argument("--state-dir", default=_env("state-dir", ".tessera"))
+    p.add_argument("--allow-spinning", type=_bool, default=_bool(_env("allow-spinning", "false") or "false"),
+                   help="let ONNX Runtime's intra-op threads spin-wait between runs (true/false; burns cores)")
+    p.add_argument("--drain-timeout-s", type=float, default=float(_env("drain-timeout-s", "30") or 30),
+                   help="seconds SIGTERM waits for in-flight requests before exiting")
+    p.add_argument("--redis-url", default=_env("redis-url"),
+                   help="Redis for drift statistics, shared rollouts and fleet admin (default: none, all in-process)")
+    p.add_argument("--state-dir", default=_env("state-dir", ".tessera"),
+                   help="directory for rollout state and the audit log")
     p.add_argument("--drift", type=_bool, default=_bool(_env("drift", "true") or "true"),
                    help="summarise input features for drift monitoring (true/false)")
     p.add_argument("--drift-model", action="append", default=None,
                    help="model whose inputs are summarised; repeatable (default: every model)")
-    p.add_argument("--drift-window-s", type=float, default=float(_env("drift-window-s", "60") or 60))
-    p.add_argument("--drift-window-rows", type=int, default=int(_env("drift-window-rows", "0") or 0))
-    p.add_argument("--drift-queue-size", type=int, default=int(_env("drift-queue-size", "256") or 256))
+    p.add_argument("--drift-window-s", type=float, default=float(_env("drift-window-s", "60") or 60),
+                   help="seconds per statistics window (aligned to the wall clock)")
+    p.add_argument("--drift-window-rows", type=int, default=int(_env("drift-window-rows", "0") or 0),
+                   help="also close a window after this many rows (0: by time only)")
+    p.add_argument("--drift-queue-size", type=int, default=int(_env("drift-queue-size", "256") or 256),
+                   help="requests waiting to be folded; beyond it they are dropped and counted")
     p.add_argument("--drift-cpu-budget", type=float, default=float(_env("drift-cpu-budget", "0.02") or 0.02),
                    help="share of the serving loop's CPU drift folding may use (above it, traffic is sampled)")
-    p.add_argument("--drift-stream-maxlen", type=int, default=int(_env("drift-stream-maxlen", "1000") or 1000))
-    p.add_argument("--drift-buffer-windows", type=int, default=int(_env("drift-buffer-windows", "256") or 256))
-    p.add_argument("--log-level", default=_env("log-level", "INFO"))
+    p.add_argument("--drift-stream-maxlen", type=int, default=int(_env("drift-stream-maxlen", "1000") or 1000),
+                   help="approximate length cap of each model Redis stream (XADD MAXLEN ~)")
+    p.add_argument("--drift-buffer-windows", type=int, default=int(_env("drift-buffer-windows", "256") or 256),
+                   help="windows kept while Redis is unreachable; older ones are dropped and counted")
+    p.add_argument("--log-level", default=_env("log-level", "INFO"),
+                   help="Python logging level (DEBUG, INFO, WARNING, ERROR)")
     # The fleet: replicas sharing --redis-url share rollouts and (explicit mode) repository admin.
     p.add_argument("--rollout-tick-s", type=float, default=float(_env("rollout-tick-s", "0.5") or 0.5),
                    help="seconds between checks of each active rollout (and fleet syncs)")
@@ -237,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_hash_token(sub)
     drift_cli.add_subcommands(sub)
+    batch_cli.add_subcommands(sub)
     _add_loadtest(sub)
     return parser
 
@@ -385,6 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command in drift_cli.COMMANDS:
         return drift_cli.run(args)
+    if args.command in batch_cli.COMMANDS:
+        return batch_cli.run(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -19,12 +19,12 @@ from .audit import AuditLog
 from .auth import ANONYMOUS, Authorizer, Credentials, Principal, Scope
 from .errors import InvalidInput, ModelNotFound, PermissionDenied, TesseraError, Unauthenticated, Unsupported
 from .metrics import Metrics
+from .model_statistics import ModelStatistics
 from .names import MAX_NAME_CHARS, check_model_name
-from .protocol.validation import prepare_inputs, select_outputs
 from .repository.manager import IndexEntry, ModelManager, ModelMetadata
 from .routing import RolloutController, RolloutSpec, RolloutState, Router
-from .statistics import ModelStatistics
 from .tensors import InferRequest, InferResponse, Tensor
+from .validation import prepare_inputs, select_outputs
 
 __all__ = ["DataPlane", "InferenceObserver", "RepositoryAdmin", "ServerMetadata"]
 
@@ -67,7 +67,7 @@ class DataPlane:
 
     def __init__(self, manager: ModelManager, metrics: Metrics, *, admin_enabled: bool = True,
                  rollouts: RolloutController | None = None, authorizer: Authorizer | None = None,
-                 audit: AuditLog | None = None, metrics_auth: bool = False) -> None:
+                 audit: AuditLog | None = None, metrics_auth: bool = False, replica: str = "local") -> None:
         self._manager = manager
         self._authorizer = authorizer or Authorizer()
         self._audit = audit
@@ -83,6 +83,7 @@ class DataPlane:
         self.accepting = True
         self._repository_admin: RepositoryAdmin = manager
         self._fleet_index: Callable[[], Awaitable[dict[str, list[IndexEntry]]]] | None = None
+        self._replica = replica
 
     def set_fleet_admin(self, admin: RepositoryAdmin,
                         index: Callable[[], Awaitable[dict[str, list[IndexEntry]]]]) -> None:
@@ -223,10 +224,11 @@ class DataPlane:
         return [e for e in self._manager.index() if not ready_only or e.state == "READY"]
 
     async def fleet_index(self, creds: Credentials = ANONYMOUS) -> dict[str, list[IndexEntry]]:
-        """Each replica's repository index (replica name -> entries). Raises Unsupported outside a fleet."""
+        """Each replica's repository index (replica name -> entries); outside a fleet (no Redis, or not
+        explicit mode) the fleet is this replica alone."""
         self.authorize(creds, Scope.READ, "fleet_index")
         if self._fleet_index is None:
-            raise Unsupported("the fleet's index needs --redis-url and --model-control-mode explicit")
+            return {self._replica: self._manager.index()}
         return await self._fleet_index()
 
     async def _admin(self, creds: Credentials, action: str, model: str,

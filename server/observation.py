@@ -14,27 +14,44 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from .errors import TesseraError, status_for
 
-if TYPE_CHECKING:
-    from .request_log import RequestLog
-    from .tracing import Tracing
-
-__all__ = ["ACTIVE", "Observability", "RequestObservation", "TraceParent", "batch_executed", "begin_grpc",
-           "begin_http", "current", "fail", "install", "parse_traceparent", "requested", "shadow_ran", "uninstall"]
+__all__ = ["ACTIVE", "LineLog", "Observability", "RequestObservation", "TraceParent", "Tracer", "batch_executed",
+           "begin_grpc", "begin_http", "current", "fail", "install", "parse_traceparent", "requested", "shadow_ran",
+           "uninstall"]
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
+
+
+class Tracer(Protocol):
+    """server.tracing.Tracing, as the hooks use it (this module sits below it)."""
+
+    def start_request(self, obs: RequestObservation) -> None: ...
+
+    def end_request(self, obs: RequestObservation, now_ns: int) -> None: ...
+
+    def record_batch(self, members: Sequence[RequestObservation], rows: int, requests: int, dispatched_ns: int,
+                     run_start_ns: int, run_end_ns: int, end_ns: int, model: str, version: str) -> None: ...
+
+    def record_shadow(self, copied: Sequence[Any], start_ns: int, end_ns: int, model: str, candidate: int,
+                      ok: bool) -> None: ...
+
+
+class LineLog(Protocol):
+    """server.request_log.RequestLog, as the hooks use it."""
+
+    def record(self, obs: RequestObservation, now_ns: int) -> None: ...
 
 
 @dataclass(slots=True)
 class Observability:
     """What is switched on in this process: any of tracing, request logs, payload logs."""
 
-    tracing: Tracing | None = None
-    request_log: RequestLog | None = None
+    tracing: Tracer | None = None
+    request_log: LineLog | None = None
     payload_log: bool = False
     """Payload logging reads the request id and trace id of the current observation."""
 

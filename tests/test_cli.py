@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -32,3 +33,20 @@ def test_loadtest_hands_its_arguments_to_the_harness(capsys: pytest.CaptureFixtu
         main(["loadtest", "--help"])
     assert exited.value.code == 0
     assert "run" in capsys.readouterr().out
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    found = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: sub for name, sub in found.choices.items() if name != "loadtest"}  # the harness has its own
+
+
+@pytest.mark.parametrize("command", [pytest.param(c, id=c) for c in _subcommands()])
+def test_every_flag_of_every_subcommand_has_help_and_shows_its_default(command: str) -> None:
+    sub = _subcommands()[command]
+    for action in sub._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, f"tessera {command} {action.option_strings[0]} has no help text"
+    text = " ".join(sub.format_help().split())  # line wrapping aside
+    if command == "serve":
+        assert "(default: 8001)" in text and "(default: 127.0.0.1)" in text

@@ -22,20 +22,21 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from .. import observation as _observation
 from ..errors import DeadlineExceeded, ModelNotReady, Overloaded
 from ..metrics import Labels, Metrics
+from ..model_statistics import ModelStatistics
 from ..observation import RequestObservation
-from ..repository.spec import ModelSpec
-from ..statistics import ModelStatistics
+from ..spec import ModelSpec
 from ..tensors import Tensor
 from .fairness import QueueShare, current_share
 from .stacking import BatchKey, batch_key, split_outputs, stack_inputs
 
-__all__ = ["DEFAULT_QUEUE_LIMIT", "STRING_ELEMENTS_PER_RUN", "DynamicBatcher"]
+__all__ = ["DEFAULT_QUEUE_LIMIT", "STRING_ELEMENTS_PER_RUN", "DynamicBatcher", "Runner"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,14 +63,23 @@ class _Pending:
         return not self.future.done()
 
 
+class Runner(Protocol):
+    """What a batcher needs from an executor (executor/runner.py's OrtRunner is one)."""
+
+    @property
+    def instances(self) -> int: ...
+
+    async def run(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]: ...
+
+    def close(self) -> None: ...
+
+
 class DynamicBatcher:
     """Schedules one model version's requests onto its runner."""
 
-    def __init__(self, runner: object, spec: ModelSpec, stats: ModelStatistics, metrics: Metrics,
+    def __init__(self, runner: Runner, spec: ModelSpec, stats: ModelStatistics, metrics: Metrics,
                  labels: Labels) -> None:
-        from ..executor.runner import Runner
-
-        self._runner: Runner = runner  # type: ignore[assignment]
+        self._runner = runner
         self._spec = spec
         self._stats = stats
         self._metrics = metrics.for_version(labels)

@@ -16,6 +16,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
+from ..cli_help import HelpFormatter
 from ..repository.config import read_config
 from ..tls import ServerTlsContext, TlsFiles
 from .codec import write_profile_file
@@ -53,7 +54,8 @@ def _csv(text: str) -> list[str]:
 
 def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `profile` and `drift` to tessera's subcommands."""
-    p = sub.add_parser("profile", help="build a model's drift reference profile from training data (Parquet)")
+    p = sub.add_parser("profile", help="build a model's drift reference profile from training data (Parquet)",
+                       formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, help="model name")
     p.add_argument("--data", required=True, type=Path, help="Parquet file of training inputs")
     p.add_argument("--model-repository", default=_env("model-repository"),
@@ -70,11 +72,12 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "drift; written as drift_profile.outputs.arrow / tessera:drift-profile:<model>:outputs")
 
     d = sub.add_parser("drift", help="run the drift service: read statistics streams, compare with "
-                       "reference profiles")
+                       "reference profiles", formatter_class=HelpFormatter)
     d.add_argument("--redis-url", "--redis", dest="redis_url", default=_env("redis-url"), help="Redis URL")
     d.add_argument("--model-repository", default=_env("model-repository"),
                    help="where to find drift_profile.arrow files (profiles in Redis come first)")
-    d.add_argument("--http-host", default=_env("drift-http-host", "0.0.0.0"))
+    d.add_argument("--http-host", default=_env("drift-http-host", "0.0.0.0"),
+                   help="address the reports endpoint binds (it serves aggregates only)")
     d.add_argument("--http-port", type=int, default=int(_env("drift-http-port", "8003") or 8003),
                    help="reports and /metrics; 0 picks a free port")
     d.add_argument("--webhook", default=_env("drift-webhook"), help="POST alert changes here (JSON)")
@@ -89,7 +92,7 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     d.add_argument("--psi-bins", type=int, default=10, help="reference quantile bins for PSI / JS")
     d.add_argument("--claim-idle-ms", type=int, default=60_000,
                    help="take over messages a dead service left pending this long")
-    d.add_argument("--log-level", default=_env("log-level", "INFO"))
+    d.add_argument("--log-level", default=_env("log-level", "INFO"), help="Python logging level")
     d.add_argument("--tls-cert", default=_env("tls-cert"), help="PEM certificate chain: HTTPS with --tls-key")
     d.add_argument("--tls-key", default=_env("tls-key"), help="PEM private key of --tls-cert")
     d.add_argument("--tls-client-ca", default=_env("tls-client-ca"),

@@ -12,7 +12,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from ..repository.spec import ModelSpec
+from ..spec import ModelSpec
 from .metrics import MonitorMetrics, TapMetrics
 from .monitor import DriftMonitor, MonitorConfig
 from .outputs import compare_versions

@@ -10,17 +10,17 @@ import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from ..errors import ExecutionFailed
-from ..repository.spec import ModelSpec
+from ..spec import ModelSpec
 from ..tensors import Tensor
 from .session import create_sessions
 
-__all__ = ["OrtRunner", "Runner"]
+__all__ = ["OrtRunner"]
 
 
 def _yield_to_event_loop() -> None:
@@ -34,33 +34,27 @@ def _yield_to_event_loop() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
-class Runner(Protocol):
-    """What a batcher needs from an executor."""
-
-    @property
-    def instances(self) -> int: ...
-
-    async def run(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]: ...
-
-    def close(self) -> None: ...
-
-
 class OrtRunner:
     """Owns the sessions of one model version and the thread pool they run on."""
 
-    def __init__(self, spec: ModelSpec, sessions: list[ort.InferenceSession]) -> None:
+    def __init__(self, spec: ModelSpec, sessions: list[ort.InferenceSession], *, yield_to_loop: bool = True
+                 ) -> None:
         self._spec = spec
         self._idle = list(sessions)
         self._count = len(sessions)
         self._output_names = [o.name for o in spec.outputs]
         self._bf16_inputs = {t.name for t in spec.inputs if t.datatype == "BF16"}
         self._pool = ThreadPoolExecutor(max_workers=self._count, thread_name_prefix=f"ort-{spec.name}",
-                                        initializer=_yield_to_event_loop)
+                                        initializer=_yield_to_event_loop if yield_to_loop else None)
 
     @classmethod
-    def create(cls, spec: ModelSpec) -> OrtRunner:
-        """Build every session of the spec. Blocking: call through asyncio.to_thread."""
-        return cls(spec, create_sessions(spec))
+    def create(cls, spec: ModelSpec, *, yield_to_loop: bool = True) -> OrtRunner:
+        """Build every session of the spec. Blocking: call through asyncio.to_thread.
+
+        `yield_to_loop=False` keeps the ORT threads at normal priority: for offline scoring
+        (`tessera batch`), where no request waits on the event loop and compute is the job.
+        """
+        return cls(spec, create_sessions(spec), yield_to_loop=yield_to_loop)
 
     @property
     def instances(self) -> int:

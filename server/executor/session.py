@@ -13,8 +13,7 @@ from typing import Any
 import onnxruntime as ort
 
 from ..errors import ModelLoadError
-from ..repository.config import GraphTensor
-from ..repository.spec import DeviceKind, InstanceGroupSpec, ModelSpec
+from ..spec import DeviceKind, GraphTensor, InstanceGroupSpec, ModelSpec
 
 __all__ = ["available_providers", "create_sessions", "gpu_available", "graph_tensors"]
 

@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 
 from .._generated import model_config_pb2 as mc
+from ..datatypes import CONFIG_TO_V2, V2_TO_NUMPY
 from ..errors import InvalidInput, ModelLoadError
 from ..names import check_file_name
-from ..protocol.datatypes import CONFIG_TO_V2, V2_TO_NUMPY
-from ..repository.spec import ModelSpec, TensorSpec
+from ..spec import ModelSpec, TensorSpec
 from ..tensors import Tensor
-from .runner import Runner
+from .runner import OrtRunner
 
 __all__ = ["warm_up", "warmup_batches"]
 
@@ -94,7 +94,7 @@ def warmup_batches(spec: ModelSpec) -> list[tuple[dict[str, Tensor], int]]:
     return [({t.name: _zeros(t.datatype, _shape(spec, t, size)) for t in spec.inputs}, 1) for size in sizes]
 
 
-async def warm_up(spec: ModelSpec, runner: Runner) -> int:
+async def warm_up(spec: ModelSpec, runner: OrtRunner) -> int:
     """Run every warmup batch on every instance; return the number of runs. Raises ModelLoadError."""
     runs = 0
     try:

@@ -21,7 +21,7 @@ from ..batching import QueueShare
 from ..dataplane import DataPlane
 from ..protocol.grpc_codec import decode_infer_request, encode_infer_response, encode_statistics, parse_message
 from ..protocol.limits import DEFAULT_LIMITS, DecodeLimits, response_bytes
-from ..protocol.validation import model_shape_check
+from ..validation import model_shape_check
 from .credentials import credentials_from_context as _creds
 from .errors import abort_status, guarded
 

@@ -15,10 +15,10 @@ from google.protobuf import json_format
 from .._generated import model_config_pb2 as mc
 from ..dataplane import ServerMetadata
 from ..errors import InvalidInput
+from ..model_statistics import BatchStatistics, Duration, ModelStatistics
 from ..protocol.http_codec import parse_json_object
 from ..repository.manager import IndexEntry, ModelMetadata, TensorMetadata
 from ..routing.spec import RolloutSpec
-from ..statistics import BatchStatistics, Duration, ModelStatistics
 
 __all__ = [
     "decode_index_request",

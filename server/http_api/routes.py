@@ -22,7 +22,7 @@ from ..dataplane import DataPlane
 from ..metrics import CONTENT_TYPE_LATEST, Metrics
 from ..protocol.http_codec import HEADER_LENGTH, decode_infer_request, encode_infer_response
 from ..protocol.limits import DEFAULT_LIMITS, DecodeLimits, response_bytes
-from ..protocol.validation import model_shape_check
+from ..validation import model_shape_check
 from . import documents
 from .body import read_body, read_body_buffer
 from .errors import HTTP_EXCEPTION_HANDLERS, ErrorMiddleware

@@ -12,17 +12,17 @@ import numpy as np
 from google.protobuf.message import DecodeError, Message
 
 from .._generated import grpc_service_pb2 as pb
-from ..errors import InvalidInput
-from ..statistics import Duration, ModelStatistics
-from ..tensors import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
-from .datatypes import (
+from ..datatypes import (
     V2_TO_NUMPY,
     V2_TO_WIRE_DTYPE,
     bytes_elements_to_tensor,
-    deserialize_bytes_tensor,
     serialize_bytes_tensor,
 )
-from .limits import DEFAULT_LIMITS, DecodeLimits, ShapeCheck, timeout_us
+from ..errors import InvalidInput
+from ..model_statistics import Duration, ModelStatistics
+from ..tensors import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
+from .limits import DEFAULT_LIMITS, DecodeLimits, ShapeCheck
+from .request_core import check_new_input, raw_tensor, shape_text, timeout_us
 
 __all__ = ["decode_infer_request", "encode_infer_response", "encode_statistics", "parse_message"]
 
@@ -62,18 +62,6 @@ def _parameters(params: object) -> Parameters:
     return out
 
 
-def _from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> Tensor:
-    count = math.prod(shape)
-    if datatype == "BYTES":
-        return deserialize_bytes_tensor(raw, count, name).reshape(shape)
-    dtype = V2_TO_WIRE_DTYPE[datatype]
-    expected = count * dtype.itemsize
-    if len(raw) != expected:
-        raise InvalidInput(f"input '{name}': raw content is {len(raw)} bytes but {datatype}"
-                           f"{list(shape)} needs {expected}")
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
-
-
 def _from_contents(tensor: pb.ModelInferRequest.InferInputTensor, datatype: str,
                    shape: tuple[int, ...]) -> Tensor:
     field = _CONTENTS_FIELD.get(datatype)
@@ -83,10 +71,17 @@ def _from_contents(tensor: pb.ModelInferRequest.InferInputTensor, datatype: str,
     count = math.prod(shape)
     if len(values) != count:
         raise InvalidInput(f"input '{tensor.name}': {len(values)} values in contents, but "
-                           f"{datatype}{list(shape)} needs {count}")
+                           f"{shape_text(datatype, shape)} needs {count}")
     if datatype == "BYTES":
         return bytes_elements_to_tensor(values, count).reshape(shape)
-    return np.asarray(values, dtype=V2_TO_NUMPY[datatype]).reshape(shape)
+    dtype = V2_TO_NUMPY[datatype]
+    if dtype.itemsize < 4 and dtype.kind in "iu" and count:
+        # int_contents / uint_contents are 32-bit: narrower datatypes must not wrap (70000 as UINT16).
+        wide = np.asarray(values, dtype=np.int64)
+        info = np.iinfo(dtype)
+        if wide.min() < info.min or wide.max() > info.max:
+            raise InvalidInput(f"input '{tensor.name}': contents hold values outside the range of {datatype}")
+    return np.asarray(values, dtype=dtype).reshape(shape)
 
 
 def _payload_bytes(tensor: pb.ModelInferRequest.InferInputTensor, datatype: str, raw: bytes | None) -> int:
@@ -126,12 +121,11 @@ def decode_infer_request(msg: pb.ModelInferRequest, routing_key: str | None = No
     datatypes: dict[str, str] = {}
     for index, (tensor, shape) in enumerate(zip(msg.inputs, shapes, strict=True)):
         datatype = tensor.datatype
-        if tensor.name in inputs:
-            raise InvalidInput(f"input '{tensor.name}' is given twice")
+        check_new_input(tensor.name, inputs)
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidInput(f"input '{tensor.name}': contents and raw_input_contents are exclusive")
-            inputs[tensor.name] = _from_raw(tensor.name, datatype, shape, raw[index])
+            inputs[tensor.name] = raw_tensor(tensor.name, datatype, shape, raw[index])
         else:
             inputs[tensor.name] = _from_contents(tensor, datatype, shape)
         datatypes[tensor.name] = datatype

@@ -14,16 +14,16 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..errors import InvalidInput, Unsupported
-from ..tensors import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
-from .datatypes import (
+from ..datatypes import (
     V2_TO_NUMPY,
     V2_TO_WIRE_DTYPE,
-    deserialize_bytes_tensor,
     serialize_bytes_tensor,
     text_array,
 )
-from .limits import DEFAULT_LIMITS, DecodeLimits, ShapeCheck, timeout_us
+from ..errors import InvalidInput, Unsupported
+from ..tensors import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
+from .limits import DEFAULT_LIMITS, DecodeLimits, ShapeCheck
+from .request_core import check_new_input, raw_tensor, timeout_us
 
 __all__ = [
     "HEADER_LENGTH",
@@ -126,8 +126,7 @@ def decode_infer_request(body: bytes | bytearray, header_length: str | None, mod
     budget = _Budget(limits, model_check)
     for index, entry in enumerate(entries):
         name, datatype, array, used = _decode_input(entry, index, view, offset, budget)
-        if name in inputs:
-            raise InvalidInput(f"input '{name}' appears more than once")
+        check_new_input(name, inputs)
         inputs[name], datatypes[name] = array, datatype
         offset += used
     if offset != len(body):
@@ -210,7 +209,7 @@ def _decode_input(entry: Any, index: int, body: memoryview, offset: int,
         if datatype == "BYTES":
             budget.payload(name, size)
         budget.model(name, datatype, shape)
-        return name, datatype, _binary_array(body[offset : offset + size], datatype, shape, name), size
+        return name, datatype, raw_tensor(name, datatype, shape, body[offset : offset + size]), size
     if "data" not in entry:
         raise InvalidInput(f"{where}: has neither 'data' nor 'binary_data_size'")
     if datatype == "BF16":
@@ -223,22 +222,6 @@ def _reject_unsupported(params: Parameters, where: str) -> None:
     for key in _UNSUPPORTED_PARAMETERS:
         if key in params:
             raise Unsupported(f"{where}: parameter '{key}' is not supported by this server")
-
-
-def _describe(datatype: str, shape: tuple[int, ...]) -> str:
-    return f"{datatype}[{','.join(str(d) for d in shape)}]"
-
-
-def _binary_array(data: memoryview, datatype: str, shape: tuple[int, ...], name: str) -> Tensor:
-    count = prod(shape)
-    if datatype == "BYTES":
-        return deserialize_bytes_tensor(data, count, name).reshape(shape)
-    wire = V2_TO_WIRE_DTYPE[datatype]
-    expected = count * wire.itemsize
-    if len(data) != expected:
-        raise InvalidInput(f"input '{name}': {_describe(datatype, shape)} needs {expected} bytes of binary "
-                           f"data, got {len(data)}")
-    return np.frombuffer(data, dtype=wire).reshape(shape)
 
 
 def _json_array(data: Any, datatype: str, shape: tuple[int, ...], where: str) -> Tensor:
@@ -267,7 +250,13 @@ def _json_numbers(data: Any, dtype: np.dtype[Any], where: str) -> Tensor:
         info = np.iinfo(dtype)
         if raw.min() < info.min or raw.max() > info.max:
             raise InvalidInput(f"{where}: 'data' holds values outside the range of {dtype}")
-    return raw.astype(dtype, copy=False)
+    if dtype.kind != "f":
+        return raw.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):  # JSON numbers are finite: one that overflows the datatype is refused
+        out = raw.astype(dtype, copy=False)
+    if not np.isfinite(out).all():
+        raise InvalidInput(f"{where}: 'data' holds values outside the range of {dtype}")
+    return out
 
 
 def _json_big_integers(data: Any, dtype: np.dtype[Any], where: str) -> Tensor:

@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
+from ..datatypes import V2_TO_NUMPY
 from ..errors import InvalidInput
-from ..tensors import InferResponse, Parameters
-from .datatypes import V2_TO_NUMPY
+from ..tensors import InferResponse
 
-__all__ = ["DEFAULT_LIMITS", "MAX_DIMS", "DecodeLimits", "ShapeCheck", "response_bytes", "timeout_us"]
+__all__ = ["DEFAULT_LIMITS", "MAX_DIMS", "DecodeLimits", "ShapeCheck", "response_bytes"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -104,16 +104,6 @@ def _clip(value: object, limit: int = 200) -> str:
 
 
 DEFAULT_LIMITS = DecodeLimits()
-
-
-def timeout_us(parameters: Parameters) -> int:
-    """The `timeout` parameter in microseconds (0 when absent); raises InvalidInput for anything else
-    than a non-negative integer (floats, inf, NaN, booleans, strings, negatives)."""
-    timeout = parameters.get("timeout", 0)
-    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
-        raise InvalidInput(f"parameter 'timeout' must be a non-negative integer of microseconds, "
-                           f"got {timeout!r}")
-    return timeout
 
 
 def response_bytes(response: InferResponse) -> int:

@@ -6,18 +6,18 @@ Fields Tessera cannot honour fail the load with an error naming them; nothing is
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
 from google.protobuf.json_format import ParseDict, ParseError
 
 from .._generated import model_config_pb2 as mc
+from ..datatypes import CONFIG_TO_V2, ONNX_TO_V2, V2_TO_CONFIG
 from ..errors import ModelLoadError
-from ..protocol.datatypes import CONFIG_TO_V2, ONNX_TO_V2, V2_TO_CONFIG
-from .spec import (
+from ..spec import (
     BatchingSpec,
     DeviceKind,
+    GraphTensor,
     InstanceGroupSpec,
     ModelSpec,
     TensorSpec,
@@ -27,7 +27,6 @@ from .spec import (
 __all__ = [
     "CONFIG_FILENAME",
     "DEFAULT_MODEL_FILENAME",
-    "GraphTensor",
     "build_spec",
     "complete_config",
     "parse_config_json",
@@ -42,19 +41,6 @@ AUTOCOMPLETE_MAX_BATCH_SIZE = 4
 _PLATFORMS = ("", "onnxruntime_onnx")
 _BACKENDS = ("", "onnxruntime")
 _GRAPH_LEVELS = {-1: "basic", 0: "all", 1: "extended"}
-
-
-@dataclass(frozen=True, slots=True)
-class GraphTensor:
-    """An input or output as the ONNX graph declares it; None or str dims are dynamic."""
-
-    name: str
-    onnx_type: str
-    shape: tuple[int | str | None, ...]
-
-    @property
-    def dims(self) -> tuple[int, ...]:
-        return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in self.shape)
 
 
 def read_config(model_dir: Path) -> mc.ModelConfig:

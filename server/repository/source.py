@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._generated import model_config_pb2 as mc
+from ..spec import VersionPolicy
 from .config import parse_config_json, read_config, version_policy
 from .fingerprint import FileStamp, ModelFingerprint
-from .spec import VersionPolicy
 
 __all__ = ["ModelSource", "VersionKey", "read_source", "with_policy"]
 

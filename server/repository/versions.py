@@ -13,6 +13,7 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 
 from .._generated import model_config_pb2 as mc
 from ..batching.batcher import DynamicBatcher
@@ -21,12 +22,12 @@ from ..executor.runner import OrtRunner
 from ..executor.session import graph_tensors
 from ..executor.warmup import warm_up
 from ..metrics import Labels, Metrics
+from ..model_statistics import ModelStatistics
 from ..names import check_file_name
 from ..settings import ServerSettings
-from ..statistics import ModelStatistics
+from ..spec import ModelSpec
 from .config import DEFAULT_MODEL_FILENAME, build_spec, complete_config, version_policy
 from .source import ModelSource, VersionKey, with_policy
-from .spec import ModelSpec
 
 __all__ = [
     "IndexEntry",
@@ -36,6 +37,7 @@ __all__ = [
     "VersionState",
     "build_version",
     "release_version",
+    "version_spec",
 ]
 
 logger = logging.getLogger(__name__)
@@ -103,8 +105,12 @@ def _metadata(spec: ModelSpec) -> ModelMetadata:
     )
 
 
-async def _spec(source: ModelSource, number: int, settings: ServerSettings, gpu: bool, loader: Executor
-                ) -> ModelSpec:
+def version_spec(source: ModelSource, number: int, *, gpu_available: bool, intra_op_threads: int,
+                 allow_spinning: bool) -> ModelSpec:
+    """The completed, checked spec of one version on disk (reads its ONNX graph). Blocking.
+
+    Shared by the server's loads and by `tessera batch`. Raises ModelLoadError naming the cause.
+    """
     config = source.config
     filename = config.default_model_filename or DEFAULT_MODEL_FILENAME
     try:
@@ -114,11 +120,18 @@ async def _spec(source: ModelSource, number: int, settings: ServerSettings, gpu:
     model_file = source.directory / str(number) / filename
     if not model_file.is_file():
         raise ModelLoadError(f"model '{source.name}' version {number}: missing model file {number}/{filename}")
-    loop = asyncio.get_running_loop()
-    inputs, outputs = await loop.run_in_executor(loader, graph_tensors, str(model_file))
+    inputs, outputs = graph_tensors(str(model_file))
     completed = complete_config(config, source.name, inputs, outputs)
-    return build_spec(completed, number, model_file, gpu_available=gpu,
-                      intra_op_threads=settings.intra_op_threads, allow_spinning=settings.allow_spinning)
+    return build_spec(completed, number, model_file, gpu_available=gpu_available,
+                      intra_op_threads=intra_op_threads, allow_spinning=allow_spinning)
+
+
+async def _spec(source: ModelSource, number: int, settings: ServerSettings, gpu: bool, loader: Executor
+                ) -> ModelSpec:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(loader, partial(
+        version_spec, source, number, gpu_available=gpu, intra_op_threads=settings.intra_op_threads,
+        allow_spinning=settings.allow_spinning))
 
 
 async def build_version(source: ModelSource, number: int, settings: ServerSettings, metrics: Metrics,

@@ -12,7 +12,8 @@ from server._generated import model_config_pb2 as mc
 from server.batching.batcher import DynamicBatcher
 from server.errors import DeadlineExceeded, ModelNotReady, Overloaded
 from server.metrics import Metrics
-from server.repository.spec import (
+from server.model_statistics import ModelStatistics
+from server.spec import (
     BatchingSpec,
     DeviceKind,
     InstanceGroupSpec,
@@ -20,7 +21,6 @@ from server.repository.spec import (
     TensorSpec,
     VersionPolicy,
 )
-from server.statistics import ModelStatistics
 
 
 class GatedRunner:

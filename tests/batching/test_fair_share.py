@@ -10,7 +10,7 @@ import pytest
 from server.batching import QueueShare
 from server.batching.batcher import STRING_ELEMENTS_PER_RUN, DynamicBatcher
 from server.errors import Overloaded
-from server.repository.spec import BatchingSpec
+from server.spec import BatchingSpec
 
 from .test_batcher import GatedRunner, make_batcher, make_spec, rows
 

@@ -181,7 +181,7 @@ def _raw_request(raw: list[bytes], shape: list[int]) -> service_pb2.ModelInferRe
 
 
 @pytest.mark.parametrize(("request_", "text"), [
-    pytest.param(_raw_request([b"\0" * 60], [2, 8]), "raw content is 60 bytes but FP32[2, 8] needs 64",
+    pytest.param(_raw_request([b"\0" * 60], [2, 8]), "FP32[2,8] needs 64 bytes of raw data, got 60",
                  id="raw-size-mismatch"),
     pytest.param(_raw_request([b"\0" * 64, b"\0" * 4], [2, 8]), "raw_input_contents has 2 entries for 1 inputs",
                  id="raw-count-mismatch"),

@@ -344,7 +344,7 @@ JSON_LENGTH = int(BINARY_HEADERS["Inference-Header-Content-Length"])
     pytest.param(b'{"inputs": 3}', {}, "inference request: field 'inputs' must be an array, got number",
                  id="inputs-not-a-list"),
     pytest.param(*_binary_body(28, b"\0" * 28),
-                 "input 'features': FP32[1,8] needs 32 bytes of binary data, got 28", id="binary-size-wrong"),
+                 "input 'features': FP32[1,8] needs 32 bytes of raw data, got 28", id="binary-size-wrong"),
     pytest.param(BINARY_BODY, {"Inference-Header-Content-Length": "abc"},
                  "Inference-Header-Content-Length must be an integer, got 'abc'",
                  id="header-length-not-a-number"),

@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
 
-from server.errors import InvalidInput
-from server.protocol import grpc_codec, http_codec
-from server.protocol.datatypes import (
+from server.datatypes import (
     bytes_elements_to_tensor,
     deserialize_bytes_tensor,
     serialize_bytes_tensor,
 )
-from server.protocol.limits import DecodeLimits, timeout_us
+from server.errors import InvalidInput
+from server.protocol import grpc_codec, http_codec
+from server.protocol.limits import DecodeLimits
+from server.protocol.request_core import timeout_us
 
 SMALL = DecodeLimits(max_elements=1000, max_bytes=2000)
 

@@ -3,45 +3,20 @@ the fsspec mirror, and the server loading and polling an s3:// repository."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import boto3  # type: ignore[import-untyped]
 import numpy as np
-import pytest
 import tritonclient.grpc as grpcclient
-from moto.server import ThreadedMotoServer
 
 from server.repository.store import RemoteStore, open_store
 
 from ..polling import wait_until
+from ..s3_server import CREDENTIALS, bucket, s3_endpoint
 from .models import CONFIG, expected, make_model, make_version
 
-BUCKET = "tessera-models"
-CREDENTIALS = {"key": "testing", "secret": "testing", "client_kwargs": {"region_name": "us-east-1"}}
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A fresh bucket per test (moto keeps state for the server's life): a boto3 S3 client bound to it."""
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="testing",
-                      aws_secret_access_key="testing", region_name="us-east-1")
-    name = f"{BUCKET}-{abs(hash(request.node.nodeid)) % 10**8}"
-    s3.create_bucket(Bucket=name)
-    yield s3, name
-    for item in s3.list_objects_v2(Bucket=name).get("Contents", []):
-        s3.delete_object(Bucket=name, Key=item["Key"])
-    s3.delete_bucket(Bucket=name)
+__all__ = ["bucket", "s3_endpoint"]  # fixtures shared from tests/s3_server.py
 
 
 def _upload(s3: Any, bucket: str, root: Path, prefix: str) -> None:

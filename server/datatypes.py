@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import InvalidInput
-from ..tensors import Tensor
+from .errors import InvalidInput
+from .tensors import Tensor
 
 __all__ = [
     "CONFIG_TO_V2",

@@ -10,26 +10,23 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import InvalidInput, TesseraError
-from ..repository.spec import ModelSpec, TensorSpec
-from ..tensors import InferRequest, Tensor
-from .limits import ShapeCheck
+from .errors import InvalidInput, TesseraError
+from .protocol.limits import ShapeCheck
+from .protocol.request_core import shape_text
+from .spec import ModelSpec, TensorSpec
+from .tensors import InferRequest, Tensor
 
 __all__ = ["declared_shape_check", "model_shape_check", "prepare_inputs", "select_outputs"]
 
 
-def _shape_text(datatype: str, shape: tuple[int, ...]) -> str:
-    return f"{datatype}[{','.join(str(d) for d in shape)}]"
-
-
 def _expected(spec: ModelSpec, tensor: TensorSpec) -> str:
     dims = ((-1,) if spec.batched else ()) + tensor.dims
-    return _shape_text(tensor.datatype, dims)
+    return shape_text(tensor.datatype, dims)
 
 
 def _check_tensor(spec: ModelSpec, tensor: TensorSpec, shape: tuple[int, ...], datatype: str) -> int:
     """Validate one input's shape and datatype; return its batch size (1 for unbatched models)."""
-    got = _shape_text(datatype, shape)
+    got = shape_text(datatype, shape)
     if datatype != tensor.datatype:
         raise InvalidInput(f"input '{tensor.name}': expected {_expected(spec, tensor)}, got {got}")
     if spec.batched:

@@ -1,4 +1,5 @@
-"""ModelSpec: one model version's configuration, parsed once into frozen dataclasses.
+"""ModelSpec: one model version's configuration, parsed once into frozen dataclasses; the model's
+description every layer may import (it imports nothing of Tessera's but the generated config).
 
 The hot path reads only attributes of these; config.pbtxt is never consulted per request.
 """
@@ -9,11 +10,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from .._generated import model_config_pb2 as mc
+from ._generated import model_config_pb2 as mc
 
 __all__ = [
     "BatchingSpec",
     "DeviceKind",
+    "GraphTensor",
     "InstanceGroupSpec",
     "ModelSpec",
     "TensorSpec",
@@ -117,3 +119,16 @@ class ModelSpec:
             if spec.name == name:
                 return spec
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class GraphTensor:
+    """An input or output as the ONNX graph declares it; None or str dims are dynamic."""
+
+    name: str
+    onnx_type: str
+    shape: tuple[int | str | None, ...]
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in self.shape)

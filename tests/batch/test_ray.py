@@ -1,0 +1,99 @@
+"""The Ray engine on a real local Ray cluster (started here, on loopback): the same output as the local
+engine, read in file-name order."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from server.batch import BatchJob, ModelRef, run_job
+from server.batch.model import load_spec
+from server.batch.planning import plan_job
+from server.batch.ray_engine import RAY_MARKER, ScoringActor, TesseraErrorCarrier, error_from_ray
+from server.errors import InvalidInput
+
+from .data import read_dir, write_tabular
+
+ray = pytest.importorskip("ray")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    pythonpath = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    ray.init(address="local", include_dashboard=False, num_cpus=2, object_store_memory=200 << 20,
+             _temp_dir=temp, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+             _node_ip_address="127.0.0.1")
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _job(repository: Path, data: Path, out: Path, engine: str, **options: object) -> BatchJob:
+    return BatchJob(model=ModelRef(repository=str(repository), name="tabular"), input=str(data), output=str(out),
+                    keep=("id", "ts"), engine=engine, progress=False, ray_actors=1, **options)  # type: ignore[arg-type]
+
+
+def _concatenated(root: Path) -> pa.Table:
+    return pa.concat_tables(table for _, table in sorted(read_dir(root).items()))
+
+
+def test_the_ray_engine_writes_what_the_local_engine_writes(
+        ray_cluster: None, batch_repository: Path, tmp_path: Path) -> None:
+    write_tabular(tmp_path / "in", files=3, rows=30_000, row_group_rows=7_000)
+    local = run_job(_job(batch_repository, tmp_path / "in", tmp_path / "local", "local"))
+    result = run_job(_job(batch_repository, tmp_path / "in", tmp_path / "ray", "ray"))
+    assert result.scored == local.scored == 90_000
+    assert (tmp_path / "ray" / RAY_MARKER).is_file()
+    ray_table, local_table = _concatenated(tmp_path / "ray"), _concatenated(tmp_path / "local")
+    files = {name: table.num_rows for name, table in read_dir(tmp_path / "ray").items()}
+    assert ray_table.column("id").equals(local_table.column("id")), f"rows out of order across {files}"
+    assert ray_table.schema.equals(local_table.schema)
+    assert ray_table.equals(local_table)  # same rows, same order, same values
+
+
+def test_the_ray_engine_sets_bad_rows_aside(ray_cluster: None, batch_repository: Path, tmp_path: Path) -> None:
+    write_tabular(tmp_path / "in", files=1, rows=1_000, row_group_rows=1_000)
+    _null_age_at(tmp_path / "in" / "part-0.parquet", 10)
+    result = run_job(_job(batch_repository, tmp_path / "in", tmp_path / "skip", "ray", on_error="skip"))
+    assert (result.scored, result.rejected) == (999, 1)
+    assert result.reasons == {"null in column 'age'": 1}
+    rejects = pq.read_table(next((tmp_path / "skip" / "_rejects").glob("ray-*.parquet")))
+    assert rejects.column("id").to_pylist() == [10]
+    assert 10 not in pq.read_table(next((tmp_path / "skip").glob("part-*.parquet"))).column("id").to_pylist()
+
+
+def test_bad_data_in_an_actor_stops_the_job_naming_the_column(batch_repository: Path, tmp_path: Path) -> None:
+    """The actor's side, called in-process (no cluster needed): Ray carries the error's text to the driver."""
+    write_tabular(tmp_path / "in", files=1, rows=100, row_group_rows=100)
+    _null_age_at(tmp_path / "in" / "part-0.parquet", 3)
+    job = _job(batch_repository, tmp_path / "in", tmp_path / "out", "ray")
+    spec, store = load_spec(job.model)
+    store.close()
+    plan = plan_job(job, spec)
+    scorer = ScoringActor(job.model, plan.columns, "fail", str(tmp_path / "out"), {})
+    table = pq.read_table(tmp_path / "in" / "part-0.parquet", columns=plan.columns.read_columns)
+    try:
+        with pytest.raises(TesseraErrorCarrier) as caught:
+            scorer(table)
+    finally:
+        scorer.close()
+    wrapped = RuntimeError(f"ray::MapBatches(ScoringActor)() ...\n{type(caught.value).__name__}: {caught.value}\n")
+    error = error_from_ray(wrapped)
+    assert isinstance(error, InvalidInput) and "null in column 'age'" in error.message
+
+
+def _null_age_at(path: Path, row: int) -> None:
+    table = pq.read_table(path)
+    age = table.column("age").to_pylist()
+    age[row] = None
+    pq.write_table(table.set_column(table.schema.get_field_index("age"), "age", pa.array(age, pa.float32())), path)
