@@ -221,11 +221,14 @@ def _add_observability(p: argparse.ArgumentParser) -> None:
                    help="share of successful requests logged (errors always are)")
     p.add_argument("--payload-log", choices=("", "redis", "parquet"), default=_env("payload-log", ""),
                    help="sink of sampled payloads of models whose config opts in (payload_log_sample_ratio)")
-    p.add_argument("--payload-log-dir", default=_env("payload-log-dir", "payloads"))
+    p.add_argument("--payload-log-dir", default=_env("payload-log-dir", "payloads"),
+                   help="directory of the rotating Parquet files of --payload-log parquet")
     p.add_argument("--payload-log-rotate-rows", type=int,
-                   default=int(_env("payload-log-rotate-rows", "100000") or 100000))
+                   default=int(_env("payload-log-rotate-rows", "100000") or 100000),
+                   help="rows per payload Parquet file before the next one starts")
     p.add_argument("--payload-log-stream-maxlen", type=int,
-                   default=int(_env("payload-log-stream-maxlen", "10000") or 10000))
+                   default=int(_env("payload-log-stream-maxlen", "10000") or 10000),
+                   help="approximate length cap of each model's payload stream (XADD MAXLEN ~)")
     p.add_argument("--drift-outputs", type=_bool, default=_bool(_env("drift-outputs", "true") or "true"),
                    help="summarise model outputs too, for prediction drift (true/false)")
 
