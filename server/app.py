@@ -19,6 +19,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from .admission import Admission
 from .audit import AuditLog
 from .auth import Authorizer
+from .background import cancel_remaining
 from .dataplane import DataPlane
 from .drift import DriftSidePath, TapConfig, spec_feature_names
 from .grpc_api.credentials import server_credentials
@@ -212,4 +213,5 @@ class App:
         await self.observability.stop()
         await self.manager.stop()
         await self.audit.flush()
+        await cancel_remaining()  # whatever a stopped part left running
         logger.info("tessera stopped")

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .background import spawn
+
 __all__ = ["AuditLog"]
 
 logger = logging.getLogger(__name__)
@@ -61,7 +63,7 @@ class AuditLog:
     def _start_flush(self) -> None:
         self._report = None
         if self._flush is None or self._flush.done():
-            self._flush = asyncio.get_running_loop().create_task(self._drain(), name="audit-flush")
+            self._flush = spawn(self._drain(), "audit-flush")
 
     async def _drain(self) -> None:
         try:

@@ -59,7 +59,7 @@ class RepositoryAdmin(Protocol):
     async def load(self, name: str, *, config_json: str | None = None,
                    files: dict[str, bytes] | None = None) -> None: ...
 
-    async def unload(self, name: str, *, unload_dependents: bool = False) -> None: ...
+    async def unload(self, name: str) -> None: ...
 
 
 class DataPlane:
@@ -174,7 +174,7 @@ class DataPlane:
             model, rollout, arm = self._manager.get(request.model_name, request.model_version or None), None, ""
         labels = model.labels
         if observed is not None:
-            observed.routed(labels[1], arm, principal.name)
+            observed.routed(model.version, arm, principal.name)
         version_metrics = self._metrics.for_version(labels)
         try:
             feeds, rows = prepare_inputs(model.spec, request)
@@ -193,12 +193,12 @@ class DataPlane:
         if rollout is not None:
             rollout.observe(arm, True, elapsed / 1e9, feeds, rows, outputs)
         for observer in self._observers:
-            observer.observe(model.spec.name, labels[1], feeds, outputs)
+            observer.observe(model.spec.name, model.version, feeds, outputs)
         if observed is not None:
             observed.served(rows, queue_ns)
         return InferResponse(
             model_name=model.spec.name,
-            model_version=labels[1],
+            model_version=model.version,
             outputs=selected,
             datatypes=model.output_datatypes,
             id=request.id,
@@ -260,8 +260,7 @@ class DataPlane:
 
         await self._admin(creds, "load", check_model_name(name), load)
 
-    async def unload_model(self, name: str, unload_dependents: bool = False,
-                           creds: Credentials = ANONYMOUS) -> None:
+    async def unload_model(self, name: str, creds: Credentials = ANONYMOUS) -> None:
         async def unload(actor: str) -> None:
             await self._repository_admin.unload(name)
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .background import spawn
+
 __all__ = [
     "FileWatcher",
     "ServerTlsContext",
@@ -170,7 +172,7 @@ class FileWatcher:
 
     def start(self) -> None:
         if self._refreshers and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="tls-auth-file-watcher")
+            self._task = spawn(self._run(), "tls-auth-file-watcher")
 
     async def _run(self) -> None:
         while True:

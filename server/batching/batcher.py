@@ -27,6 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from .. import observation as _observation
+from ..background import spawn
 from ..errors import DeadlineExceeded, ModelNotReady, Overloaded
 from ..metrics import Labels, Metrics
 from ..model_statistics import ModelStatistics
@@ -106,7 +107,7 @@ class DynamicBatcher:
 
     # -- public --------------------------------------------------------------------------------
     def start(self) -> None:
-        self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self._labels}")
+        self._loop_task = spawn(self._run(), f"batcher-{self._labels}")
 
     async def submit(self, feeds: dict[str, Tensor], rows: int, timeout_us: int = 0,
                      observation: RequestObservation | None = None) -> tuple[dict[str, Tensor], int]:

@@ -1,32 +1,19 @@
-"""Background work of the drift side path: tasks whose failure is logged, never lost, and generators
-of work driven a step at a time, so that the serving event loop runs requests between the steps.
-"""
+"""Work of the drift side path driven a step at a time, so that the serving event loop runs requests
+between the steps (its tasks start through server/background.py like every other)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Generator
-from typing import Any, TypeVar
+from collections.abc import Generator
+from typing import TypeVar
 
-__all__ = ["run_steps", "spawn"]
+__all__ = ["run_steps"]
 
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
-
-
-def _report(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("background task %s failed", task.get_name(), exc_info=task.exception())
-
-
-def spawn(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-    """Create a task on the running loop; an exception ending it is logged with its traceback."""
-    task = asyncio.create_task(coro, name=name)
-    task.add_done_callback(_report)
-    return task
 
 
 async def run_steps(steps: Generator[None, None, T]) -> tuple[T, float]:

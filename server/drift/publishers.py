@@ -23,7 +23,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .background import run_steps, spawn
+from ..background import spawn
+from .background import run_steps
 from .codec import encode_window_steps
 from .metrics import TapMetrics
 from .stats import WindowSummary

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .background import run_steps, spawn
+from ..background import spawn
+from .background import run_steps
 from .metrics import TapMetrics
 from .outputs import is_output_key, output_key, with_classes
 from .publishers import Publisher

@@ -185,9 +185,8 @@ class InferenceService:
 
     async def repository_model_unload(self, request: pb.RepositoryModelUnloadRequest, context: Ctx
                                       ) -> pb.RepositoryModelUnloadResponse:
-        params = request.parameters
-        dependents = params["unload_dependents"].bool_param if "unload_dependents" in params else False
-        await self._dp.unload_model(request.model_name, dependents, _creds(context))
+        # Tessera serves no ensembles: no model depends on another, so `unload_dependents` has nothing to do.
+        await self._dp.unload_model(request.model_name, _creds(context))
         return pb.RepositoryModelUnloadResponse()
 
     def handler(self) -> grpc.GenericRpcHandler:

@@ -21,9 +21,9 @@ from ..repository.manager import IndexEntry, ModelMetadata, TensorMetadata
 from ..routing.spec import RolloutSpec
 
 __all__ = [
+    "check_unload_request",
     "decode_index_request",
     "decode_load_request",
-    "decode_unload_request",
     "encode_index",
     "encode_model_config",
     "encode_model_metadata",
@@ -136,12 +136,12 @@ def _base64(key: str, value: Any) -> bytes:
         raise InvalidInput(f"model load request: parameter '{key}' is not valid base64") from None
 
 
-def decode_unload_request(body: bytes) -> bool:
-    """Whether the model's dependents are to be unloaded too."""
+def check_unload_request(body: bytes) -> None:
+    """Refuse a malformed unload body. Its one parameter, `unload_dependents`, changes nothing: Tessera
+    serves no ensembles, so no model depends on another."""
     dependents = _body_parameters(body, "model unload request").get("unload_dependents", False)
     if not isinstance(dependents, bool):
         raise InvalidInput("model unload request: parameter 'unload_dependents' must be a boolean")
-    return dependents
 
 
 def decode_rollout_spec(body: bytes) -> RolloutSpec:

@@ -122,8 +122,8 @@ class HttpRoutes:
 
     async def unload(self, request: Request) -> Response:
         require_json(request)
-        dependents = documents.decode_unload_request(await read_body(request, self._max_body_bytes))
-        await self._dp.unload_model(request.path_params["name"], dependents, _creds(request))
+        documents.check_unload_request(await read_body(request, self._max_body_bytes))
+        await self._dp.unload_model(request.path_params["name"], _creds(request))
         return Response(status_code=200)
 
     async def rollout_status(self, request: Request) -> Response:

@@ -21,6 +21,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from ..background import spawn
 from ..errors import ModelLoadError, TesseraError, Unavailable
 from .manager import IndexEntry, ModelManager
 
@@ -64,9 +65,8 @@ class FleetAdmin:
             await self._replay()
         except _FAILURES as exc:
             logger.warning("fleet admin: Redis unreachable at start (%s); following the stream once it is back", exc)
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._follow(), name="fleet-admin"),
-                       loop.create_task(self._heartbeat(), name="fleet-heartbeat")]
+        self._tasks = [spawn(self._follow(), "fleet-admin"),
+                       spawn(self._heartbeat(), "fleet-heartbeat")]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -88,9 +88,9 @@ class FleetAdmin:
         encoded = {k: base64.b64encode(v).decode() for k, v in (files or {}).items()}
         await self._broadcast({"op": "load", "model": name, "config": config_json or "", "files": json.dumps(encoded)})
 
-    async def unload(self, name: str, *, unload_dependents: bool = False) -> None:
+    async def unload(self, name: str) -> None:
         """Unload here, then on every replica. Raises like load."""
-        await self._manager.unload(name, unload_dependents=unload_dependents)
+        await self._manager.unload(name)
         await self._broadcast({"op": "unload", "model": name})
 
     async def fleet_index(self) -> dict[str, list[IndexEntry]]:

@@ -224,9 +224,8 @@ class ModelManager:
         if errors:
             raise ModelLoadError(f"failed to load '{name}': {'; '.join(errors)}")
 
-    async def unload(self, name: str, *, unload_dependents: bool = False) -> None:
-        """Drain and release every version of a model. Tessera serves no ensembles, so a model has no
-        dependents and `unload_dependents` changes nothing. Unloading a model that is not loaded but
+    async def unload(self, name: str) -> None:
+        """Drain and release every version of a model. Unloading a model that is not loaded but
         is in the repository succeeds, as in Triton. Raises ModelNotFound, Unsupported (poll mode)."""
         self._check_control()
         check_model_name(name)

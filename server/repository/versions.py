@@ -88,6 +88,11 @@ class ModelVersion:
     key: VersionKey
     state: VersionState = VersionState.LOADING
 
+    @property
+    def version(self) -> str:
+        """The version as the wire names it ("1"); `spec.version` is the same number as an int."""
+        return self.labels[1]
+
     def adopt_policy(self, config: mc.ModelConfig) -> None:
         """Take a new version policy without reloading (nothing the sessions use changed)."""
         updated = with_policy(self.spec.config, config)

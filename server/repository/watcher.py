@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from ..background import spawn
 from .manager import ModelManager
 
 __all__ = ["RepositoryWatcher"]
@@ -26,7 +27,7 @@ class RepositoryWatcher:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="repository-watcher")
+        self._task = spawn(self._run(), "repository-watcher")
 
     async def _run(self) -> None:
         logger.info("watching model repository %s every %g s", self._manager.repository, self._interval_s)

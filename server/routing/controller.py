@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..audit import AuditLog
+from ..background import spawn
 from ..errors import InvalidInput, ModelNotFound, ModelNotReady, TesseraError
 from ..metrics import Metrics
 from ..repository.manager import ModelManager
@@ -50,7 +51,7 @@ class RolloutController:
                             state.step, state.weight)
             self._install(state)
         await self.reconcile_declared()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="rollout-controller")
+        self._task = spawn(self._run(), "rollout-controller")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -62,7 +63,7 @@ class RolloutController:
     def _install(self, state: RolloutState) -> Rollout:
         old = self.rollouts.get(state.model)
         if old is not None:
-            asyncio.get_running_loop().create_task(old.stop())
+            spawn(old.stop(), f"rollout-stop-{old.state.model}")
         model = state.model
 
         def candidate_submit(version: int) -> Any:
@@ -122,8 +123,8 @@ class RolloutController:
         if rollout is not None:
             return rollout.state.candidate_version if rollout.state.phase is Phase.PROMOTED \
                 else rollout.state.stable_version
-        ready = [int(v.labels[1]) for v in self._manager.loaded_versions(model)
-                 if self._manager.is_ready(model, v.labels[1]) and int(v.labels[1]) != exclude]
+        ready = [v.spec.version for v in self._manager.loaded_versions(model)
+                 if self._manager.is_ready(model, v.version) and v.spec.version != exclude]
         if not ready:
             raise ModelNotReady(f"model '{model}' has no ready version to compare with")
         return max(ready)

@@ -25,6 +25,7 @@ from dataclasses import replace
 from redis.exceptions import RedisError
 
 from ..audit import AuditLog
+from ..background import spawn
 from ..errors import InvalidInput, Unavailable
 from ..metrics import Metrics
 from ..repository.manager import ModelManager
@@ -73,9 +74,8 @@ class FleetRolloutController(RolloutController):
         except _FAILURES as exc:
             self._note_outage(exc)
         await self.reconcile_declared()
-        loop = asyncio.get_running_loop()
-        self._task = loop.create_task(self._run(), name="fleet-rollouts")
-        self._listener = loop.create_task(self._listen(), name="fleet-rollouts-listener")
+        self._task = spawn(self._run(), "fleet-rollouts")
+        self._listener = spawn(self._listen(), "fleet-rollouts-listener")
 
     async def stop(self) -> None:
         if self._listener is not None:

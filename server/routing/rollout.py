@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .. import observation
+from ..background import spawn
 from ..batching.stacking import batch_key, stack_inputs
 from ..metrics import Metrics
 from ..observation import RequestObservation
@@ -98,7 +99,7 @@ class Rollout:
     # -- off the request path ------------------------------------------------------------------
     def start(self) -> None:
         if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._mirror(), name=f"shadow-{self.state.model}")
+            self._worker = spawn(self._mirror(), f"shadow-{self.state.model}")
 
     async def stop(self) -> None:
         if self._worker is not None:

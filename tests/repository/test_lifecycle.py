@@ -244,7 +244,7 @@ async def test_explicit_reload_that_fails_raises_and_keeps_serving(explicit: Har
 async def test_unload_of_an_unknown_model_is_not_found_and_of_an_unloaded_one_succeeds(explicit: Harness) -> None:
     with pytest.raises(ModelNotFound):
         await explicit.manager.unload("nope")
-    await explicit.manager.unload("m", unload_dependents=True)
+    await explicit.manager.unload("m")
     assert [(e.name, e.state) for e in explicit.manager.index()] == [("m", "")]
 
 
