@@ -33,6 +33,7 @@ from .http_api import build_http_app
 from .http_api.connection import ConnectionLimits, guarded_protocol
 from .http_api.security import TlsPeerProtocol
 from .metrics import Metrics
+from .observability import ObservabilitySidePaths
 from .protocol.limits import DecodeLimits
 from .repository.fleet_admin import FleetAdmin
 from .repository.manager import ModelManager
@@ -95,7 +96,8 @@ class App:
                 tap_config=TapConfig(window_s=settings.drift_window_s, window_rows=settings.drift_window_rows,
                                      queue_size=settings.drift_queue_size,
                                      cpu_budget=settings.drift_cpu_budget,
-                                     models=frozenset(settings.drift_models) or None),
+                                     models=frozenset(settings.drift_models) or None,
+                                     outputs=settings.drift_outputs),
                 stream_maxlen=settings.drift_stream_maxlen, buffer_windows=settings.drift_buffer_windows,
                 names=lambda model: spec_feature_names(self.manager.get(model).spec))
             self.dataplane.add_observer(self.drift.tap)
@@ -105,6 +107,10 @@ class App:
         self.decode_limits = DecodeLimits(max_elements=settings.max_request_elements,
                                           max_bytes=settings.max_request_tensor_bytes,
                                           off_loop_bytes=settings.decode_off_loop_bytes)
+        self.observability = ObservabilitySidePaths.create(settings, self.metrics.registry, self.manager,
+                                                           self.dataplane)
+        if self.drift is not None and settings.drift_outputs:
+            self.dataplane.set_output_comparison(self.drift.compare_rollout_outputs)
         self._grpc: grpc.aio.Server | None = None
         self.grpc_server: GrpcServer | None = None  # ours, when settings.grpc_server == "ours"
         self._health = health.aio.HealthServicer()
@@ -129,6 +135,7 @@ class App:
         await self.rollouts.start()
         if self.drift is not None:
             await self.drift.start()
+        self.observability.start()
         await self._start_grpc()
         await self._start_http()
         self.file_watcher.start()
@@ -236,6 +243,7 @@ class App:
         await self.rollouts.stop()
         if self.drift is not None:
             await self.drift.stop()
+        await self.observability.stop()
         await self.manager.stop()
         await self.audit.flush()
         await cancel_remaining()  # whatever a stopped part left running

@@ -142,6 +142,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--stream-queue-share", type=float, default=float(env("stream-queue-share", "0.25") or 0),
                    help="share of a model's queue one gRPC stream may hold")
     _add_security_flags(p)
+    _add_observability(p)
 
 
 def _path(text: str | None) -> Path | None:
@@ -188,6 +189,53 @@ def _add_loadtest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     sub.add_parser("loadtest", add_help=False,
                    help="the load harness (`tessera loadtest run|sweep|plan ...`, its own flags: "
                         "`tessera loadtest --help`); needs the loadtest extra: pip install 'tessera[loadtest]'")
+
+def _add_observability(p: argparse.ArgumentParser) -> None:
+    """Flags of traces, request logs, payload logs and prediction drift (issue 17)."""
+    sampler = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+    ratio = {"always_on": "1", "parentbased_always_on": "1", "always_off": "0", "parentbased_always_off": "0"
+             }.get(sampler, os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1"))
+    p.add_argument("--tracing", choices=("auto", "on", "off"), default=env("tracing", "auto"),
+                   help="OpenTelemetry traces over OTLP; auto: on when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set")
+    p.add_argument("--trace-sample-ratio", type=float, default=float(env("trace-sample-ratio", ratio) or 1),
+                   help="share of requests without a caller's trace that are traced (default from "
+                        "OTEL_TRACES_SAMPLER/OTEL_TRACES_SAMPLER_ARG, else 1)")
+    p.add_argument("--request-log", default=env("request-log", ""),
+                   help="JSON request lines to stdout, stderr or a file (default off)")
+    p.add_argument("--request-log-sample-ratio", type=float,
+                   default=float(env("request-log-sample-ratio", "1") or 1),
+                   help="share of successful requests logged (errors always are)")
+    p.add_argument("--payload-log", choices=("", "redis", "parquet"), default=env("payload-log", ""),
+                   help="sink of sampled payloads of models whose config opts in (payload_log_sample_ratio)")
+    p.add_argument("--payload-log-dir", default=env("payload-log-dir", "payloads"),
+                   help="directory of the rotating Parquet files of --payload-log parquet")
+    p.add_argument("--payload-log-rotate-rows", type=int,
+                   default=int(env("payload-log-rotate-rows", "100000") or 100000),
+                   help="rows per payload Parquet file before the next one starts")
+    p.add_argument("--payload-log-stream-maxlen", type=int,
+                   default=int(env("payload-log-stream-maxlen", "10000") or 10000),
+                   help="approximate length cap of each model's payload stream (XADD MAXLEN ~)")
+    p.add_argument("--drift-outputs", type=parse_bool, default=parse_bool(env("drift-outputs", "true") or "true"),
+                   help="summarise model outputs too, for prediction drift (true/false)")
+
+
+def _observability_settings(args: argparse.Namespace) -> dict[str, Any]:
+    from .tracing import otel_configured
+
+    tracing = args.tracing == "on" or (args.tracing == "auto" and otel_configured(dict(os.environ)))
+    sampler = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    if args.payload_log == "redis" and not args.redis_url:
+        raise SystemExit("tessera serve: --payload-log redis needs --redis-url")
+    return {
+        "tracing_enabled": tracing, "trace_sample_ratio": args.trace_sample_ratio,
+        "trace_parent_based": not sampler.startswith(("always", "traceidratio")),
+        "otel_exporter_protocol": protocol, "request_log": args.request_log,
+        "request_log_sample_ratio": args.request_log_sample_ratio, "payload_log": args.payload_log,
+        "payload_log_dir": Path(args.payload_log_dir), "payload_log_rotate_rows": args.payload_log_rotate_rows,
+        "payload_log_stream_maxlen": args.payload_log_stream_maxlen, "drift_outputs": args.drift_outputs,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,6 +294,7 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
         rollout_tick_s=args.rollout_tick_s, rollout_lease_s=args.rollout_lease_s, replica_id=args.replica_id,
         fleet_admin_timeout_s=args.fleet_admin_timeout_s,
         **_limit_settings(args),
+        **_observability_settings(args),
     )
     problem = settings.exposure_problem()
     if problem is not None:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from . import __version__
+from . import __version__, observation
 from ._generated import model_config_pb2 as mc
 from .audit import AuditLog
 from .auth import ANONYMOUS, Authorizer, Credentials, Principal, Scope
@@ -78,6 +78,7 @@ class DataPlane:
         self._metrics = metrics
         self._observers: list[InferenceObserver] = []
         self._drift_reports: Callable[[], dict[str, Any]] | None = None
+        self._output_comparison: Callable[[str, int, int], dict[str, Any]] | None = None
         self._metadata = ServerMetadata("tessera", __version__, EXTENSIONS)
         self.accepting = True
         self._repository_admin: RepositoryAdmin = manager
@@ -99,6 +100,10 @@ class DataPlane:
     def set_drift_reports(self, source: Callable[[], dict[str, Any]]) -> None:
         """Where the embedded drift monitor's latest reports come from (no Redis configured)."""
         self._drift_reports = source
+
+    def set_output_comparison(self, source: Callable[[str, int, int], dict[str, Any]]) -> None:
+        """What compares a rollout's candidate outputs with the stable's: (model, stable, candidate) -> figure."""
+        self._output_comparison = source
 
     # -- the one check ---------------------------------------------------------------------------
     def authorize(self, creds: Credentials, scope: Scope, action: str, model: str | None = None) -> Principal:
@@ -159,7 +164,8 @@ class DataPlane:
         ModelNotReady / InvalidInput / Overloaded / DeadlineExceeded /
         ExecutionFailed; every failure after model resolution is counted against the model.
         """
-        self.authorize(creds, Scope.INFER, "infer", request.model_name)
+        observed = observation.requested(request, creds) if observation.ACTIVE is not None else None
+        principal = self.authorize(creds, Scope.INFER, "infer", request.model_name)
         start = time.perf_counter_ns()
         if self._router is not None:
             route = self._router.route(request)
@@ -167,10 +173,12 @@ class DataPlane:
         else:
             model, rollout, arm = self._manager.get(request.model_name, request.model_version or None), None, ""
         labels = model.labels
+        if observed is not None:
+            observed.routed(model.version, arm, principal.name)
         version_metrics = self._metrics.for_version(labels)
         try:
             feeds, rows = prepare_inputs(model.spec, request)
-            outputs, queue_ns = await model.batcher.submit(feeds, rows, request.timeout_us)
+            outputs, queue_ns = await model.batcher.submit(feeds, rows, request.timeout_us, observed)
             selected = select_outputs(model.spec, request, outputs)
         except Exception as exc:
             elapsed = time.perf_counter_ns() - start
@@ -186,6 +194,8 @@ class DataPlane:
             rollout.observe(arm, True, elapsed / 1e9, feeds, rows, outputs)
         for observer in self._observers:
             observer.observe(model.spec.name, model.version, feeds, outputs)
+        if observed is not None:
+            observed.served(rows, queue_ns)
         return InferResponse(
             model_name=model.spec.name,
             model_version=model.version,
@@ -268,7 +278,11 @@ class DataPlane:
 
     def rollout_status(self, name: str, creds: Credentials = ANONYMOUS) -> RolloutState | None:
         self.authorize(creds, Scope.READ, "rollout_status", check_model_name(name))
-        return self._controller().status(name)
+        state = self._controller().status(name)
+        if state is not None and state.active and self._output_comparison is not None:
+            state.last_analysis["output_distribution"] = self._output_comparison(
+                state.model, state.stable_version, state.candidate_version)
+        return state
 
     async def promote_rollout(self, name: str, reason: str = "", creds: Credentials = ANONYMOUS) -> RolloutState:
         return await self._admin(creds, "rollout_promote", check_model_name(name),

@@ -182,6 +182,46 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ()
     """Origins allowed to call the HTTP API from a browser; empty: CORS off."""
 
+    # -- observability (issue 17): traces, request logs, payload logs, prediction drift ------------------
+    tracing_enabled: bool = False
+    """Export OpenTelemetry traces over OTLP (the CLI turns this on when OTEL_EXPORTER_OTLP_*ENDPOINT is set)."""
+
+    trace_sample_ratio: float = 1.0
+    """Share of requests without a sampled caller trace that start a trace (OTEL_TRACES_SAMPLER_ARG)."""
+
+    trace_parent_based: bool = True
+    """Follow the caller's sampled flag when a traceparent arrives (the parentbased_* samplers)."""
+
+    otel_exporter_protocol: str = "http/protobuf"
+    """OTLP transport: http/protobuf, or grpc with opentelemetry-exporter-otlp-proto-grpc installed."""
+
+    request_log: str = ""
+    """Structured JSON request lines: "" off, "stdout", "stderr", or a file path."""
+
+    request_log_sample_ratio: float = 1.0
+    """Share of successful requests logged; failed requests are always logged."""
+
+    request_log_queue_size: int = 10_000
+    """Lines waiting for the writer thread; beyond it lines are dropped and counted."""
+
+    payload_log: str = ""
+    """Where sampled payloads of opted-in models go: "" off, "redis" (needs redis_url), "parquet"."""
+
+    payload_log_dir: Path = field(default_factory=lambda: Path("payloads"))
+    """Directory of the rotating Parquet files (payload_log "parquet")."""
+
+    payload_log_rotate_rows: int = 100_000
+    """Rows per Parquet file before the next one starts."""
+
+    payload_log_stream_maxlen: int = 10_000
+    """Approximate length cap of each model's payload stream (XADD MAXLEN ~)."""
+
+    payload_log_queue_size: int = 1024
+    """Sampled requests waiting for the writer thread; beyond it they are dropped and counted."""
+
+    drift_outputs: bool = True
+    """Summarise each model version's outputs too (prediction drift), when drift monitoring is on."""
+
     def exposure_problem(self) -> str | None:
         """Why these settings must not start (admin reachable off loopback with nobody checked), or None."""
         if not self.allow_repository_admin or _is_loopback(self.host):

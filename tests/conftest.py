@@ -7,7 +7,9 @@ synchronous tritonclient calls in the test never block it.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
+import traceback
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -94,7 +96,11 @@ def _serve_in_thread(settings: ServerSettings) -> tuple[RunningServer, Callable[
 
     def shutdown() -> None:
         loop.call_soon_threadsafe(stop.set)
-        thread.join(60)
+        thread.join(120)
+        if thread.is_alive():  # say where the server is stuck rather than fail on closing a running loop
+            frame = sys._current_frames().get(thread.ident or -1)
+            stack = "".join(traceback.format_stack(frame)) if frame is not None else "(no frame)"
+            raise AssertionError(f"the server did not stop within 120 s; its thread is at:\n{stack}")
         loop.close()
 
     return RunningServer(app, loop, Path(settings.model_repository)), shutdown

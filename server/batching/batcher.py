@@ -26,10 +26,12 @@ from typing import Protocol
 
 import numpy as np
 
+from .. import observation as _observation
 from ..background import cancel, spawn
 from ..errors import DeadlineExceeded, ModelNotReady, Overloaded
 from ..metrics import Labels, Metrics
 from ..model_statistics import ModelStatistics
+from ..observation import RequestObservation
 from ..spec import ModelSpec
 from ..tensors import Tensor
 from .fairness import QueueShare, current_share
@@ -55,6 +57,7 @@ class _Pending:
     future: asyncio.Future[tuple[dict[str, Tensor], int]]
     enqueued_ns: int
     timer: asyncio.TimerHandle | None = field(default=None)
+    observation: RequestObservation | None = field(default=None)
 
     @property
     def live(self) -> bool:
@@ -106,8 +109,8 @@ class DynamicBatcher:
     def start(self) -> None:
         self._loop_task = spawn(self._run(), f"batcher-{self._labels}")
 
-    async def submit(self, feeds: dict[str, Tensor], rows: int, timeout_us: int = 0
-                     ) -> tuple[dict[str, Tensor], int]:
+    async def submit(self, feeds: dict[str, Tensor], rows: int, timeout_us: int = 0,
+                     observation: RequestObservation | None = None) -> tuple[dict[str, Tensor], int]:
         """Queue a validated request; return its outputs and the nanoseconds it waited in the queue.
 
         Raises Overloaded (queue full, or the caller's QueueShare spent), ModelNotReady (version
@@ -120,7 +123,7 @@ class DynamicBatcher:
                              f"({self._queue_limit} requests); retry later")
         share = current_share.get()
         if share is None:
-            return await self._submit(feeds, rows, timeout_us)
+            return await self._submit(feeds, rows, timeout_us, observation)
         held = self._by_share.get(share, 0)
         if held >= share.cap(self._queue_limit):
             raise Overloaded(f"model '{self._spec.name}' version {self._spec.version}: this stream already "
@@ -128,17 +131,17 @@ class DynamicBatcher:
                              f"requests); retry later")
         self._by_share[share] = held + 1
         try:
-            return await self._submit(feeds, rows, timeout_us)
+            return await self._submit(feeds, rows, timeout_us, observation)
         finally:
             left = self._by_share.pop(share) - 1
             if left:
                 self._by_share[share] = left
 
-    async def _submit(self, feeds: dict[str, Tensor], rows: int, timeout_us: int
-                      ) -> tuple[dict[str, Tensor], int]:
+    async def _submit(self, feeds: dict[str, Tensor], rows: int, timeout_us: int,
+                      observation: RequestObservation | None = None) -> tuple[dict[str, Tensor], int]:
         loop = asyncio.get_running_loop()
         pending = _Pending(feeds, rows, batch_key(feeds) if self._merge else (), loop.create_future(),
-                           time.perf_counter_ns())
+                           time.perf_counter_ns(), observation=observation)
         timeout = self._effective_timeout_us(timeout_us)
         if timeout:
             pending.timer = loop.call_later(timeout / 1e6, self._expire, pending, timeout)
@@ -294,6 +297,8 @@ class DynamicBatcher:
             t3 = time.perf_counter_ns()
             self._stats.record_execution(sum(rows), len(batch), t1 - t0, t2 - t1, t3 - t2)
             self._metrics.record_batch(sum(rows), t2 - t1)
+            if _observation.ACTIVE is not None:
+                _observation.batch_executed(batch, sum(rows), dispatched, t1, t2, t3, *self._labels)
             for p, piece in zip(batch, pieces, strict=True):
                 queue_ns = dispatched - p.enqueued_ns
                 self._metrics.record_queue(queue_ns)

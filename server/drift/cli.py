@@ -22,6 +22,7 @@ from .codec import write_profile_file
 from .evaluate import EvaluationConfig, Thresholds
 from .metrics import MonitorMetrics
 from .monitor import MonitorConfig
+from .outputs import build_output_profile
 from .profiles import (
     ProfileStore,
     build_profile,
@@ -57,6 +58,9 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--columns", type=csv_list, help="comma-separated columns to use (default: all numeric)")
     p.add_argument("--exclude", type=csv_list, default=[], help="comma-separated columns to leave out (labels)")
     p.add_argument("--batch-rows", type=int, default=65536, help="rows per record batch read")
+    p.add_argument("--outputs", action="store_true",
+                   help="profile the model's outputs from a scored table (a column per output) for prediction "
+                        "drift; written as drift_profile.outputs.arrow / tessera:drift-profile:<model>:outputs")
 
     d = sub.add_parser("drift", help="run the drift service: read statistics streams, compare with "
                        "reference profiles", formatter_class=HelpFormatter)
@@ -89,7 +93,7 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand `args.command` parsed by the parser add_subcommands extended."""
     if args.command == "profile":
-        return _profile(args)
+        return _output_profile(args) if args.outputs else _profile(args)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(_drift(args))
@@ -118,6 +122,30 @@ def _profile(args: argparse.Namespace) -> int:
         asyncio.run(_store(args.redis_url, profile))
     where = ", ".join(str(w) for w in (out, args.redis_url and f"Redis {args.redis_url}") if w)
     print(f"profile of {args.model}: {profile.rows} rows, {len(profile.features)} features -> {where}")
+    return 0
+
+
+def _output_profile(args: argparse.Namespace) -> int:
+    repository = Path(args.model_repository) if args.model_repository else None
+    outputs = list(args.columns or [])
+    if repository is not None and not outputs:
+        outputs = [t.name for t in read_config(repository / args.model).output]
+    if not outputs:
+        raise SystemExit("tessera profile --outputs: give --model-repository (its config names the outputs) "
+                         "or --columns")
+    try:
+        profile = build_output_profile(args.model, args.data, outputs, batch_rows=args.batch_rows)
+    except ValueError as exc:
+        raise SystemExit(f"tessera profile: {exc}") from exc
+    out = args.out or (profile_path(repository, profile.model) if repository is not None else None)
+    if out is None and not args.redis_url:
+        raise SystemExit("tessera profile: give --out, --model-repository or --redis-url")
+    if out is not None:
+        write_profile_file(profile, out)
+    if args.redis_url:
+        asyncio.run(_store(args.redis_url, profile))
+    where = ", ".join(str(w) for w in (out, args.redis_url and f"Redis {args.redis_url}") if w)
+    print(f"output profile of {args.model}: {profile.rows} rows, {len(profile.features)} features -> {where}")
     return 0
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .evaluate import DriftReport, EvaluationConfig, evaluate
+from .outputs import is_output_key, sibling_reference
 from .profiles import ProfileStore
 from .reports import ReportBook, Transition
 from .stats import WindowSummary, merge_windows
@@ -92,13 +93,20 @@ class DriftMonitor:
         latest = self._latest.get(model)
         if latest is None:
             return None
-        buckets = self._buckets[model]
-        current = merge_windows(model, [buckets[b] for b in self.config.sliding(latest) if b in buckets])
+        current = self._sliding(model, latest)
         if current is None:
             return None
-        report = evaluate(current, self._profiles.get_local(model), self.config.evaluation)
+        reference = self._profiles.get_local(model)
+        if reference is None and is_output_key(model):  # no output profile: the model's other versions
+            reference = sibling_reference(model, {k: self._sliding(k, self._latest[k]) for k in self._latest
+                                                  if k != model and is_output_key(k)})
+        report = evaluate(current, reference, self.config.evaluation)
         log_transitions(self.reports.record(report))
         return report
+
+    def _sliding(self, model: str, latest: int) -> WindowSummary | None:
+        buckets = self._buckets.get(model, {})
+        return merge_windows(model, [buckets[b] for b in self.config.sliding(latest) if b in buckets])
 
     def latest_reports(self) -> dict[str, Any]:
         """Each model's latest report (JSON-ready), for a server route or a test."""

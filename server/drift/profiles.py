@@ -18,18 +18,22 @@ from redis.asyncio import Redis
 
 from .._generated import model_config_pb2 as mc
 from .codec import decode_window, encode_window, read_profile_file
+from .outputs import output_reference
 from .stats import DEFAULT_SKETCH_K, FeatureKey, WindowSummary
 
-__all__ = ["PROFILE_FILENAME", "ProfileStore", "build_profile", "config_feature_names", "input_widths",
-           "profile_key", "profile_path", "store_profile_in_redis"]
+__all__ = ["OUTPUT_PROFILE_FILENAME", "PROFILE_FILENAME", "ProfileStore", "build_profile", "config_feature_names",
+           "input_widths", "profile_key", "profile_path", "store_profile_in_redis"]
 
 logger = logging.getLogger(__name__)
 
 PROFILE_FILENAME = "drift_profile.arrow"
+OUTPUT_PROFILE_FILENAME = "drift_profile.outputs.arrow"
 
 
 def profile_path(repository: Path, model: str) -> Path:
-    return repository / model / PROFILE_FILENAME
+    """Where a model's profile lives: `<model>:outputs` (the output reference) beside the input one."""
+    base, _, kind = model.partition(":")
+    return repository / base / (OUTPUT_PROFILE_FILENAME if kind else PROFILE_FILENAME)
 
 
 def profile_key(model: str) -> str:
@@ -162,7 +166,10 @@ class ProfileStore:
         return False, None
 
     def get_local(self, model: str) -> WindowSummary | None:
-        """The profile file beside the model (blocking file read; small and cached)."""
+        """The profile file beside the model (blocking file read; small and cached).
+
+        A version's output key (`<model>:outputs:<v>`) finds the model's output profile."""
+        model = output_reference(model) or model
         found, profile = self._cached(model)
         if not found:
             profile = self._read_file(model)
@@ -170,6 +177,7 @@ class ProfileStore:
         return profile
 
     async def get(self, model: str) -> WindowSummary | None:
+        model = output_reference(model) or model
         found, profile = self._cached(model)
         if found:
             return profile

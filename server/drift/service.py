@@ -25,6 +25,7 @@ from .codec import decode_window
 from .evaluate import evaluate
 from .metrics import MonitorMetrics
 from .monitor import MonitorConfig, log_transitions
+from .outputs import is_output_key, sibling_reference
 from .profiles import ProfileStore
 from .publishers import STREAM_PREFIX
 from .reports import ReportBook
@@ -130,7 +131,12 @@ class DriftService:
         current = await self._state.current(model)
         if current is None:
             return None
-        report = evaluate(current, await self._profiles.get(model), self._config.monitor.evaluation)
+        reference = await self._profiles.get(model)
+        if reference is None and is_output_key(model):  # no output profile: the model's other versions
+            siblings = [s[len(STREAM_PREFIX):].decode() for s in self._streams]
+            reference = sibling_reference(model, {k: await self._state.current(k) for k in siblings
+                                                  if k != model and is_output_key(k)})
+        report = evaluate(current, reference, self._config.monitor.evaluation)
         transitions = self._reports.record(report)
         body = report.to_dict()
         await self._state.save_report(model, orjson.dumps(body))

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from ..spec import ModelSpec
 from .metrics import MonitorMetrics, TapMetrics
 from .monitor import DriftMonitor, MonitorConfig
+from .outputs import compare_versions
 from .profiles import ProfileStore, config_feature_names
 from .publishers import InProcessPublisher, Publisher, RedisStreamPublisher
 from .reports import ReportBook
@@ -55,6 +57,11 @@ class DriftSidePath:
             monitor = DriftMonitor(config, ProfileStore(repository), ReportBook(MonitorMetrics(registry)))
             publisher = InProcessPublisher(monitor, tap_metrics)
         return cls(DriftTap(publisher, tap_metrics, tap_config, names=names), publisher, monitor)
+
+    def compare_rollout_outputs(self, model: str, stable: int, candidate: int) -> dict[str, Any]:
+        """The rollout status figure: the candidate's recent output distribution against the stable one's."""
+        return compare_versions(self.tap.recent_outputs(model, str(stable)),
+                                self.tap.recent_outputs(model, str(candidate)))
 
     async def start(self) -> None:
         """Start publishing, then folding (on the running loop)."""

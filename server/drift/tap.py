@@ -13,6 +13,7 @@ import os
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +24,9 @@ import numpy.typing as npt
 from ..background import cancel, spawn
 from .background import run_steps
 from .metrics import TapMetrics
+from .outputs import is_output_key, output_key, with_classes
 from .publishers import Publisher
-from .stats import DEFAULT_MAX_CATEGORIES, DEFAULT_SKETCH_K, FeatureKey, WindowSummary
+from .stats import DEFAULT_MAX_CATEGORIES, DEFAULT_SKETCH_K, FeatureKey, WindowSummary, merge_windows
 
 __all__ = ["DriftTap", "TapConfig"]
 
@@ -77,6 +79,12 @@ class TapConfig:
     whatever its rows, so this bounds one step's length (step lengths: BENCHMARKS.md, "Side paths");
     the CPU per turn is the same at any value, since the reductions are not repeated per step."""
 
+    outputs: bool = True
+    """Also summarise each model version's outputs (prediction drift), under `<model>:outputs:<version>`."""
+
+    recent_output_windows: int = 5
+    """Closed output windows kept per model version for the rollout status's output comparison."""
+
     def __post_init__(self) -> None:
         if self.window_s <= 0 and self.window_rows <= 0:
             raise ValueError("drift windows need window_s > 0 or window_rows > 0")
@@ -109,7 +117,8 @@ class DriftTap:
         self._names = names
         self._clock = clock
         self.producer = producer or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._queue: asyncio.Queue[tuple[str, Arrays]] = asyncio.Queue(self._config.queue_size)
+        self._queue: asyncio.Queue[tuple[str, str, Arrays, Arrays]] = asyncio.Queue(self._config.queue_size)
+        self._recent: dict[str, deque[WindowSummary]] = {}
         self._open: dict[str, _Open] = {}
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
@@ -119,11 +128,11 @@ class DriftTap:
     # -- request path --------------------------------------------------------------------------
     def observe(self, model: str, version: str, inputs: dict[str, npt.NDArray[Any]],
                 outputs: dict[str, npt.NDArray[Any]]) -> None:
-        """Hand one request's inputs over; never blocks or raises (a full queue drops and counts)."""
+        """Hand one request's inputs (and outputs) over; never blocks or raises (a full queue drops and counts)."""
         if self._models is not None and model not in self._models:
             return
         try:
-            self._queue.put_nowait((model, inputs))
+            self._queue.put_nowait((model, version, inputs, outputs))
         except asyncio.QueueFull:
             self._metrics.dropped.labels(model).inc()
 
@@ -159,7 +168,7 @@ class DriftTap:
     async def _run(self) -> None:
         budget = self._config.cpu_budget
         while True:
-            first: tuple[str, Arrays] | None = None
+            first: tuple[str, str, Arrays, Arrays] | None = None
             try:
                 async with asyncio.timeout(self._seconds_to_deadline()):
                     first = await self._queue.get()
@@ -184,17 +193,22 @@ class DriftTap:
         deadlines = [w.deadline for w in self._open.values() if w.deadline != math.inf]
         return max(0.0, min(deadlines) - self._clock()) if deadlines else None
 
-    def _fold_queued(self, first: tuple[str, Arrays] | None) -> Generator[None, None, None]:
+    def _fold_queued(self, first: tuple[str, str, Arrays, Arrays] | None) -> Generator[None, None, None]:
         """Fold up to max_drain queued observations; yields between blocks of work."""
         batch: dict[str, list[Arrays]] = {}
-        if first is not None:
-            batch.setdefault(first[0], []).append(first[1])
-        for _ in range(self._config.max_drain):
-            try:
-                model, inputs = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                break
+        outputs = self._config.outputs
+        for _ in range(self._config.max_drain + 1):
+            if first is not None:
+                item, first = first, None
+            else:
+                try:
+                    item = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+            model, version, inputs, produced = item
             batch.setdefault(model, []).append(inputs)
+            if outputs and produced:
+                batch.setdefault(output_key(model, version), []).append(produced)
         now = self._clock()
         for model, observations in batch.items():
             yield from self._fold_model(model, observations, now)
@@ -218,6 +232,8 @@ class DriftTap:
     def _fold_chunk(self, model: str, chunk: list[Arrays], now: float) -> Iterator[None]:
         summary = self._window(model, now).summary
         summary.rows += sum(_rows(o) for o in chunk)
+        if is_output_key(model):  # class shares of classifier outputs, folded as one more tensor each
+            chunk = [with_classes(o) for o in chunk]
         for name, array in _stack(chunk):
             if array.ndim != 2 or array.shape[0] == 0:
                 summary.fold_array(name, array)
@@ -256,10 +272,23 @@ class DriftTap:
         window = self._open.pop(model)
         window.summary.end_ms = int(min(now, window.deadline) * 1000)
         self._metrics.windows_closed.labels(model).inc()
+        if is_output_key(model) and self._config.recent_output_windows > 0:
+            recent = self._recent.setdefault(model, deque(maxlen=self._config.recent_output_windows))
+            recent.append(window.summary)
         try:
             self._publisher.publish(window.summary)
         except Exception:
             logger.exception("drift statistics: publisher refused window %s", window.summary.window_id)
+
+
+    def recent_outputs(self, model: str, version: str) -> WindowSummary | None:
+        """A merge of the version's recent output windows and its open one (on the loop; None if none)."""
+        key = output_key(model, version)
+        windows = list(self._recent.get(key, ()))
+        open_window = self._open.get(key)
+        if open_window is not None:
+            windows.append(open_window.summary)
+        return merge_windows(key, windows, f"recent:{key}")
 
 
 def _rows(inputs: Arrays) -> int:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import grpc
 
 from .context import AbortError, CallContext
-from .errors import abort_status
+from .errors import failure
 from .messages import (
     OK_TRAILERS,
     RESPONSE_HEADERS,
@@ -142,7 +142,7 @@ class Call:
             self.finish(exc.code, exc.details)
             return
         except Exception as exc:
-            self.finish(*abort_status(exc))
+            self.finish(*failure(exc, self.context))
             return
         if len(body) > self.max_message_bytes:
             self.finish(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -187,7 +187,7 @@ class Call:
         except AbortError as exc:
             self.finish(exc.code, exc.details)
         except Exception as exc:
-            self.finish(*abort_status(exc))
+            self.finish(*failure(exc, self.context))
         else:
             self.finish(grpc.StatusCode.OK, "")
 

@@ -9,9 +9,10 @@ from typing import Any, TypeVar
 
 import grpc
 
+from .. import observation
 from ..errors import TesseraError, status_for
 
-__all__ = ["abort_status", "guarded"]
+__all__ = ["abort_status", "failure", "guarded"]
 
 logger = logging.getLogger(__name__)
 Req = TypeVar("Req")
@@ -27,6 +28,15 @@ def abort_status(error: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error"
 
 
+def failure(error: BaseException, context: Any) -> tuple[grpc.StatusCode, str]:
+    """What both servers do when a handler raises: the status and message for the client, and the
+    request's observation ended with the error (its trace id then rides in the trailing metadata)."""
+    code, message = abort_status(error)
+    if observation.ACTIVE is not None and (trace := observation.fail(error)):
+        context.set_trailing_metadata(tuple(trace.items()))
+    return code, message
+
+
 def guarded(handler: Callable[[Req, grpc.aio.ServicerContext], Awaitable[Resp]]
             ) -> Callable[[Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
     @functools.wraps(handler)
@@ -34,7 +44,7 @@ def guarded(handler: Callable[[Req, grpc.aio.ServicerContext], Awaitable[Resp]]
         try:
             return await handler(request, context)
         except Exception as exc:
-            code, message = abort_status(exc)
+            code, message = failure(exc, context)
         await context.abort(code, message)
 
     return wrapper

@@ -13,6 +13,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
+from .. import observation
 from .._generated import grpc_service_pb2 as pb
 from ..admission import Admission
 from ..auth import Credentials, Scope
@@ -114,7 +115,11 @@ class InferenceService:
                                                                               _creds(context)))
 
     async def model_infer(self, raw: bytes, context: Ctx) -> pb.ModelInferResponse:
-        return await self._infer(raw, _creds(context), _routing_key(context), [])
+        observed = observation.begin_grpc(context.invocation_metadata()) if observation.ACTIVE is not None else None
+        response = await self._infer(raw, _creds(context), _routing_key(context), [])
+        if observed is not None and (trace := observed.finish()):
+            context.set_trailing_metadata(tuple(trace.items()))
+        return response
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Ctx
                                  ) -> AsyncIterator[pb.ModelStreamInferResponse]:
@@ -128,14 +133,20 @@ class InferenceService:
         key = _routing_key(context)
         creds = _creds(context)
         share = QueueShare(self._stream_queue_share)
+        metadata = context.invocation_metadata() if observation.ACTIVE is not None else None
 
         async def one(raw: bytes) -> None:
+            observed = observation.begin_grpc(metadata) if observation.ACTIVE is not None else None
             ids: list[str] = []
             try:
                 with share.applied():
                     response = await self._infer(raw, creds, key, ids)
+                if observed is not None:
+                    observed.finish()
                 await results.put(pb.ModelStreamInferResponse(infer_response=response))
             except Exception as exc:
+                if observed is not None:
+                    observed.failed(exc)
                 _, message = abort_status(exc)
                 await results.put(pb.ModelStreamInferResponse(
                     error_message=message, infer_response=pb.ModelInferResponse(id=ids[0] if ids else "")))

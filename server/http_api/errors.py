@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import observation
 from ..errors import TesseraError, Unauthenticated, status_for
 
 __all__ = ["HTTP_EXCEPTION_HANDLERS", "ErrorMiddleware", "error_response"]
@@ -70,6 +71,10 @@ class ErrorMiddleware:
         try:
             await self.app(scope, receive, tracking_send)
         except Exception as exc:
+            trace_headers = observation.fail(exc) if observation.ACTIVE is not None else None
             if started:
                 raise
-            await error_response(exc)(scope, receive, send)
+            response = error_response(exc)
+            if trace_headers:
+                response.headers.update(trace_headers)
+            await response(scope, receive, send)

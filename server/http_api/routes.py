@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .. import observation
 from ..admission import Admission
 from ..auth import Scope
 from ..dataplane import DataPlane
@@ -81,6 +82,7 @@ class HttpRoutes:
         return _json(documents.encode_model_config(self._dp.model_config(*_model(request), _creds(request))))
 
     async def infer(self, request: Request) -> Response:
+        observed = observation.begin_http(request.headers) if observation.ACTIVE is not None else None
         name, version = _model(request)
         creds = _creds(request)
         principal = self._dp.authorize(creds, Scope.INFER, "infer", name)  # before a byte of the body is read
@@ -95,6 +97,8 @@ class HttpRoutes:
         encoded = await self._limits.off_loop(response_bytes(response), encode_infer_response, response,
                                               infer_request)
         headers = {} if encoded.header_length is None else {HEADER_LENGTH: str(encoded.header_length)}
+        if observed is not None:
+            headers.update(observed.finish())
         return Response(encoded.body, headers=headers, media_type=encoded.media_type)
 
     async def statistics(self, request: Request) -> Response:

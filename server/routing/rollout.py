@@ -22,9 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from .. import observation
 from ..background import spawn
 from ..batching.stacking import batch_key, stack_inputs
 from ..metrics import Metrics
+from ..observation import RequestObservation
 from ..tensors import Tensor
 from .evidence import StepEvidence, compare_rows
 from .state import Phase, RolloutState
@@ -37,8 +39,8 @@ SHADOW_QUEUE_SIZE = 256
 SHADOW_TIMEOUT_US = 5_000_000
 SHADOW_DRAIN_INTERVAL_S = 0.02
 
-# (feeds, rows, stable outputs)
-_Copy = tuple[dict[str, Tensor], int, dict[str, Tensor]]
+# (feeds, rows, stable outputs, the copied request's observation when observability is on)
+_Copy = tuple[dict[str, Tensor], int, dict[str, Tensor], RequestObservation | None]
 # Resolves a candidate version to (its batcher's submit function, its max_batch_size) when copies run.
 Submitter = Callable[[int], tuple[Callable[..., Awaitable[tuple[dict[str, Tensor], int]]], int]]
 
@@ -88,7 +90,8 @@ class Rollout:
         if percent < 100 and random.random() * 100 >= percent:
             return
         try:
-            self._copies.put_nowait((feeds, rows, outputs))
+            self._copies.put_nowait((feeds, rows, outputs,
+                                     observation.current() if observation.ACTIVE is not None else None))
         except asyncio.QueueFull:
             self.evidence.shadow.dropped += 1
             self._dropped.inc()
@@ -136,8 +139,14 @@ class Rollout:
                                                 SHADOW_TIMEOUT_US)
         except Exception as exc:
             self._record_failure(len(group), time.perf_counter() - start, exc)
+            if observation.ACTIVE is not None:
+                observation.shadow_ran([c[3] for c in group], int(start * 1e9), time.perf_counter_ns(),
+                                       self.state.model, self.state.candidate_version, False)
             return
         latency_s = time.perf_counter() - start
+        if observation.ACTIVE is not None:
+            observation.shadow_ran([c[3] for c in group], int(start * 1e9), time.perf_counter_ns(),
+                                   self.state.model, self.state.candidate_version, True)
         for _ in group:
             shadow.candidate.record(True, latency_s)
         stable_outputs = stack_inputs([c[2] for c in group])

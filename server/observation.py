@@ -1,0 +1,286 @@
+"""Per-request observation: the hooks the transports, the dataplane and the batcher call for traces,
+request logs and payload logs.
+
+`ACTIVE` is None unless one of them is configured; every hook on the request path sits behind an
+`if observation.ACTIVE is not None` check, so a server without them pays one global lookup per hook
+and imports nothing of OpenTelemetry. The current request's `RequestObservation` lives in a
+ContextVar of the request's task (each transport runs a request in its own task).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .errors import TesseraError, status_for
+
+__all__ = ["ACTIVE", "LineLog", "Observability", "RequestObservation", "TraceParent", "Tracer", "batch_executed",
+           "begin_grpc", "begin_http", "current", "fail", "install", "parse_traceparent", "requested", "shadow_ran",
+           "uninstall"]
+
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+
+
+class Tracer(Protocol):
+    """server.tracing.Tracing, as the hooks use it (this module sits below it)."""
+
+    def start_request(self, obs: RequestObservation) -> None: ...
+
+    def end_request(self, obs: RequestObservation, now_ns: int) -> None: ...
+
+    def record_batch(self, members: Sequence[RequestObservation], rows: int, requests: int, dispatched_ns: int,
+                     run_start_ns: int, run_end_ns: int, end_ns: int, model: str, version: str) -> None: ...
+
+    def record_shadow(self, copied: Sequence[Any], start_ns: int, end_ns: int, model: str, candidate: int,
+                      ok: bool) -> None: ...
+
+
+class LineLog(Protocol):
+    """server.request_log.RequestLog, as the hooks use it."""
+
+    def record(self, obs: RequestObservation, now_ns: int) -> None: ...
+
+
+@dataclass(slots=True)
+class Observability:
+    """What is switched on in this process: any of tracing, request logs, payload logs."""
+
+    tracing: Tracer | None = None
+    request_log: LineLog | None = None
+    payload_log: bool = False
+    """Payload logging reads the request id and trace id of the current observation."""
+
+
+ACTIVE: Observability | None = None
+"""None when nothing is configured: the one check every hook makes first."""
+
+_current: ContextVar[RequestObservation | None] = ContextVar("tessera_observation", default=None)
+_ids = random.Random()
+
+
+def install(observability: Observability) -> None:
+    """Switch the hooks on for this process (App.start); `uninstall` switches them off again."""
+    global ACTIVE
+    ACTIVE = observability if (observability.tracing or observability.request_log
+                               or observability.payload_log) else None
+
+
+def uninstall() -> None:
+    global ACTIVE
+    ACTIVE = None
+
+
+@dataclass(frozen=True, slots=True)
+class TraceParent:
+    """A W3C trace context received from a caller."""
+
+    trace_id: int
+    span_id: int
+    sampled: bool
+    tracestate: str | None = None
+
+
+def parse_traceparent(value: str | None, tracestate: str | None = None) -> TraceParent | None:
+    """`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`; None when absent or malformed (W3C: ignore it)."""
+    if not value or len(value) < 55:
+        return None
+    parts = value.strip().split("-")
+    if len(parts) < 4 or len(parts[0]) != 2 or parts[0] == "ff" or len(parts[1]) != 32 or len(parts[2]) != 16 \
+            or len(parts[3]) != 2 or (parts[0] == "00" and len(parts) != 4):
+        return None
+    try:
+        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
+    except ValueError:
+        return None
+    if trace_id == 0 or span_id == 0:
+        return None
+    return TraceParent(trace_id, span_id, bool(flags & 1), tracestate or None)
+
+
+def format_traceparent(trace_id: int, span_id: int, sampled: bool) -> str:
+    return f"00-{trace_id:032x}-{span_id:016x}-{'01' if sampled else '00'}"
+
+
+class RequestObservation:
+    """What one inference request did, filled in as it goes; spans and log lines are made from it.
+
+    Fields start as class-level defaults, so a request only pays for what it sets."""
+
+    request_id = ""
+    caller: str | None = None
+    model = ""
+    version = ""
+    routing = ""
+    rows = 0
+    queue_ns = 0
+    compute_ns = 0
+    enqueued_ns = 0
+    dispatched_ns = 0
+    served_ns = 0
+    encode_ns = 0
+    batch_rows = 0
+    batch_requests = 0
+    status = 200
+    error = ""
+    reason = ""
+    done = False
+    span: Any = None
+    """The OpenTelemetry request span when this request is traced (sampled)."""
+    traced = False
+    trace_id = 0
+    """The trace id: the caller's, or the sampled trace's; 0 when there is none."""
+    span_id = 0
+
+    def __init__(self, protocol: str, parent: TraceParent | None) -> None:
+        self.protocol = protocol
+        self.parent = parent
+        self.start_ns = time.perf_counter_ns()
+        self.start_wall_ns = time.time_ns()
+        if parent is not None:
+            self.trace_id = parent.trace_id
+
+    # -- filled in by the dataplane and the batcher --------------------------------------------
+    def routed(self, version: str, routing: str, caller: str) -> None:
+        """The dataplane authorized `caller` (the principal's name) and resolved the model version
+        (`routing`: stable, candidate or pinned)."""
+        self.version, self.routing, self.caller = version, routing, caller
+
+    def served(self, rows: int, queue_ns: int) -> None:
+        """The dataplane has the outputs; what follows is the transport's encode."""
+        self.rows, self.queue_ns, self.served_ns = rows, queue_ns, time.perf_counter_ns()
+
+    def batched(self, enqueued_ns: int, dispatched_ns: int, compute_ns: int, rows: int, requests: int) -> None:
+        self.enqueued_ns, self.dispatched_ns, self.compute_ns = enqueued_ns, dispatched_ns, compute_ns
+        self.batch_rows, self.batch_requests = rows, requests
+
+    # -- ends ------------------------------------------------------------------------------------
+    def finish(self) -> dict[str, str]:
+        """The response is encoded: end the spans, log. Returns the response's trace headers
+        (a `traceparent` naming the request span when the request was traced, else none)."""
+        now = time.perf_counter_ns()
+        if self.served_ns:
+            self.encode_ns = now - self.served_ns
+        return self._end(now)
+
+    def failed(self, error: BaseException) -> dict[str, str]:
+        """The request failed with `error` (as the transport maps it). Returns the trace headers."""
+        if isinstance(error, TesseraError):
+            self.status = int(status_for(error)[1])
+            self.error, self.reason = type(error).__name__, error.message
+        else:
+            self.status, self.error, self.reason = 500, "InternalError", "internal error"
+        return self._end(time.perf_counter_ns())
+
+    def _end(self, now_ns: int) -> dict[str, str]:
+        if self.done:
+            return {}
+        self.done = True
+        active = ACTIVE
+        if active is None:
+            return {}
+        if active.request_log is not None:
+            active.request_log.record(self, now_ns)
+        if active.tracing is None:
+            return {}
+        if self.span is None:  # not sampled: no trace to point the caller to
+            return {}
+        active.tracing.end_request(self, now_ns)
+        return {TRACEPARENT: format_traceparent(self.trace_id, self.span_id, True)}
+
+    @property
+    def trace_id_hex(self) -> str:
+        return f"{self.trace_id:032x}" if self.trace_id else ""
+
+
+def _begin(protocol: str, traceparent: str | None, tracestate: str | None) -> RequestObservation:
+    active = ACTIVE
+    obs = RequestObservation(protocol, parse_traceparent(traceparent, tracestate))
+    _current.set(obs)
+    if active is not None and active.tracing is not None:
+        active.tracing.start_request(obs)
+    return obs
+
+
+def begin_http(headers: Mapping[str, str]) -> RequestObservation:
+    """Start observing an HTTP request (call only when ACTIVE is not None)."""
+    traceparent = headers.get(TRACEPARENT)
+    return _begin("http", traceparent, headers.get(TRACESTATE) if traceparent else None)
+
+
+def begin_grpc(metadata: Iterable[tuple[str, Any]] | None) -> RequestObservation:
+    """Start observing a gRPC request from its invocation metadata (call only when ACTIVE is not None)."""
+    traceparent = tracestate = None
+    for key, value in metadata or ():
+        if key == TRACEPARENT:
+            traceparent = str(value)
+        elif key == TRACESTATE:
+            tracestate = str(value)
+    return _begin("grpc", traceparent, tracestate)
+
+
+def requested(request: Any, creds: Any = None) -> RequestObservation | None:
+    """The dataplane took `request` (an InferRequest) from `creds` (auth.Credentials): note the request's id
+    and model, and who is asking (`describe()`: never a token), on the current observation."""
+    obs = _current.get()
+    if obs is not None:
+        obs.request_id, obs.model = request.id, request.model_name
+        if creds is not None:
+            obs.caller = creds.describe()
+    return obs
+
+
+def current() -> RequestObservation | None:
+    """The observation of the request this task is serving, if any."""
+    return _current.get()
+
+
+def fail(error: BaseException) -> dict[str, str]:
+    """The transport's error mapping: end the current request's observation with `error`, if one is open."""
+    obs = _current.get()
+    if obs is None or obs.done:
+        return {}
+    return obs.failed(error)
+
+
+class BatchMember(Protocol):
+    """What the batcher keeps of each request of a batch."""
+
+    @property
+    def observation(self) -> RequestObservation | None: ...
+
+    @property
+    def enqueued_ns(self) -> int: ...
+
+
+def batch_executed(members: Sequence[BatchMember], rows: int, dispatched_ns: int, run_start_ns: int,
+                   run_end_ns: int, end_ns: int, model: str, version: str) -> None:
+    """The batcher ran a batch: note it on each observed member; trace it if any member is traced."""
+    requests = len(members)
+    compute_ns = run_end_ns - run_start_ns
+    traced: list[RequestObservation] = []
+    for member in members:
+        obs = member.observation
+        if obs is not None:
+            obs.batched(member.enqueued_ns, dispatched_ns, compute_ns, rows, requests)
+            if obs.span is not None:
+                traced.append(obs)
+    active = ACTIVE
+    if traced and active is not None and active.tracing is not None:
+        active.tracing.record_batch(traced, rows, requests, dispatched_ns, run_start_ns, run_end_ns, end_ns,
+                                    model, version)
+
+
+def shadow_ran(copied: Sequence[RequestObservation | None], start_ns: int, end_ns: int, model: str,
+               candidate: int, ok: bool) -> None:
+    """The shadow mirror ran copies of `copied` requests on the candidate: trace the traced ones."""
+    active = ACTIVE
+    if active is None or active.tracing is None:
+        return
+    contexts = [o.span.get_span_context() if o is not None and o.span is not None else None for o in copied]
+    if any(c is not None for c in contexts):
+        active.tracing.record_shadow(contexts, start_ns, end_ns, model, candidate, ok)

@@ -1,0 +1,180 @@
+"""Request logs through a real server: one JSON line per request with its figures, never tensor contents;
+errors always logged whatever the sampling; a writer that falls behind drops and counts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from prometheus_client import CollectorRegistry
+from tritonclient.utils import InferenceServerException
+
+from server.cli import build_parser, serve_settings
+from server.observation import RequestObservation, parse_traceparent
+from server.request_log import FIELDS, RequestLog
+from tests.observability.clients import HttpClient
+
+MARKER = 12345.678  # an input value that must never appear in a log line
+
+
+def _lines(path: Path, count: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 20
+    while True:
+        text = path.read_text() if path.exists() else ""
+        lines = [orjson.loads(line) for line in text.splitlines()]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+def _infer(server: Any) -> None:
+    x = np.full((3, 8), MARKER, np.float32)
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        item = grpcclient.InferInput("features", [3, 8], "FP32")
+        item.set_data_from_numpy(x)
+        client.infer("tabular", [item], request_id="grpc-1")
+    client = HttpClient(server.http_url)
+    item = httpclient.InferInput("features", [3, 8], "FP32")
+    item.set_data_from_numpy(x)
+    client.infer("tabular", [item], request_id="http-1")
+    failed = ""
+    try:  # not pytest.raises: a kept traceback would keep the client for the collector of another thread
+        client.infer("no_such_model", [item], request_id="missing")
+    except InferenceServerException as exc:
+        failed = str(exc)
+    client.close()
+    assert "no_such_model" in failed
+
+
+def test_each_request_is_one_json_line_with_its_figures_and_no_tensor_contents(
+        tmp_path: Path, server_factory: Any, sample_repository: Path) -> None:
+    log = tmp_path / "requests.jsonl"
+    server = server_factory(sample_repository, request_log=str(log), drift_enabled=False)
+    _infer(server)
+    lines = _lines(log, 3)
+    assert len(lines) == 3
+    assert all(list(line) == list(FIELDS) for line in lines)
+    by_id = {line["request_id"]: line for line in lines}
+    grpc_line, http_line, error = by_id["grpc-1"], by_id["http-1"], by_id["missing"]
+    assert (grpc_line["protocol"], http_line["protocol"]) == ("grpc", "http")
+    for line in (grpc_line, http_line):
+        assert line["model"] == "tabular" and line["version"] == "1" and line["routing"] == "pinned"
+        assert line["status"] == 200 and line["error"] == "" and line["rows"] == 3
+        assert line["batch_size"] >= 3 and line["batch_requests"] >= 1
+        assert line["e2e_ms"] >= line["queue_ms"] >= 0 and line["compute_ms"] > 0
+        assert line["time"].endswith("Z") and line["caller"] == "anonymous"  # auth is off: the open principal
+        assert line["trace_id"] == ""  # tracing is off and the caller sent no traceparent
+    assert error["status"] == 404 and error["error"] == "ModelNotFound" and "no_such_model" in error["reason"]
+    assert error["model"] == "no_such_model" and error["caller"] == "none"  # no credential was presented
+    assert str(MARKER) not in log.read_text() and "12345" not in log.read_text()
+
+
+def test_errors_are_logged_whatever_the_sampling(tmp_path: Path, server_factory: Any,
+                                                 sample_repository: Path) -> None:
+    log = tmp_path / "requests.jsonl"
+    server = server_factory(sample_repository, request_log=str(log), request_log_sample_ratio=0.0,
+                            drift_enabled=False)
+    _infer(server)
+    time.sleep(0.5)
+    lines = _lines(log, 1)
+    assert [line["request_id"] for line in lines] == ["missing"]
+
+
+def _observation(status: int = 200) -> RequestObservation:
+    obs = RequestObservation("http", parse_traceparent(f"00-{'ab' * 16}-{'cd' * 8}-01"))
+    obs.status = status
+    return obs
+
+
+def test_a_writer_behind_drops_and_counts_and_the_trace_id_comes_from_the_caller() -> None:
+    registry = CollectorRegistry()
+    log = RequestLog("stderr", queue_size=3, registry=registry)  # not started: nothing drains
+    for _ in range(5):
+        log.record(_observation(), time.perf_counter_ns())
+    assert registry.get_sample_value("tessera_request_log_dropped_total") == 2
+    from server.request_log import format_line
+
+    line = orjson.loads(format_line(log._lines[0]))
+    assert line["trace_id"] == "ab" * 16
+
+
+def test_a_server_without_tracing_configured_never_imports_opentelemetry(sample_repository: Path) -> None:
+    code = f"""
+import asyncio, sys
+from server.app import App
+from tests.observability.clients import HttpClient
+
+from server.cli import build_parser, serve_settings
+settings = serve_settings(build_parser().parse_args(
+    ["serve", "--model-repository", {str(sample_repository)!r}, "--host", "127.0.0.1", "--http-port", "0",
+     "--grpc-port", "0", "--drift", "false", "--state-dir", {str(sample_repository / ".state")!r}]))
+assert not settings.tracing_enabled
+async def main():
+    app = App(settings)
+    await app.start()
+    await app.stop()
+asyncio.run(main())
+import server.observation as o
+assert o.ACTIVE is None
+print([m in sys.modules for m in ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http")])
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("OTEL_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[False, False]"  # (redis-py 8 loads the OTel API by itself)
+
+
+@pytest.mark.parametrize(("env", "flags", "expected"), [
+    pytest.param({}, [], (False, 1.0, True), id="nothing-configured"),
+    pytest.param({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, [], (True, 1.0, True), id="endpoint"),
+    pytest.param({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                  "OTEL_TRACES_SAMPLER_ARG": "0.01"}, [], (True, 0.01, True), id="ratio-sampler"),
+    pytest.param({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_SAMPLER": "traceidratio",
+                  "OTEL_TRACES_SAMPLER_ARG": "0.5"}, [], (True, 0.5, False), id="not-parent-based"),
+    pytest.param({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "true"}, [],
+                 (False, 1.0, True), id="sdk-disabled"),
+    pytest.param({}, ["--tracing", "on", "--trace-sample-ratio", "0.2"], (True, 0.2, True), id="flags"),
+])
+def test_tracing_is_configured_by_the_standard_otel_variables(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+                                                              flags: list[str], expected: tuple[Any, ...]) -> None:
+    for key in [k for k in __import__("os").environ if k.startswith("OTEL_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = serve_settings(build_parser().parse_args(["serve", "--model-repository", "repo", *flags]))
+    assert (settings.tracing_enabled, settings.trace_sample_ratio, settings.trace_parent_based) == expected
+
+
+def test_the_caller_is_the_authorized_principal_and_a_refusal_is_logged_without_the_token(
+        tmp_path: Path, server_factory: Any, sample_repository: Path) -> None:
+    from server.auth import hash_token
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"alice:infer:{hash_token('alice-secret')}\n")
+    log = tmp_path / "requests.jsonl"
+    server = server_factory(sample_repository, request_log=str(log), auth_tokens_file=tokens, drift_enabled=False)
+    x = np.zeros((1, 8), np.float32)
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        item = grpcclient.InferInput("features", [1, 8], "FP32")
+        item.set_data_from_numpy(x)
+        client.infer("tabular", [item], request_id="ok", headers={"authorization": "Bearer alice-secret"})
+        refused = ""
+        try:
+            client.infer("tabular", [item], request_id="refused", headers={"authorization": "Bearer wrong"})
+        except InferenceServerException as exc:
+            refused = str(exc)
+    assert refused
+    lines = _lines(log, 2)
+    [ok] = [line for line in lines if line["status"] == 200]
+    [refusal] = [line for line in lines if line["status"] == 401]
+    assert ok["caller"] == "alice" and ok["request_id"] == "ok"
+    assert refusal["error"] == "Unauthenticated"  # refused by the transport, before the dataplane
+    assert "wrong" not in log.read_text() and "alice-secret" not in log.read_text()
