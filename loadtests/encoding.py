@@ -65,7 +65,6 @@ def http_payload(target: Target, sample: Sample, outputs: Sequence[str] = ()) ->
     head = json.dumps(header, separators=(",", ":")).encode()
     body = head + b"".join(raws)
     lines = [f"POST {path} HTTP/1.1", f"Host: {target.authority}", f"Content-Length: {len(body)}"]
-    lines += [f"{name}: {value}" for name, value in target.headers]
     if binary:
         lines += ["Content-Type: application/octet-stream", f"Inference-Header-Content-Length: {len(head)}"]
     else:

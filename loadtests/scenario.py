@@ -36,7 +36,16 @@ from .inputs import ModelInfo, Sample, fetch_model_info, random_samples, samples
 from .spec import Target
 from .traffic import Arrivals, Mix
 
-__all__ = ["ModelTraffic", "Scenario", "Segment", "build_traffic", "load_scenario", "schedule_offsets"]
+__all__ = [
+    "ModelTraffic",
+    "Scenario",
+    "Segment",
+    "build_traffic",
+    "exact_allocation",
+    "load_scenario",
+    "parse_scenario",
+    "schedule_offsets",
+]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Segment:
@@ -188,7 +197,8 @@ def build_traffic(
     scenario: Scenario, target: Target, *, seed: int = 0, info_of: InfoSource = fetch_model_info
 ) -> tuple[list[bytes], Mix, Arrivals]:
     """Encode every model's requests (per batch size) once, draw the send times and, for each,
-    the model (by weight), the batch size (by its distribution) and one of that group's requests."""
+    the model and batch size (shares exact to within one request, order random) and one of that
+    group's requests at random."""
     rng = np.random.default_rng(seed)
     payloads: list[bytes] = []
     payload_model: list[int] = []
@@ -204,13 +214,22 @@ def build_traffic(
             payloads += encoded
             payload_model += [m] * len(encoded)
     offsets = schedule_offsets(scenario.schedule, scenario.arrival, rng)
-    probabilities = np.asarray([g[1] for g in groups])
-    chosen = rng.choice(len(groups), size=len(offsets), p=probabilities / probabilities.sum())
+    chosen = exact_allocation(np.asarray([g[1] for g in groups]), len(offsets), rng)
     first = np.asarray([g[2] for g in groups])[chosen]
     count = np.asarray([g[3] for g in groups])[chosen]
     picks = first + rng.integers(0, 1 << 30, size=len(offsets)) % count
     mix = Mix(tuple(m.name for m in scenario.models), tuple(payload_model))
     return payloads, mix, Arrivals(offsets, picks.astype(np.int64))
+
+
+def exact_allocation(weights: npt.NDArray[np.float64], count: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    """`count` group indices in random order, each group appearing in proportion to its weight to
+    within one request (largest remainders), so a mix's shares are its weights, not a sample of them."""
+    quotas = weights / weights.sum() * count
+    counts = np.floor(quotas).astype(np.int64)
+    short = count - int(counts.sum())
+    counts[np.argsort(quotas - counts)[::-1][:short]] += 1
+    return np.asarray(rng.permutation(np.repeat(np.arange(len(weights)), counts)), dtype=np.int64)
 
 
 def _samples(model: ModelTraffic, info: ModelInfo, batch_size: int, seed: int) -> list[Sample]:

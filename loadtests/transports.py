@@ -154,7 +154,9 @@ class HttpClient:
             self._ssl = target.tls.context(alpn=("http/1.1",))
             self._server_name = target.tls.server_name or target.host
         # Each request as the writes that send it: the whole request, or its head and its body.
-        self._payloads = [_split(p) if target.http_split_writes else (p,) for p in payloads]
+        # The target's headers (its token) are added here, once, so payloads never carry credentials.
+        requests = [_with_headers(p, target.headers) for p in payloads]
+        self._payloads = [_split(p) if target.http_split_writes else (p,) for p in requests]
         self._timeout = target.request_timeout_s
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(max_connections)
@@ -251,6 +253,15 @@ class _Connection(asyncio.Protocol):
             if not keep_alive:
                 self.close()
             self._waiter.set_result(status)
+
+
+def _with_headers(request: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
+    """`request` with `headers` added after its request line."""
+    if not headers:
+        return request
+    line_end = request.index(b"\r\n") + 2
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1")
+    return request[:line_end] + extra + request[line_end:]
 
 
 def _split(request: bytes) -> tuple[bytes, bytes]:
