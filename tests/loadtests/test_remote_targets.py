@@ -116,12 +116,15 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def secured(tmp_path: Path, repo: Path, pki: dict[str, Path], server_factory: Callable[..., RunningServer]) -> RunningServer:
+def secured(
+    tmp_path: Path, repo: Path, pki: dict[str, Path], server_factory: Callable[..., RunningServer]
+) -> RunningServer:
     """Tessera on the alias with TLS, mTLS (client CA) and bearer tokens, /metrics behind `read`."""
     tokens = tmp_path / "tokens"
     tokens.write_text(f"loadgen:infer,read:{hash_token(TOKEN)}\n")
-    return server_factory(repo, host=ALIAS, tls_cert=pki["server"].with_suffix(".crt"), tls_key=pki["server"].with_suffix(".key"),
-                          tls_client_ca=pki["client-ca"], auth_tokens_file=tokens, metrics_auth=True,
+    return server_factory(repo, host=ALIAS, tls_cert=pki["server"].with_suffix(".crt"),
+                          tls_key=pki["server"].with_suffix(".key"), tls_client_ca=pki["client-ca"],
+                          auth_tokens_file=tokens, metrics_auth=True,
                           state_dir=tmp_path / "state", drift_enabled=False)
 
 
@@ -176,7 +179,8 @@ def test_the_cli_takes_url_tls_files_and_a_token_file(secured: RunningServer, pk
     (tmp_path / "token").write_text(TOKEN + "\n")
     out = tmp_path / "out"
     code = main(["run", "--url", f"grpcs://{ALIAS}:{secured.app.grpc_port}", "--tls-ca", str(pki["ca"]),
-                 "--tls-cert", str(pki["client"].with_suffix(".crt")), "--tls-key", str(pki["client"].with_suffix(".key")),
+                 "--tls-cert", str(pki["client"].with_suffix(".crt")),
+                 "--tls-key", str(pki["client"].with_suffix(".key")),
                  "--tls-server-name", SERVER_NAME, "--token-file", str(tmp_path / "token"),
                  "--metrics-url", f"https://{ALIAS}:{secured.app.http_port}/metrics", "--model", "tabular",
                  "--mode", "open", "--rate", "50", "--duration", "0.5", "--warmup", "0.1", "--out", str(out)])
