@@ -117,6 +117,7 @@ def test_arrival_logs_in_csv_and_json_lines(tmp_path: Path) -> None:
     payloads, mix, arrivals = build_replay(log, TARGET, base=tmp_path, speed=2.0, info_of=_info)
     assert arrivals.offsets_s.tolist() == [0.0, 0.00125, 0.005]  # twice as fast
     assert [mix.models[mix.payload_model[i]] for i in arrivals.payloads] == ["b", "a", "a"]
+    assert len(payloads) == 1 + 16 + 16  # the body file; 16 synthetic requests for each model without one
 
 
 def test_a_log_line_without_a_time_is_named(tmp_path: Path) -> None:
