@@ -27,7 +27,8 @@ def test_plan_on_a_recorded_sweep_prints_pods_workers_hpa_target_and_assumptions
     assert recorded["meta"]["workers_per_pod"] == 1
     assert all(s["server"]["pending_mean"] > 0 for s in recorded["steps"])  # Little's law from /metrics
     capsys.readouterr()
-    for signal, name in (("pending", "tessera_pending_requests"), ("queue-p99", "p99 of tessera_queue_duration_seconds")):
+    signals = (("pending", "tessera_pending_requests"), ("queue-p99", "p99 of tessera_queue_duration_seconds"))
+    for signal, name in signals:
         code = main(["plan", "--from", str(sweep_dir / "results.json"), "--target-rps", "5000", "--slo-p99", "200",
                      "--zones", "3", "--hpa-signal", signal])
         out = capsys.readouterr().out
