@@ -11,6 +11,7 @@ only when `--ray-address` is given.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import threading
@@ -114,10 +115,11 @@ def run_actors(
     from .runner import scrape_target
 
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= 1]
-    actor_class = ray.remote(num_cpus=0)(GeneratorHost)  # pinned by affinity, not by Ray's CPU count
-    actors = [
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    described: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    nodes = [n["NodeID"] for n in described if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= 1]
+    actor_class: Any = ray.remote(num_cpus=0)(GeneratorHost)  # pinned by affinity, not by Ray's CPU count
+    actors: list[Any] = [
         actor_class.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
             job, rank, sharing
         )

@@ -91,7 +91,7 @@ def load_scenario(path: Path) -> Scenario:
     text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
         try:
-            import yaml
+            import yaml  # type: ignore[import-untyped]
         except ImportError as exc:
             raise ValueError("YAML scenarios need PyYAML: pip install 'tessera[loadtest]'") from exc
         data = yaml.safe_load(text)
