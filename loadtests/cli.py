@@ -147,6 +147,8 @@ def _generator_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grpc-channels", type=int, default=1, help="per process")
     g.add_argument("--cpus", default="", help="generator CPU affinity, e.g. 1 or 2,3")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--send-spin-ms", type=float, default=1.5,
+                   help="scenario/replay: poll the last MS before each send time instead of sleeping (0: off)")
     g.add_argument("--ray-address", help="run the generators as actors on this Ray cluster (ray://..., "
                    "HOST:PORT or auto); needs the `ray` extra")
 
@@ -365,6 +367,7 @@ def _run_traffic(
         grpc_channels=args.grpc_channels,
         seed=args.seed,
         cpus=tuple(int(c) for c in args.cpus.split(",") if c.strip()),
+        send_spin_ms=args.send_spin_ms,
     )
     label = args.label or f"{'+'.join(mix.models)} over {target.protocol}"
     step = run_step(target, spec, payloads, mix=mix, arrivals=arrivals,

@@ -187,25 +187,24 @@ async def _open_loop(client: InferClient, rec: _Recorder, spec: LoadSpec, start_
     await _drain(in_flight, rec, timeout_s)
 
 
-SPIN_S = 0.0015
-"""Scheduled sends: sleep until this close to the send time, then yield to the loop until it comes.
-Timer wake-ups on a busy 2-core machine come 1-2 ms late; the last stretch is polled instead."""
-
-
 async def _scheduled_loop(
     client: InferClient, rec: _Recorder, spec: LoadSpec, arrivals: Arrivals, start_at: float, timeout_s: float
 ) -> None:
-    """Send payload arrivals.payloads[i] at start_at + arrivals.offsets_s[i], open loop, in order."""
+    """Send payload arrivals.payloads[i] at start_at + arrivals.offsets_s[i], open loop, in order.
+
+    Sleeps until spec.send_spin_ms before each send time, then yields to the loop (answers keep
+    being read) until the time comes: timer wake-ups alone come 1-2 ms late on a busy machine."""
+    spin_s = spec.send_spin_ms / 1000.0
     in_flight: set[asyncio.Task[None]] = set()
     offsets, payloads = arrivals.offsets_s.tolist(), arrivals.payloads.tolist()
     clock = time.monotonic
     for offset, index in zip(offsets[: spec.max_requests], payloads[: spec.max_requests], strict=True):
         intended = start_at + offset
         delay = intended - clock()
-        if delay > SPIN_S:
-            await asyncio.sleep(delay - SPIN_S)
-        while clock() < intended:
-            await asyncio.sleep(0)  # answers keep being read while the send time approaches
+        if delay > spin_s:
+            await asyncio.sleep(delay - spin_s)
+        while spin_s and clock() < intended:
+            await asyncio.sleep(0)
         while len(in_flight) >= spec.max_in_flight:
             await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
         task = asyncio.create_task(_one(client, rec, index, intended))

@@ -111,6 +111,9 @@ class LoadSpec:
     """gRPC channels per process, used round-robin."""
     late_send_ms: float = 2.0
     """Open loop: a send this far behind its intended time counts as missed."""
+    send_spin_ms: float = 1.5
+    """Scheduled sends (scenario, replay): the last this-many ms before a send time are polled rather
+    than slept, as timer wake-ups come 1-2 ms late on a busy machine; costs generator CPU (0: sleep only)."""
     cpus: tuple[int, ...] = ()
     """CPU affinity of the generator processes (empty: inherit)."""
     seed: int = 0
