@@ -27,10 +27,11 @@ INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 
 def http_get(url: str, target: Target, timeout_s: float = 10.0) -> bytes:
     """GET `url` (model metadata, /metrics) with the target's TLS settings; the target's headers (its
-    token) go only to the target's own host. Raises OSError (ssl.SSLError included) or HttpStatusError."""
+    token) go only to the target's own host, and never in clear text when the target itself is
+    reached over TLS. Raises OSError (ssl.SSLError included) or HttpStatusError."""
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port
-    own = host == target.host
+    own = host == target.host and (parts.scheme == "https" or target.tls is None)
     connection: http.client.HTTPConnection
     if parts.scheme == "https":
         tls = target.tls if own and target.tls is not None else None
@@ -42,7 +43,9 @@ def http_get(url: str, target: Target, timeout_s: float = 10.0) -> bytes:
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    headers = {"Host": target.authority if own else parts.netloc} | (dict(target.headers) if own else {})
+    server_name = target.tls.server_name if own and target.tls is not None else None
+    headers = {"Host": f"{server_name}:{port}" if server_name and port else parts.netloc}
+    headers |= dict(target.headers) if own else {}
     try:
         connection.request("GET", path, headers=headers)
         response = connection.getresponse()
