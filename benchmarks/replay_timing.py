@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             for spin in spins if round_ % 2 == 0 else spins[::-1]:
                 spec = LoadSpec(mode="open", rate_rps=args.rate, arrival="constant", warmup_s=0.0,
                                 duration_s=arrivals.span_s + 1e-3, send_spin_ms=spin,
-                                cpus=tuple(int(c) for c in args.client_cpus.split(",")))
+                                cpus=tuple(int(c) for c in args.client_cpus.split(",") if c))
                 load = os.getloadavg()[0]
                 step = run_step(target, spec, payloads, mix=mix, arrivals=arrivals)
                 row = {
