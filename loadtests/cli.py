@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,8 +26,9 @@ from .report import load_steps, model_table, table, write_csv, write_json, write
 from .results import StepResult
 from .runner import Progress, run_step
 from .scenario import build_traffic, load_scenario
-from .spec import LoadSpec, Target, TlsOptions, parse_url
+from .spec import LoadSpec, Target
 from .sweep import Slo, SweepResult, best_of, geometric_levels, run_sweep
+from .target_flags import add_target_args, redact_argv, target_from_args
 from .traffic import Arrivals, Mix
 
 __all__ = ["main"]
@@ -69,14 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     plan.set_defaults(func=_cmd_plan)
     scenario = commands.add_parser("scenario", help="a traffic mix from a YAML or JSON scenario file")
     scenario.add_argument("file", type=Path)
-    _target_args(scenario, model=False)
+    add_target_args(scenario, model=False)
     _generator_args(scenario)
     _output_args(scenario)
     scenario.set_defaults(func=_cmd_scenario)
     replay = commands.add_parser("replay", help="replay a recorded arrival log (CSV or JSON lines), open loop")
     replay.add_argument("file", type=Path)
     replay.add_argument("--speed", type=float, default=1.0, help="2: twice as fast as recorded (default 1)")
-    _target_args(replay, model=False)
+    add_target_args(replay, model=False)
     _generator_args(replay)
     _output_args(replay)
     replay.set_defaults(func=_cmd_replay)
@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    _target_args(p, model=True, required=required)
+    add_target_args(p, model=True, required=required)
     i = p.add_argument_group("inputs")
     i.add_argument("--input-file", type=Path, help="JSON or Parquet rows / V2 request bodies")
     i.add_argument("--batch-size", type=int, default=1, help="rows per request")
@@ -106,37 +106,6 @@ def _load_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     load.add_argument("--warmup", type=float, default=2.0, help="seconds sent but not recorded")
     _generator_args(p)
     _output_args(p)
-
-
-def _target_args(p: argparse.ArgumentParser, *, model: bool, required: bool = True) -> None:
-    g = p.add_argument_group("target")
-    g.add_argument("--url", help="grpc://HOST:PORT, grpcs://... (TLS), http://..., https://...; "
-                   "replaces --host, --protocol and --port")
-    g.add_argument("--host", default="127.0.0.1", help="any host name or address (default 127.0.0.1)")
-    g.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
-    g.add_argument("--port", type=int, help="default 8001 for gRPC, 8000 for HTTP")
-    if model:
-        g.add_argument("--model", required=required)
-        g.add_argument("--model-version", default="")
-    g.add_argument("--http-encoding", choices=("binary", "json"), default="binary")
-    g.add_argument("--http-split-writes", action="store_true",
-                   help="send headers and body in two writes, as perf_analyzer (libcurl) does")
-    g.add_argument("--timeout", type=float, default=10.0, help="per-request timeout, s")
-    g.add_argument("--metrics-url", help="default SCHEME://HOST:8000/metrics (HTTP: the same port)")
-    g.add_argument("--no-metrics", action="store_true", help="don't scrape the server's /metrics")
-    t = p.add_argument_group("TLS and credentials")
-    t.add_argument("--tls", action="store_true", help="TLS with the system's CAs (implied by grpcs/https "
-                   "and by the other --tls-* flags)")
-    t.add_argument("--tls-ca", type=Path, help="PEM CA bundle the server's certificate must chain to")
-    t.add_argument("--tls-cert", type=Path, help="PEM client certificate (mTLS)")
-    t.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert")
-    t.add_argument("--tls-server-name", help="name to verify and send as SNI / :authority instead of the host "
-                   "(grpc.ssl_target_name_override)")
-    t.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
-                   help="HTTP header or gRPC metadata on every call (repeatable)")
-    t.add_argument("--token", help="bearer token (visible to other local users in the process list; "
-                   "prefer --token-file or TESSERA_TOKEN)")
-    t.add_argument("--token-file", type=Path, help="file whose first line is a bearer token")
 
 
 def _generator_args(p: argparse.ArgumentParser) -> None:
@@ -172,67 +141,6 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers-per-pod", type=int, default=None,
                    help="Tessera --workers of the replica under test (recorded in results.json for `plan`; "
                         "plan: default the sweep's, else 1)")
-
-
-def parse_header(item: str) -> tuple[str, str]:
-    """`Name: value` -> (name, value). Raises ValueError on a missing name or a line break."""
-    name, sep, value = item.partition(":")
-    name, value = name.strip(), value.strip()
-    if not sep or not name or any(c in item for c in "\r\n\0") or any(c in name for c in " \t"):
-        raise ValueError(f"--header {item!r}: expected NAME:VALUE on one line")
-    return name, value
-
-
-def _credentials(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
-    headers = [parse_header(h) for h in args.header]
-    token = args.token
-    if args.token_file is not None:
-        token = args.token_file.read_text().splitlines()[0].strip() if args.token_file.read_text() else ""
-    token = token or os.environ.get("TESSERA_TOKEN") or None
-    if token is not None:
-        if any(c in token for c in "\r\n\0 "):
-            raise ValueError("the bearer token must be one line without spaces")
-        if any(name.lower() == "authorization" for name, _ in headers):
-            raise ValueError("give either a token or an authorization header, not both")
-        headers.append(("authorization", f"Bearer {token}"))
-    return tuple(headers)
-
-
-def _target(args: argparse.Namespace, model: str | None = None) -> Target:
-    protocol, host, port, tls_on = args.protocol, args.host, args.port, args.tls
-    if args.url:
-        parsed = parse_url(args.url)
-        protocol, host, port, tls_on = parsed.protocol, parsed.host, parsed.port, parsed.tls or args.tls
-    port = port or (8001 if protocol == "grpc" else 8000)
-    tls_on = tls_on or any((args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name))
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise ValueError("--tls-cert and --tls-key go together")
-    tls = (
-        TlsOptions(ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key,
-                   server_name=args.tls_server_name)
-        if tls_on
-        else None
-    )
-    scheme = "https" if tls is not None else "http"
-    bracketed = f"[{host}]" if ":" in host else host
-    metrics = (
-        None
-        if args.no_metrics
-        else (args.metrics_url or f"{scheme}://{bracketed}:{port if protocol == 'http' else 8000}/metrics")
-    )
-    return Target(
-        host=host,
-        port=port,
-        protocol=protocol,
-        model=model if model is not None else args.model,
-        model_version=getattr(args, "model_version", ""),
-        http_encoding=args.http_encoding,
-        http_split_writes=args.http_split_writes,
-        request_timeout_s=args.timeout,
-        metrics_url=metrics,
-        tls=tls,
-        headers=_credentials(args),
-    )
 
 
 def _spec(args: argparse.Namespace, level: float | None = None) -> LoadSpec:
@@ -275,7 +183,7 @@ def _label(args: argparse.Namespace, target: Target) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    target = _target(args)
+    target = target_from_args(args)
     spec = _spec(args)
     payloads = _payloads(args, target)
     step = run_step(target, spec, payloads, progress=Progress(_label(args, target), spec.processes, spec.warmup_s),
@@ -288,7 +196,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_sweep(args: argparse.Namespace) -> tuple[SweepResult, Target]:
-    target = _target(args)
+    target = target_from_args(args)
     payloads = _payloads(args, target)
     levels = (
         [float(v) for v in args.levels.split(",") if v.strip()]
@@ -382,7 +290,7 @@ def _run_traffic(
 
 def _cmd_scenario(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.file)
-    target = _target(args, model=scenario.models[0].name)
+    target = target_from_args(args, model=scenario.models[0].name)
     payloads, mix, arrivals = build_traffic(scenario, target, seed=args.seed)
     print(f"scenario: {len(arrivals)} requests over {scenario.duration_s:g} s "
           f"(mean {scenario.mean_rate_rps:.1f} req/s), models {', '.join(mix.models)}", flush=True)
@@ -392,7 +300,7 @@ def _cmd_scenario(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     log = read_arrival_log(args.file)
-    target = _target(args, model=log.models[0])
+    target = target_from_args(args, model=log.models[0])
     payloads, mix, arrivals = build_replay(log, target, base=args.file.parent, speed=args.speed, seed=args.seed)
     print(f"replay: {len(arrivals)} requests over {arrivals.span_s:.3f} s at {args.speed:g}x, "
           f"models {', '.join(mix.models)}", flush=True)
@@ -445,24 +353,3 @@ def _write(
         plot_models(out / "models.png", steps[-1], title=title)
         written += [out / "models.csv", out / "models.png"]
     print("wrote " + ", ".join(str(w) for w in written))
-
-
-_SECRET_FLAGS = ("--token", "--header")
-
-
-def redact_argv(argv: Sequence[str]) -> list[str]:
-    """argv with token and header values replaced, so results files never hold a credential."""
-    redacted: list[str] = []
-    hide_next = False
-    for item in argv:
-        if hide_next:
-            redacted.append("***")
-            hide_next = False
-        elif item in _SECRET_FLAGS:
-            redacted.append(item)
-            hide_next = True
-        elif item.startswith(tuple(f + "=" for f in _SECRET_FLAGS)):
-            redacted.append(item.split("=", 1)[0] + "=***")
-        else:
-            redacted.append(item)
-    return redacted

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import trustme
 
-from loadtests.cli import main, parse_header, redact_argv
+from loadtests.cli import main
 from loadtests.encoding import encode_payloads
 from loadtests.inputs import fetch_model_info, random_samples
 from loadtests.runner import run_step
 from loadtests.spec import LoadSpec, Target, TlsOptions, is_loopback, parse_url
+from loadtests.target_flags import parse_header, redact_argv
 from server.auth import hash_token
 
 from ..conftest import RunningServer, make_models
