@@ -188,3 +188,10 @@ def test_the_cli_takes_url_tls_files_and_a_token_file(secured: RunningServer, pk
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert TOKEN not in (out / "results.json").read_text()
+
+
+def test_the_suite_refuses_to_connect_anywhere_but_loopback() -> None:
+    import socket
+
+    with socket.socket() as sock, pytest.raises(RuntimeError, match="loopback only"):
+        sock.connect(("192.0.2.1", 9))  # TEST-NET-1: refused by the guard before any packet leaves
