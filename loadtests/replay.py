@@ -8,8 +8,9 @@ payload reference:
     0.004,tabular,                    #   relative to the log; empty: synthetic inputs for the model
     0.0051,mlp,
 
-`timestamp` (Unix seconds, or ISO 8601 as request logs write it) may stand in for `offset`. Lines are
-sorted by time; every distinct payload is encoded once before the replay starts.
+`timestamp` (or `time`, `ts`: Unix seconds, or ISO 8601 as request logs write it) may stand in for
+`offset`, and `model_name` for `model`. Lines are sorted by time; every distinct payload is encoded
+once before the replay starts.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ def read_arrival_log(path: Path, *, limit: int = 10_000_000) -> ArrivalLog:
     )
 
 
+_TIME_KEYS = ("timestamp", "time", "ts")
+_MODEL_KEYS = ("model", "model_name")
+
+
 def _row(record: Mapping[str, Any], path: Path, number: int) -> tuple[float, str, str]:
     try:
         if record.get("offset") not in (None, ""):
@@ -70,9 +75,9 @@ def _row(record: Mapping[str, Any], path: Path, number: int) -> tuple[float, str
         elif record.get("offset_ms") not in (None, ""):
             at = float(record["offset_ms"]) / 1000.0
         else:
-            at = _timestamp(record["timestamp"])
-        model = str(record["model"]).strip()
-    except (KeyError, TypeError, ValueError) as exc:
+            at = _timestamp(next(record[k] for k in _TIME_KEYS if record.get(k) not in (None, "")))
+        model = str(next(record[k] for k in _MODEL_KEYS if record.get(k) not in (None, ""))).strip()
+    except (KeyError, StopIteration, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: arrival {number}: needs offset, offset_ms or timestamp, and model ({exc})") from None
     if not model:
         raise ValueError(f"{path}: arrival {number}: empty model")

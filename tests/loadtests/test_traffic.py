@@ -110,7 +110,7 @@ def test_arrival_logs_in_csv_and_json_lines(tmp_path: Path) -> None:
     assert log.offsets_s == (0.0, 0.0025, 0.01) and log.models == ("b", "a", "a")
     (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in [
         {"timestamp": "2026-11-29T10:00:00.500Z", "model": "a"},
-        {"timestamp": "2026-11-29T10:00:00Z", "model": "b", "payload": "body.json"},
+        {"ts": "2026-11-29T10:00:00Z", "model_name": "b", "payload": "body.json"},
     ]) + "\n")
     log2 = read_arrival_log(tmp_path / "log.jsonl")
     assert log2.offsets_s == (0.0, 0.5) and log2.payload_refs == ("body.json", "")
