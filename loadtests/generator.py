@@ -99,7 +99,7 @@ class _Recorder:
 
     def sent_at(self, intended: float, sent: float, model: int = -1) -> None:
         self.sent += 1
-        if self._measured(intended, sent):
+        if (self.open or model >= 0) and self._measured(intended, sent):
             if model >= 0:
                 self.model_sent[model] += 1
             if self.open:
