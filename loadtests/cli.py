@@ -116,8 +116,9 @@ def _generator_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grpc-channels", type=int, default=1, help="per process")
     g.add_argument("--cpus", default="", help="generator CPU affinity, e.g. 1 or 2,3")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--send-spin-ms", type=float, default=1.5,
-                   help="scenario/replay: poll the last MS before each send time instead of sleeping (0: off)")
+    g.add_argument("--send-spin-ms", type=float, default=0.0,
+                   help="scenario/replay: poll the last MS before each send time instead of sleeping "
+                        "(default 0: sleep only; try 1 on a dedicated generator core)")
     g.add_argument("--ray-address", help="run the generators as actors on this Ray cluster (ray://..., "
                    "HOST:PORT or auto); needs the `ray` extra")
 

@@ -111,9 +111,10 @@ class LoadSpec:
     """gRPC channels per process, used round-robin."""
     late_send_ms: float = 2.0
     """Open loop: a send this far behind its intended time counts as missed."""
-    send_spin_ms: float = 1.5
+    send_spin_ms: float = 0.0
     """Scheduled sends (scenario, replay): the last this-many ms before a send time are polled rather
-    than slept, as timer wake-ups come 1-2 ms late on a busy machine; costs generator CPU (0: sleep only)."""
+    than slept (0: sleep only). Polling costs generator CPU and pays only on a dedicated core: on a
+    shared machine it measured worse than sleeping (BENCHMARKS.md, "Replay timing")."""
     cpus: tuple[int, ...] = ()
     """CPU affinity of the generator processes (empty: inherit)."""
     seed: int = 0
