@@ -21,10 +21,11 @@ from loadtests.spec import LoadSpec, Target
 
 from ..conftest import RunningServer
 
-REPLAY_LAG_SANITY_MS = 100.0
-"""p99 send-time error allowed in the suite: a sanity check that the schedule is followed, not the
-acceptance figure. Under the load of this shared 2-core VM (load average 7-12) the same test read
-3-35 ms; the 2 ms measurement, with the load noted, is in BENCHMARKS.md ("Replay timing")."""
+REPLAY_LAG_SANITY_MS = 1000.0
+"""p99 send-time error allowed in the suite: a sanity check that the log is followed (a replay at the
+wrong speed would fall seconds behind over its 4 s), not the acceptance figure. Run alone this test
+read 1.3 and 1.4 ms at load average 3 (3.5 ms at load 7); inside the whole suite on this shared
+2-core VM, 35 and 376 ms (the generator process waiting for a core). See BENCHMARKS.md."""
 
 
 def _target(server: RunningServer, protocol: str = "grpc") -> Target:
