@@ -64,7 +64,7 @@ def http_payload(target: Target, sample: Sample, outputs: Sequence[str] = ()) ->
         header["parameters"] = {"binary_data_output": True}
     head = json.dumps(header, separators=(",", ":")).encode()
     body = head + b"".join(raws)
-    lines = [f"POST {path} HTTP/1.1", f"Host: {target.host}:{target.port}", f"Content-Length: {len(body)}"]
+    lines = [f"POST {path} HTTP/1.1", f"Host: {target.authority}", f"Content-Length: {len(body)}"]
     if binary:
         lines += ["Content-Type: application/octet-stream", f"Inference-Header-Content-Length: {len(head)}"]
     else:

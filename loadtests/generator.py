@@ -21,9 +21,10 @@ from typing import Any
 from . import histograms
 from .grpc_h2 import GrpcStatusError
 from .spec import LoadSpec, Target
+from .traffic import Arrivals, Mix
 from .transports import HttpStatusError, InferClient, make_client
 
-__all__ = ["Sink", "WorkerJob", "WorkerReport", "run_worker", "worker_main"]
+__all__ = ["ModelTally", "Sink", "WorkerJob", "WorkerReport", "run_worker", "worker_main"]
 
 Sink = Callable[[tuple[Any, ...]], None]
 TICK_S = 1.0
@@ -35,6 +36,20 @@ class WorkerJob:
     target: Target
     spec: LoadSpec
     payloads: Sequence[bytes]
+    mix: Mix | None = None
+    """Per-model results when set (payload i belongs to model mix.payload_model[i])."""
+    arrivals: Arrivals | None = None
+    """Open loop: send exactly these (offsets from the start) instead of drawing from the rate."""
+
+
+@dataclass(slots=True)
+class ModelTally:
+    """One model's share of a process's measurements (latency: HdrHistogram encoding, us)."""
+
+    latency: bytes
+    ok: int = 0
+    sent: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -53,12 +68,13 @@ class WorkerReport:
     wall_s: float = 0.0
     first_error: str = ""
     connect_s: float = 0.0
+    per_model: dict[str, ModelTally] = field(default_factory=dict)
 
 
 class _Recorder:
     """Counts and histograms for one process; `measured` decides what falls in the window."""
 
-    def __init__(self, spec: LoadSpec, start_at: float) -> None:
+    def __init__(self, spec: LoadSpec, start_at: float, mix: Mix | None = None) -> None:
         self.window = (start_at + spec.warmup_s, start_at + spec.warmup_s + spec.duration_s)
         self.open = spec.mode == "open"
         self.late_s = spec.late_send_ms / 1000.0
@@ -67,30 +83,59 @@ class _Recorder:
         self.interval_ok = self.interval_err = self.ok = self.sent = self.missed = 0
         self.errors: Counter[str] = Counter()
         self.first_error = ""
+        self.mix = mix
+        models = len(mix.models) if mix is not None else 0
+        self.model_latency = [histograms.new_histogram() for _ in range(models)]
+        self.model_ok, self.model_sent = [0] * models, [0] * models
+        self.model_errors: list[Counter[str]] = [Counter() for _ in range(models)]
+
+    def model_of(self, index: int) -> int:
+        """The model index of payload `index` (-1 without a mix)."""
+        return self.mix.payload_model[index % len(self.mix.payload_model)] if self.mix is not None else -1
 
     def _measured(self, intended: float, done: float) -> bool:
         t = intended if self.open else done
         return self.window[0] <= t < self.window[1]
 
-    def sent_at(self, intended: float, sent: float) -> None:
+    def sent_at(self, intended: float, sent: float, model: int = -1) -> None:
         self.sent += 1
-        if self.open and self._measured(intended, sent):
-            histograms.record_us(self.lag, sent - intended)
-            self.missed += sent - intended > self.late_s
+        if (self.open or model >= 0) and self._measured(intended, sent):
+            if model >= 0:
+                self.model_sent[model] += 1
+            if self.open:
+                histograms.record_us(self.lag, sent - intended)
+                self.missed += sent - intended > self.late_s
 
-    def success(self, intended: float, sent: float, done: float) -> None:
+    def success(self, intended: float, sent: float, done: float, model: int = -1) -> None:
         histograms.record_us(self.interval, done - intended)
         self.interval_ok += 1
         if self._measured(intended, done):
             self.ok += 1
             histograms.record_us(self.latency, done - intended)
             histograms.record_us(self.service, done - sent)
+            if model >= 0:
+                self.model_ok[model] += 1
+                histograms.record_us(self.model_latency[model], done - intended)
 
-    def failure(self, intended: float, done: float, error: BaseException) -> None:
+    def failure(self, intended: float, done: float, error: BaseException, model: int = -1) -> None:
         self.interval_err += 1
         if self._measured(intended, done):
-            self.errors[_error_kind(error)] += 1
+            kind = _error_kind(error)
+            self.errors[kind] += 1
+            if model >= 0:
+                self.model_errors[model][kind] += 1
             self.first_error = self.first_error or f"{type(error).__name__}: {error}"[:300]
+
+    def tallies(self) -> dict[str, ModelTally]:
+        if self.mix is None:
+            return {}
+        return {
+            name: ModelTally(
+                histograms.encode(self.model_latency[m]), self.model_ok[m], self.model_sent[m],
+                dict(self.model_errors[m]),
+            )
+            for m, name in enumerate(self.mix.models)
+        }
 
 
 def _error_kind(error: BaseException) -> str:
@@ -107,13 +152,14 @@ def _error_kind(error: BaseException) -> str:
 
 async def _one(client: InferClient, rec: _Recorder, index: int, intended: float) -> None:
     sent = time.monotonic()
-    rec.sent_at(intended, sent)
+    model = rec.model_of(index)
+    rec.sent_at(intended, sent, model)
     try:
         await client.infer(index)
     except Exception as exc:
-        rec.failure(intended, time.monotonic(), exc)
+        rec.failure(intended, time.monotonic(), exc, model)
     else:
-        rec.success(intended, sent, time.monotonic())
+        rec.success(intended, sent, time.monotonic(), model)
 
 
 async def _open_loop(client: InferClient, rec: _Recorder, spec: LoadSpec, start_at: float, timeout_s: float) -> None:
@@ -133,6 +179,34 @@ async def _open_loop(client: InferClient, rec: _Recorder, spec: LoadSpec, start_
             await asyncio.sleep(delay)
         elif index % 16 == 0:
             await asyncio.sleep(0)  # behind schedule: still let answers in
+        while len(in_flight) >= spec.max_in_flight:
+            await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.create_task(_one(client, rec, index, intended))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+    await _drain(in_flight, rec, timeout_s)
+
+
+async def _scheduled_loop(
+    client: InferClient, rec: _Recorder, spec: LoadSpec, arrivals: Arrivals, start_at: float, timeout_s: float
+) -> None:
+    """Send payload arrivals.payloads[i] at start_at + arrivals.offsets_s[i], open loop, in order.
+
+    Sleeps until each send time; with spec.send_spin_ms, sleeps until that much before it and then
+    yields to the loop (answers keep being read) until the time comes."""
+    spin_s = spec.send_spin_ms / 1000.0
+    in_flight: set[asyncio.Task[None]] = set()
+    offsets, payloads = arrivals.offsets_s.tolist(), arrivals.payloads.tolist()
+    clock = time.monotonic
+    for n, (offset, index) in enumerate(zip(offsets[: spec.max_requests], payloads[: spec.max_requests], strict=True)):
+        intended = start_at + offset
+        delay = intended - clock()
+        if delay > spin_s:
+            await asyncio.sleep(delay - spin_s)
+        elif delay <= 0 and n % 16 == 0:
+            await asyncio.sleep(0)  # behind schedule: still let the sends start and answers in
+        while spin_s and clock() < intended:
+            await asyncio.sleep(0)
         while len(in_flight) >= spec.max_in_flight:
             await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
         task = asyncio.create_task(_one(client, rec, index, intended))
@@ -200,12 +274,14 @@ async def run_worker(job: WorkerJob, sink: Sink, wait_start: Callable[[], float]
     gc.freeze()
     sink(("ready", job.index))
     start_at = await asyncio.to_thread(wait_start)
-    rec = _Recorder(spec, start_at)
+    rec = _Recorder(spec, start_at, job.mix)
     stop = asyncio.Event()
     ticker = asyncio.create_task(_ticker(rec, sink, job.index, start_at, stop))
     cpu0, wall0 = time.process_time(), time.monotonic()
     try:
-        if spec.mode == "open":
+        if job.arrivals is not None:
+            await _scheduled_loop(client, rec, spec, job.arrivals, start_at, job.target.request_timeout_s)
+        elif spec.mode == "open":
             await _open_loop(client, rec, spec, start_at, job.target.request_timeout_s)
         else:
             await _closed_loop(client, rec, spec, start_at, job.target.request_timeout_s)
@@ -227,6 +303,7 @@ async def run_worker(job: WorkerJob, sink: Sink, wait_start: Callable[[], float]
         wall_s=wall_s,
         first_error=rec.first_error,
         connect_s=connect_s,
+        per_model=rec.tallies(),
     )
 
 

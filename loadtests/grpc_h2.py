@@ -10,14 +10,17 @@ server uses too), header blocks are encoded and decoded by hpack, and each reque
 What is covered: the client preface and SETTINGS, both levels of flow control (DATA is split to
 the peer's frame size and windows), the peer's stream limit, PING, WINDOW_UPDATE, RST_STREAM,
 GOAWAY, CONTINUATION, padding, gRPC status and message from trailers (or a trailers-only answer),
-and deadlines (grpc-timeout sent; RST_STREAM CANCEL on expiry). Not covered: TLS, compression,
-streaming RPCs - the harness sends uncompressed unary calls to loopback only.
+and deadlines (grpc-timeout sent; RST_STREAM CANCEL on expiry), TLS (ALPN h2, a server name to
+verify and send as SNI other than the host dialled) and call metadata (a bearer token, any header).
+Not covered: compression, streaming RPCs - the harness sends uncompressed unary calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
+from collections.abc import Sequence
 from typing import cast
 from urllib.parse import unquote
 
@@ -64,12 +67,21 @@ class _Stream:
 class Http2Connection(asyncio.Protocol):
     """One HTTP/2 connection carrying unary calls to one method; many calls may be in flight."""
 
-    def __init__(self, authority: str, path: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        authority: str,
+        path: str,
+        timeout_s: float,
+        *,
+        scheme: str = "http",
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
         never_indexed = [
             hpack.NeverIndexedHeaderTuple(name, value) for name, value in (
-                (":method", "POST"), (":scheme", "http"), (":path", path), (":authority", authority),
+                (":method", "POST"), (":scheme", scheme), (":path", path), (":authority", authority),
                 ("content-type", "application/grpc"), ("te", "trailers"),
                 ("grpc-timeout", f"{max(1, int(timeout_s * 1000))}m"),
+                *((name.lower(), value) for name, value in metadata),
             )
         ]
         # Literals never indexed leave both HPACK tables alone, so this block is valid for every request.
@@ -346,13 +358,39 @@ class Http2Connection(asyncio.Protocol):
                 self._send_data(stream_id, stream)
 
 
-async def open_connection(host: str, port: int, path: str, timeout_s: float) -> Http2Connection:
-    """A connection whose server SETTINGS have arrived (so its limits are known)."""
+async def open_connection(
+    host: str,
+    port: int,
+    path: str,
+    timeout_s: float,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    server_name: str | None = None,
+    authority: str | None = None,
+    metadata: Sequence[tuple[str, str]] = (),
+) -> Http2Connection:
+    """A connection whose server SETTINGS have arrived (so its limits are known).
+
+    With `ssl_context` (which must offer ALPN "h2") the connection is TLS; `server_name` is the name
+    verified against the certificate and sent as SNI (default: `host`). Raises OSError (ssl.SSLError
+    included), ConnectionError, TimeoutError.
+    """
     loop = asyncio.get_running_loop()
+    scheme = "https" if ssl_context is not None else "http"
+
+    def protocol() -> Http2Connection:
+        return Http2Connection(authority or f"{host}:{port}", path, timeout_s, scheme=scheme, metadata=metadata)
 
     async def connect() -> Http2Connection:
-        _, connection = await loop.create_connection(
-            lambda: Http2Connection(f"{host}:{port}", path, timeout_s), host, port)
+        if ssl_context is None:
+            _, connection = await loop.create_connection(protocol, host, port)
+        else:
+            transport, connection = await loop.create_connection(
+                protocol, host, port, ssl=ssl_context, server_hostname=server_name or host)
+            negotiated = transport.get_extra_info("ssl_object")
+            if negotiated is not None and negotiated.selected_alpn_protocol() != "h2":
+                transport.close()
+                raise ConnectionError(f"{host}:{port} did not agree to HTTP/2 over TLS (ALPN h2)")
         await connection.ready
         return connection
 

@@ -7,7 +7,6 @@ sent round-robin, so no tensor is built while load runs.
 from __future__ import annotations
 
 import json
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from server._generated import grpc_service_pb2 as pb
 from server.datatypes import V2_TO_NUMPY
 
 from .spec import Target
+from .transports import http_get
 
 __all__ = [
     "V2_TO_NUMPY",
@@ -28,6 +28,7 @@ __all__ = [
     "Sample",
     "TensorInfo",
     "fetch_model_info",
+    "grpc_channel",
     "random_samples",
     "samples_from_file",
 ]
@@ -53,23 +54,41 @@ class ModelInfo:
 
 
 def fetch_model_info(target: Target, timeout_s: float = 10.0) -> ModelInfo:
-    """The model's V2 metadata over the target's protocol. Raises OSError / grpc.RpcError."""
+    """The model's V2 metadata over the target's protocol, with its TLS settings and headers.
+    Raises OSError / grpc.RpcError."""
     if target.protocol == "http":
         path = f"/v2/models/{target.model}"
         if target.model_version:
             path += f"/versions/{target.model_version}"
-        with urllib.request.urlopen(f"http://{target.host}:{target.port}{path}", timeout=timeout_s) as r:
-            body = json.loads(r.read())
+        body = json.loads(http_get(target.base_url + path, target, timeout_s))
         return ModelInfo(body["name"], _tensors(body.get("inputs", [])), _tensors(body.get("outputs", [])))
     request = pb.ModelMetadataRequest(name=target.model, version=target.model_version)
-    with grpc.insecure_channel(f"{target.host}:{target.port}") as channel:
+    with grpc_channel(target) as channel:
         call = channel.unary_unary(
             METADATA_PATH,
             request_serializer=pb.ModelMetadataRequest.SerializeToString,
             response_deserializer=pb.ModelMetadataResponse.FromString,
         )
-        reply = call(request, timeout=timeout_s)
+        reply = call(request, timeout=timeout_s, metadata=[(k.lower(), v) for k, v in target.headers] or None)
     return ModelInfo(reply.name, _tensors_pb(reply.inputs), _tensors_pb(reply.outputs))
+
+
+def grpc_channel(target: Target) -> grpc.Channel:
+    """A grpcio channel to the target: insecure, or TLS with its CA, client certificate and
+    server name (`grpc.ssl_target_name_override`). Metadata is per call. Raises OSError on a file."""
+    address = f"[{target.host}]:{target.port}" if ":" in target.host else f"{target.host}:{target.port}"
+    if target.tls is None:
+        return grpc.insecure_channel(address)
+    tls = target.tls
+
+    def read(path: Path | None) -> bytes | None:
+        return path.read_bytes() if path is not None else None
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(tls.ca_file), private_key=read(tls.key_file), certificate_chain=read(tls.cert_file)
+    )
+    options = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
+    return grpc.secure_channel(address, credentials, options=options)
 
 
 def random_samples(

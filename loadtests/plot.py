@@ -1,4 +1,5 @@
-"""The PNG: client latency percentiles against delivered throughput, with the server's batch sizes."""
+"""The PNGs: client latency percentiles against delivered throughput, with the server's batch sizes;
+and, for a mixed step, each model's share of requests and latency percentiles."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import matplotlib.pyplot as plt
 
 from .results import StepResult
 
-__all__ = ["plot_latency"]
+__all__ = ["plot_latency", "plot_models"]
 
 
 def plot_latency(
@@ -82,6 +83,33 @@ def plot_latency(
     right.grid(True, alpha=0.3)
     if all(math.isnan(b) for b in batch):
         right.text(0.5, 0.5, "server /metrics not scraped", ha="center", transform=right.transAxes)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_models(path: Path, step: StepResult, *, title: str) -> None:
+    """Left: each model's p50/p95/p99 (log scale). Right: each model's share of the requests sent."""
+    models = step.per_model
+    names = [m.model for m in models]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [2, 1]})
+    width = 0.25
+    for k, (label, attr) in enumerate((("p50", "p50_ms"), ("p95", "p95_ms"), ("p99", "p99_ms"))):
+        left.bar([i + (k - 1) * width for i in range(len(models))],
+                 [max(getattr(m.latency, attr), 1e-3) for m in models], width, label=label)
+    left.set_xticks(range(len(models)), names)
+    left.set_yscale("log")
+    left.set_ylabel("latency (ms, log scale; open loop: from the scheduled send)")
+    left.set_title(title)
+    left.grid(True, axis="y", which="both", alpha=0.3)
+    left.legend(fontsize=8)
+    right.bar(names, [100 * m.share for m in models], color="tab:purple")
+    for i, m in enumerate(models):
+        right.annotate(f"{100 * m.share:.1f}%\n{m.ok} ok", (i, 100 * m.share), ha="center", va="bottom", fontsize=8)
+    right.set_ylabel("share of requests sent (%)")
+    right.set_title("traffic mix")
+    right.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

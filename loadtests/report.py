@@ -14,7 +14,17 @@ from .plan import CapacityPlan
 from .results import StepResult
 from .sweep import SweepResult
 
-__all__ = ["CSV_COLUMNS", "load_steps", "row", "table", "write_csv", "write_json"]
+__all__ = [
+    "CSV_COLUMNS",
+    "MODEL_CSV_COLUMNS",
+    "load_steps",
+    "model_table",
+    "row",
+    "table",
+    "write_csv",
+    "write_json",
+    "write_models_csv",
+]
 
 CSV_COLUMNS = (
     "protocol",
@@ -101,6 +111,41 @@ def table(
             f"| {slo}{mark}"
         )
     return "\n".join(lines)
+
+
+MODEL_CSV_COLUMNS = (
+    "step", "model", "sent", "share", "ok", "errors", "error_rate", "p50_ms", "p95_ms", "p99_ms", "max_ms"
+)
+
+
+def model_table(step: StepResult) -> str:
+    """Per-model lines of a mixed step: share of requests sent, outcome, latency."""
+    head = (
+        f"{'model':<20} {'sent':>8} {'share %':>8} {'ok':>8} {'err %':>6} "
+        f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for m in step.per_model:
+        lines.append(
+            f"{m.model:<20} {m.sent:>8d} {100 * m.share:>8.2f} {m.ok:>8d} {100 * m.error_rate:>6.2f} "
+            f"{m.latency.p50_ms:>8.2f} {m.latency.p95_ms:>8.2f} {m.latency.p99_ms:>8.2f} {m.latency.max_ms:>8.2f}"
+        )
+    return "\n".join(lines)
+
+
+def write_models_csv(path: Path, steps: Sequence[StepResult]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=MODEL_CSV_COLUMNS)
+        writer.writeheader()
+        for i, step in enumerate(steps):
+            for m in step.per_model:
+                writer.writerow({
+                    "step": i, "model": m.model, "sent": m.sent, "share": round(m.share, 5), "ok": m.ok,
+                    "errors": sum(m.errors.values()), "error_rate": round(m.error_rate, 6),
+                    "p50_ms": m.latency.p50_ms, "p95_ms": m.latency.p95_ms, "p99_ms": m.latency.p99_ms,
+                    "max_ms": m.latency.max_ms,
+                })
 
 
 def write_csv(path: Path, steps: Sequence[StepResult], verdicts: Sequence[tuple[bool, str]] | None = None) -> None:

@@ -9,7 +9,39 @@ from typing import Any
 from .histograms import LatencySummary
 from .server_metrics import ServerView
 
-__all__ = ["CLIENT_CPU_BUSY", "CLIENT_LAG_SHARE", "CLIENT_MISSED_SENDS", "StepResult", "client_limited"]
+__all__ = [
+    "CLIENT_CPU_BUSY",
+    "CLIENT_LAG_SHARE",
+    "CLIENT_MISSED_SENDS",
+    "ModelResult",
+    "StepResult",
+    "client_limited",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelResult:
+    """One model's part of a mixed step: its share of the requests sent, its outcome and latency."""
+
+    model: str
+    sent: int
+    """Requests sent to this model within the measured window."""
+    share: float
+    """sent / all requests sent in the window."""
+    ok: int
+    errors: dict[str, int]
+    latency: LatencySummary
+    latency_hdr: str = ""
+
+    @property
+    def error_rate(self) -> float:
+        total = self.ok + sum(self.errors.values())
+        return sum(self.errors.values()) / total if total else 1.0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelResult:
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**fields | {"latency": LatencySummary(**data["latency"])})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,6 +74,8 @@ class StepResult:
     first_error: str = ""
     model: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    per_model: tuple[ModelResult, ...] = ()
+    """Mixed steps (scenario, replay): each model's part; empty for a one-model step."""
 
     @property
     def error_count(self) -> int:
@@ -66,6 +100,7 @@ class StepResult:
         fields["latency"] = LatencySummary(**data["latency"])
         fields["service"] = LatencySummary(**data["service"])
         fields["warnings"] = tuple(data.get("warnings", ()))
+        fields["per_model"] = tuple(ModelResult.from_dict(m) for m in data.get("per_model", ()))
         server = data.get("server")
         fields["server"] = (
             None if server is None else ServerView(**{k: (math.nan if v is None else v) for k, v in server.items()})

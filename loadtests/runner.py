@@ -18,10 +18,11 @@ from typing import Any, TextIO
 
 from . import histograms, server_metrics
 from .generator import WorkerJob, WorkerReport, run_worker, worker_main
-from .results import CLIENT_CPU_BUSY, CLIENT_MISSED_SENDS, StepResult
-from .spec import LoadSpec, Target, ensure_loopback, split_spec
+from .results import CLIENT_CPU_BUSY, CLIENT_MISSED_SENDS, ModelResult, StepResult
+from .spec import LoadSpec, Target, split_spec
+from .traffic import Arrivals, Mix
 
-__all__ = ["Progress", "run_step"]
+__all__ = ["Progress", "make_jobs", "merge_reports", "run_step", "scrape_target"]
 
 START_TIMEOUT_S = 60.0
 
@@ -68,29 +69,49 @@ def run_step(
     *,
     progress: Progress | None = None,
     inline: bool = False,
+    mix: Mix | None = None,
+    arrivals: Arrivals | None = None,
+    ray_address: str | None = None,
 ) -> StepResult:
     """Run one step and return the merged result. Raises RuntimeError when a generator fails.
 
-    `inline` runs a single generator in this process (tests; no progress line, no server scrape
-    in between). Bounded by START_TIMEOUT_S + warmup + duration + request timeout + a margin.
+    `mix` gives per-model results; `arrivals` (open loop) replaces the rate with explicit send times,
+    split round-robin over the generators. `inline` runs a single generator in this process (tests;
+    no progress line, no server scrape in between). `ray_address` runs the generators as Ray actors
+    on that cluster instead of local processes (loadtests.distributed). Bounded by START_TIMEOUT_S +
+    warmup + duration + request timeout + a margin.
     """
-    ensure_loopback(target.host)
-    specs = split_spec(spec)
-    jobs = [WorkerJob(i, target, s, payloads) for i, s in enumerate(specs)]
+    jobs = make_jobs(target, spec, payloads, mix, arrivals)
     before: server_metrics.Scrape | None = None
     after: server_metrics.Scrape | None = None
-    if inline and len(jobs) == 1:
-        before = _scrape(target)
+    if ray_address is not None:
+        from .distributed import run_actors  # Ray is optional: imported only when asked for
+
+        reports, before, after = run_actors(ray_address, target, spec, jobs, mix, progress)
+    elif inline and len(jobs) == 1:
+        before = scrape_target(target, mix)
         report = _run_inline(jobs[0])
-        after = _scrape(target)
+        after = scrape_target(target, mix)
         reports = [report]
     else:
-        reports, before, after = _run_processes(target, spec, jobs, progress)
-    return _merge(target, spec, reports, server_metrics.server_view(before, after))
+        reports, before, after = _run_processes(target, spec, jobs, progress, mix)
+    return merge_reports(target, spec, reports, server_metrics.server_view(before, after), mix)
 
 
-def _scrape(target: Target) -> server_metrics.Scrape | None:
-    return server_metrics.scrape(target.metrics_url, target.model) if target.metrics_url else None
+def make_jobs(
+    target: Target, spec: LoadSpec, payloads: Sequence[bytes], mix: Mix | None, arrivals: Arrivals | None
+) -> list[WorkerJob]:
+    """One job per generator: the spec split over them, and their share of the arrivals."""
+    specs = split_spec(spec)
+    parts = arrivals.split(len(specs)) if arrivals is not None else [None] * len(specs)
+    return [WorkerJob(i, target, s, payloads, mix, a) for i, (s, a) in enumerate(zip(specs, parts, strict=True))]
+
+
+def scrape_target(target: Target, mix: Mix | None = None) -> server_metrics.Scrape | None:
+    """The server's /metrics for the models under load (None: not configured or unreachable)."""
+    if not target.metrics_url:
+        return None
+    return server_metrics.scrape(target.metrics_url, target, mix.models if mix is not None else (target.model,))
 
 
 def _run_inline(job: WorkerJob) -> WorkerReport:
@@ -98,7 +119,7 @@ def _run_inline(job: WorkerJob) -> WorkerReport:
 
 
 def _run_processes(
-    target: Target, spec: LoadSpec, jobs: list[WorkerJob], progress: Progress | None
+    target: Target, spec: LoadSpec, jobs: list[WorkerJob], progress: Progress | None, mix: Mix | None
 ) -> tuple[list[WorkerReport], server_metrics.Scrape | None, server_metrics.Scrape | None]:
     ctx = mp.get_context("spawn")  # never fork a process that may hold grpc threads
     messages: Any = ctx.Queue()
@@ -121,12 +142,12 @@ def _run_processes(
             if now > deadline:
                 raise RuntimeError("generator processes did not finish in time")
             if not scraped_before and now >= window[0]:
-                before, scraped_before = _scrape(target), True
+                before, scraped_before = scrape_target(target, mix), True
             if not scraped_after and now >= window[1]:
-                after, scraped_after = _scrape(target), True
+                after, scraped_after = scrape_target(target, mix), True
             _handle(_get(messages, 0.1), reports, progress)
         if not scraped_after:  # the last report can arrive before the loop saw the window end
-            after = _scrape(target)
+            after = scrape_target(target, mix)
     finally:
         if progress is not None:
             progress.close()
@@ -176,9 +197,14 @@ def _handle(message: tuple[Any, ...] | None, reports: dict[int, WorkerReport], p
         raise RuntimeError(f"generator {message[1]} failed: {message[2]}")
 
 
-def _merge(
-    target: Target, spec: LoadSpec, reports: list[WorkerReport], server: server_metrics.ServerView | None
+def merge_reports(
+    target: Target,
+    spec: LoadSpec,
+    reports: list[WorkerReport],
+    server: server_metrics.ServerView | None,
+    mix: Mix | None = None,
 ) -> StepResult:
+    """One StepResult from the generators' reports: histograms merged exactly, counts summed."""
     latency = histograms.merge_encoded(r.latency for r in reports)
     service = histograms.merge_encoded(r.service for r in reports)
     lag = histograms.summarize(histograms.merge_encoded(r.send_lag for r in reports))
@@ -208,9 +234,36 @@ def _merge(
         server=server,
         warnings=_warnings(spec, reports, lag.p99_ms, missed, cpu),
         latency_hdr=histograms.encode(latency).decode(),
-        model=target.model,
+        model=target.model if mix is None else "+".join(mix.models),
         first_error=next((r.first_error for r in reports if r.first_error), ""),
+        per_model=_per_model(reports, mix),
     )
+
+
+def _per_model(reports: list[WorkerReport], mix: Mix | None) -> tuple[ModelResult, ...]:
+    if mix is None:
+        return ()
+    sent = {m: sum(r.per_model[m].sent for r in reports) for m in mix.models}
+    total = sum(sent.values())
+    results = []
+    for model in mix.models:
+        latency = histograms.merge_encoded(r.per_model[model].latency for r in reports)
+        errors: dict[str, int] = {}
+        for report in reports:
+            for kind, n in report.per_model[model].errors.items():
+                errors[kind] = errors.get(kind, 0) + n
+        results.append(
+            ModelResult(
+                model=model,
+                sent=sent[model],
+                share=sent[model] / total if total else 0.0,
+                ok=sum(r.per_model[model].ok for r in reports),
+                errors=errors,
+                latency=histograms.summarize(latency),
+                latency_hdr=histograms.encode(latency).decode(),
+            )
+        )
+    return tuple(results)
 
 
 def _warnings(

@@ -1,20 +1,50 @@
 """What to load and how hard: frozen settings built once from the command line.
 
 Every load loop is bounded twice, by time (`warmup_s + duration_s`, then `request_timeout_s` to
-drain) and by count (`max_requests`); targets must resolve to loopback addresses only.
+drain) and by count (`max_requests`). A target is any host name, address or URL (loopback is only
+the default), reached in clear text or over TLS, with any headers (gRPC metadata) on every call.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass, replace
+import ssl
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-__all__ = ["LoadSpec", "Target", "ensure_loopback", "split_spec"]
+__all__ = ["LoadSpec", "Target", "TlsOptions", "is_loopback", "parse_url", "split_spec"]
 
 Protocol = Literal["grpc", "http"]
 Mode = Literal["open", "closed"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsOptions:
+    """How the harness speaks TLS to the target (files are read when a connection is set up)."""
+
+    ca_file: Path | None = None
+    """PEM CA bundle the server's certificate must chain to (None: the system's trust store)."""
+    cert_file: Path | None = None
+    """PEM client certificate chain, for mTLS."""
+    key_file: Path | None = None
+    """PEM private key of cert_file."""
+    server_name: str | None = None
+    """Name checked against the server's certificate and sent as SNI (and as the gRPC :authority / HTTP
+    Host), instead of the host connected to: grpcio's `grpc.ssl_target_name_override`."""
+
+    def context(self, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
+        """A client context: certificate and host name verified, TLS 1.2 or newer. Raises OSError or
+        ssl.SSLError when a file cannot be read."""
+        context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.cert_file is not None:
+            context.load_cert_chain(str(self.cert_file), str(self.key_file) if self.key_file else None)
+        if alpn:
+            context.set_alpn_protocols(list(alpn))
+        return context
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -22,7 +52,7 @@ class Target:
     """The server under test and how requests are encoded for it."""
 
     host: str = "127.0.0.1"
-    """Host name or address; must resolve to loopback only."""
+    """Host name or address (any; loopback is the default)."""
     port: int
     """Port of the chosen protocol (gRPC or HTTP)."""
     protocol: Protocol = "grpc"
@@ -38,6 +68,23 @@ class Target:
     """Per-request deadline; a request past it counts as a `timeout` error."""
     metrics_url: str | None = None
     """Prometheus endpoint scraped at the start and end of each measured window (None: don't)."""
+    tls: TlsOptions | None = None
+    """None: clear text (h2c for gRPC)."""
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    """Sent on every call: HTTP headers, or gRPC metadata (names lower-cased); bearer tokens ride here.
+    Not in repr, so a token is never printed."""
+
+    @property
+    def authority(self) -> str:
+        """`host:port` as the server is told it (HTTP Host, gRPC :authority): the TLS server name if set."""
+        name = self.tls.server_name if self.tls is not None and self.tls.server_name else self.host
+        return f"[{name}]:{self.port}" if ":" in name else f"{name}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """`http(s)://host:port` of this target (for HTTP metadata and /metrics on the same port)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls is not None else 'http'}://{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,6 +111,10 @@ class LoadSpec:
     """gRPC channels per process, used round-robin."""
     late_send_ms: float = 2.0
     """Open loop: a send this far behind its intended time counts as missed."""
+    send_spin_ms: float = 0.0
+    """Scheduled sends (scenario, replay): the last this-many ms before a send time are polled rather
+    than slept (0: sleep only). Polling costs generator CPU and pays only on a dedicated core: on a
+    shared machine it measured worse than sleeping (BENCHMARKS.md, "Replay timing")."""
     cpus: tuple[int, ...] = ()
     """CPU affinity of the generator processes (empty: inherit)."""
     seed: int = 0
@@ -113,13 +164,43 @@ def split_spec(spec: LoadSpec) -> list[LoadSpec]:
     ]
 
 
-def ensure_loopback(host: str) -> None:
-    """Raise ValueError unless every address `host` resolves to is a loopback address."""
+_DEFAULT_PORTS = {"grpc": 8001, "grpcs": 8001, "http": 8000, "https": 443}
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedUrl:
+    """What a target URL names: protocol, TLS or not, host and port."""
+
+    protocol: Protocol
+    tls: bool
+    host: str
+    port: int
+
+
+def parse_url(url: str) -> ParsedUrl:
+    """`grpc://h:8001`, `grpcs://h` (gRPC over TLS), `http://h:8000`, `https://h`; a bare `h:port`
+    is gRPC. IPv6 literals in brackets. Raises ValueError for another scheme, a path, or no host."""
+    parts = urlsplit(url if "://" in url else f"grpc://{url}")
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise ValueError(f"target URL {url!r}: scheme must be grpc, grpcs, http or https")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"target URL {url!r}: give the server's address only (no path or query)")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"target URL {url!r}: {exc}") from None
+    if not parts.hostname:
+        raise ValueError(f"target URL {url!r} names no host")
+    protocol: Protocol = "grpc" if scheme.startswith("grpc") else "http"
+    return ParsedUrl(protocol, scheme in ("grpcs", "https"), parts.hostname, port or _DEFAULT_PORTS[scheme])
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address `host` resolves to is a loopback address (False when it does not resolve)."""
     try:
         infos = socket.getaddrinfo(host, None)
-    except socket.gaierror as exc:
-        raise ValueError(f"cannot resolve {host!r}: {exc}") from exc
+    except socket.gaierror:
+        return False
     addresses = {str(info[4][0]).split("%")[0] for info in infos}
-    outside = sorted(a for a in addresses if not ipaddress.ip_address(a).is_loopback)
-    if not addresses or outside:
-        raise ValueError(f"load tests target loopback addresses only; {host!r} resolves to {outside}")
+    return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)

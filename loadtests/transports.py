@@ -4,24 +4,74 @@ gRPC: unary calls over our own HTTP/2 framing (grpc_h2.py: a third of grpcio's c
 bytes in, status out (no protobuf work per request).
 HTTP: a minimal keep-alive HTTP/1.1 client on asyncio protocols, one request per connection at a
 time (as perf_analyzer and tritonclient do); only the status line and body length are parsed.
+Both speak TLS when the target asks for it; the TLS context is built once per client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import itertools
+import ssl
 from collections.abc import Sequence
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
+from urllib.parse import urlsplit
 
 from .grpc_h2 import Http2Connection, grpc_message, open_connection
 from .spec import Target
 
-__all__ = ["GrpcClient", "HttpClient", "HttpStatusError", "InferClient", "make_client"]
+__all__ = ["GrpcClient", "HttpClient", "HttpStatusError", "InferClient", "http_get", "make_client"]
 
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 
 
-class HttpStatusError(Exception):
+def http_get(url: str, target: Target, timeout_s: float = 10.0) -> bytes:
+    """GET `url` (model metadata, /metrics) with the target's TLS settings; the target's headers (its
+    token) go only to the target's own host, and never in clear text when the target itself is
+    reached over TLS. Raises OSError (ssl.SSLError included) or HttpStatusError."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port
+    own = host == target.host and (parts.scheme == "https" or target.tls is None)
+    connection: http.client.HTTPConnection
+    if parts.scheme == "https":
+        tls = target.tls if own and target.tls is not None else None
+        context = tls.context() if tls is not None else ssl.create_default_context()
+        name = (tls.server_name if tls is not None else None) or host
+        connection = _HttpsTo(name, host, port, timeout=timeout_s, context=context)
+    else:
+        connection = http.client.HTTPConnection(host, port, timeout=timeout_s)
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    server_name = target.tls.server_name if own and target.tls is not None else None
+    headers = {"Host": f"{server_name}:{port}" if server_name and port else parts.netloc}
+    headers |= dict(target.headers) if own else {}
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+    except http.client.HTTPException as exc:
+        raise ConnectionError(f"GET {url}: {exc}") from exc
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise HttpStatusError(response.status)
+    return body
+
+
+class _HttpsTo(http.client.HTTPSConnection):
+    """HTTPS to `host` whose certificate is checked against (and SNI says) `server_name`."""
+
+    def __init__(self, server_name: str, host: str, port: int | None, **kwargs: Any) -> None:
+        super().__init__(host, port, **kwargs)
+        self._server_name = server_name
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._server_name)  # type: ignore[attr-defined]
+
+
+class HttpStatusError(OSError):
     def __init__(self, status: int) -> None:
         super().__init__(f"HTTP {status}")
         self.status = status
@@ -49,7 +99,8 @@ class GrpcClient:
     """Unary ModelInfer over `channels` HTTP/2 connections, round-robin; a failed one is reopened."""
 
     def __init__(self, target: Target, payloads: Sequence[bytes], *, channels: int = 1) -> None:
-        self._host, self._port = target.host, target.port
+        self._target = target
+        self._ssl = target.tls.context(alpn=("h2",)) if target.tls is not None else None
         self._messages = [grpc_message(p) for p in payloads]  # length-prefixed once, not per request
         self._timeout = target.request_timeout_s
         self._connections: list[Http2Connection | None] = [None] * max(1, channels)
@@ -77,7 +128,17 @@ class GrpcClient:
             return connection
 
     async def _open(self) -> Http2Connection:
-        return await open_connection(self._host, self._port, INFER_PATH, self._timeout)
+        target = self._target
+        return await open_connection(
+            target.host,
+            target.port,
+            INFER_PATH,
+            self._timeout,
+            ssl_context=self._ssl,
+            server_name=target.tls.server_name if target.tls is not None else None,
+            authority=target.authority,
+            metadata=target.headers,
+        )
 
     async def close(self) -> None:
         for connection in self._connections:
@@ -90,8 +151,15 @@ class HttpClient:
 
     def __init__(self, target: Target, payloads: Sequence[bytes], *, max_connections: int = 1024) -> None:
         self._host, self._port = target.host, target.port
+        self._ssl: ssl.SSLContext | None = None
+        self._server_name: str | None = None
+        if target.tls is not None:
+            self._ssl = target.tls.context(alpn=("http/1.1",))
+            self._server_name = target.tls.server_name or target.host
         # Each request as the writes that send it: the whole request, or its head and its body.
-        self._payloads = [_split(p) if target.http_split_writes else (p,) for p in payloads]
+        # The target's headers (its token) are added here, once, so payloads never carry credentials.
+        requests = [_with_headers(p, target.headers) for p in payloads]
+        self._payloads = [_split(p) if target.http_split_writes else (p,) for p in requests]
         self._timeout = target.request_timeout_s
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(max_connections)
@@ -119,7 +187,10 @@ class HttpClient:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         _, connection = await asyncio.wait_for(
-            loop.create_connection(_Connection, self._host, self._port), self._timeout
+            loop.create_connection(
+                _Connection, self._host, self._port, ssl=self._ssl, server_hostname=self._server_name
+            ),
+            self._timeout,
         )
         return connection
 
@@ -185,6 +256,15 @@ class _Connection(asyncio.Protocol):
             if not keep_alive:
                 self.close()
             self._waiter.set_result(status)
+
+
+def _with_headers(request: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
+    """`request` with `headers` added after its request line."""
+    if not headers:
+        return request
+    line_end = request.index(b"\r\n") + 2
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1")
+    return request[:line_end] + extra + request[line_end:]
 
 
 def _split(request: bytes) -> tuple[bytes, bytes]:

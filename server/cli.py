@@ -187,7 +187,7 @@ def _add_hash_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _add_loadtest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     # Listed for --help only: main() hands `tessera loadtest ...` to the harness's own parser first.
     sub.add_parser("loadtest", add_help=False,
-                   help="the load harness (`tessera loadtest run|sweep|plan ...`, its own flags: "
+                   help="the load harness (`tessera loadtest run|sweep|plan|scenario|replay ...`, its own flags: "
                         "`tessera loadtest --help`); needs the loadtest extra: pip install 'tessera[loadtest]'")
 
 def _add_observability(p: argparse.ArgumentParser) -> None:
@@ -380,7 +380,7 @@ def _run_workers(settings: ServerSettings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["loadtest"]:  # the harness has its own parser: `tessera loadtest run|sweep|plan ...`
+    if argv[:1] == ["loadtest"]:  # the harness has its own parser: run|sweep|plan|scenario|replay
         return _loadtest(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "hash-token":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,3 +29,32 @@ def stall_server_port() -> Iterator[int]:
         proc.wait(timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+_GUARD = {"on": False}
+
+
+def _refuse_non_loopback(event: str, args: tuple[object, ...]) -> None:
+    if not _GUARD["on"] or event != "socket.connect":
+        return
+    address = args[1]
+    if isinstance(address, tuple) and address and isinstance(address[0], str):
+        try:
+            loopback = ipaddress.ip_address(address[0].split("%")[0]).is_loopback
+        except ValueError:
+            return  # a name: resolved to an address before it is connected, and checked then
+        if not loopback:
+            raise RuntimeError(f"a load test tried to connect to {address[0]}: tests send traffic to loopback only")
+
+
+sys.addaudithook(_refuse_non_loopback)
+
+
+@pytest.fixture(autouse=True)
+def loopback_only() -> Iterator[None]:
+    """While a load test runs, a Python-level connect to a non-loopback address raises (the audit
+    hook sees this process's sockets; the generator processes and C clients get loopback targets
+    from the tests themselves)."""
+    _GUARD["on"] = True
+    yield
+    _GUARD["on"] = False

@@ -14,10 +14,11 @@ def latency(p99_ms: float) -> LatencySummary:
                           p95_ms=p99_ms * 0.7, p99_ms=p99_ms, p999_ms=p99_ms * 1.5, max_ms=p99_ms * 2)
 
 
-def server(queue_p99_ms: float = 1.0, compute_p99_ms: float = 1.0) -> ServerView:
+def server(queue_p99_ms: float = 1.0, compute_p99_ms: float = 1.0, pending: float = math.nan) -> ServerView:
     return ServerView(batches=100.0, batch_mean=2.0, batch_p99=8.0, queue_p50_ms=queue_p99_ms / 3,
                       queue_p99_ms=queue_p99_ms, compute_p50_ms=compute_p99_ms / 2,
-                      compute_p99_ms=compute_p99_ms, request_p99_ms=queue_p99_ms + compute_p99_ms)
+                      compute_p99_ms=compute_p99_ms, request_p99_ms=queue_p99_ms + compute_p99_ms,
+                      pending_mean=pending, pending_gauge=pending)
 
 
 def step(level: float, throughput: float, p99_ms: float, *, errors: int = 0, cpu: float = 0.3,

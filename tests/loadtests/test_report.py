@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -70,10 +71,22 @@ def test_plan_command_reads_a_sweep_file(tmp_path: Path, capsys: pytest.CaptureF
     assert (tmp_path / "plan" / "latency.png").exists()
 
 
-def test_targets_off_loopback_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["run", "--host", "10.0.0.1", "--model", "m", "--duration", "1"]) == 2
-    assert "loopback addresses only" in capsys.readouterr().err
-
-
 def test_step_result_keeps_its_histogram() -> None:
     assert StepResult.from_dict(STEPS[100].to_dict()) == STEPS[100]
+
+
+def test_a_mixed_step_keeps_its_per_model_results_through_json(tmp_path: Path) -> None:
+    from loadtests.histograms import LatencySummary
+    from loadtests.report import model_table, write_models_csv
+    from loadtests.results import ModelResult
+
+    latency = LatencySummary(count=30, mean_ms=1.0, p50_ms=1.0, p90_ms=2.0, p95_ms=2.5, p99_ms=3.0, p999_ms=3.0,
+                             max_ms=4.0)
+    parts = (ModelResult(model="a", sent=30, share=0.75, ok=30, errors={}, latency=latency),
+             ModelResult(model="b", sent=10, share=0.25, ok=9, errors={"http_503": 1}, latency=latency))
+    mixed = replace(STEPS[100], per_model=parts)
+    assert StepResult.from_dict(json.loads(json.dumps(mixed.to_dict()))) == mixed
+    text = model_table(mixed)
+    assert "75.00" in text and "25.00" in text and "10.00" in text  # b: 1 error in 10
+    write_models_csv(tmp_path / "models.csv", [mixed])
+    assert (tmp_path / "models.csv").read_text().splitlines()[2].startswith("0,b,10,0.25,9,1,0.1,")

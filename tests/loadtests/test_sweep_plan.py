@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loadtests.plan import classify_bound, plan_capacity
+from loadtests.plan import FleetOptions, classify_bound, plan_capacity
 from loadtests.sweep import Slo, SweepResult, best_of, geometric_levels, run_sweep
 
 from .synthetic import server, step
@@ -79,3 +79,44 @@ def test_geometric_levels() -> None:
     assert geometric_levels(100, 1.5, 3, integer=False) == [100, 150, 225]
     with pytest.raises(ValueError):
         geometric_levels(0, 2, 3, integer=True)
+
+
+# The same replica with the server's autoscaling signals: requests in the server grow with the rate.
+FLEET_CURVE = {400: (400, 3.0, 1.2), 800: (800, 4.0, 3.2), 1600: (1590, 9.0, 14.0), 3200: (2100, 180.0, 380.0)}
+
+
+def _fleet_step(level: float):  # type: ignore[no-untyped-def]
+    delivered, p99, pending = FLEET_CURVE[int(level)]
+    return step(level, delivered, p99, view=server(queue_p99_ms=p99 * 0.8, compute_p99_ms=1.0, pending=pending))
+
+
+def test_fleet_plan_adds_pods_for_a_lost_zone_and_sets_the_hpa_target_at_the_planned_rate() -> None:
+    sweep = run_sweep([400, 800, 1600, 3200], _fleet_step, Slo(p99_ms=25.0))
+    plan = plan_capacity(sweep, 20_000, 0.3, FleetOptions(workers_per_pod=2, zones=3))
+    assert plan.replicas == 18  # 20000 / (1590 * 0.7)
+    # 13 pods carry 20000 at full capacity (12.6); with 3 zones the pods left after losing one must be >= 13:
+    # 18 pods -> 12 left; 20 pods -> 13 left (7 per zone).
+    assert plan.pods == 20
+    # Planned per-pod rate 1113 req/s: pending interpolated between 800 (3.2) and 1590 (14.0).
+    assert plan.hpa_target == pytest.approx(3.2 + (1113 - 800) / (1590 - 800) * (14.0 - 3.2), rel=1e-3)
+    assert plan.hpa_at_best == 14.0
+    text = plan.describe()
+    assert "20 pod(s) x 2 worker(s) per pod, 7 per zone over 3 zones" in text
+    assert "HPA target: tessera_pending_requests" in text and "averageValue 7.48" in text
+    assert "Assumptions:" in text and "scales linearly" in text and "one zone lost" in text
+
+
+def test_fleet_plan_with_queue_p99_signal_one_zone_and_a_floor_of_pods() -> None:
+    sweep = run_sweep([400, 800, 1600, 3200], _fleet_step, Slo(p99_ms=25.0))
+    plan = plan_capacity(sweep, 300, 0.3, FleetOptions(zones=1, hpa_signal="queue-p99", min_pods=2))
+    assert plan.replicas == 1 and plan.pods == 2  # the floor
+    # The target is per pod, at the planned per-pod rate (1113 req/s), whatever the fleet's total:
+    # queue p99 between 800 (3.2 ms) and 1590 req/s (7.2 ms).
+    assert plan.hpa_target == pytest.approx(3.2 + (1113 - 800) / (1590 - 800) * (7.2 - 3.2), rel=1e-3)
+    assert "queue_duration" in plan.describe() and "no zone loss planned" in plan.describe()
+
+
+def test_fleet_plan_without_server_metrics_says_the_target_is_unknown() -> None:
+    sweep = run_sweep([400, 800, 1600, 3200], _run, Slo(p99_ms=25.0))  # synthetic server view: no pending figure
+    plan = plan_capacity(sweep, 2000, 0.3)
+    assert plan.hpa_target is None and "HPA target: unknown" in plan.describe()

@@ -11,7 +11,7 @@ import pytest
 from loadtests.encoding import encode_payloads
 from loadtests.inputs import ModelInfo, TensorInfo, random_samples
 from loadtests.runner import run_step
-from loadtests.spec import LoadSpec, Target, ensure_loopback
+from loadtests.spec import LoadSpec, Target
 from loadtests.transports import _parse_response, _split
 
 INFO = ModelInfo("m", (TensorInfo("x", "FP32", (-1, 4)),), ())
@@ -39,17 +39,6 @@ def test_split_request_is_its_head_then_its_body() -> None:
 def test_connection_close_is_not_reused() -> None:
     raw = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
     assert _parse_response(bytearray(raw)) == (503, False)
-
-
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1"])
-def test_loopback_hosts_are_accepted(host: str) -> None:
-    ensure_loopback(host)
-
-
-@pytest.mark.parametrize("host", ["10.0.0.1", "192.168.1.1", "8.8.8.8"])
-def test_other_hosts_are_refused(host: str) -> None:
-    with pytest.raises(ValueError, match="loopback"):
-        ensure_loopback(host)
 
 
 @pytest.fixture
