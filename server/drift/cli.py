@@ -113,7 +113,12 @@ def _profile(args: argparse.Namespace) -> int:
                                 columns=args.columns, exclude=args.exclude, batch_rows=args.batch_rows)
     except ValueError as exc:
         raise SystemExit(f"tessera profile: {exc}") from exc
-    out = args.out or (profile_path(repository, args.model) if repository is not None else None)
+    return _save(args, repository, profile, "profile")
+
+
+def _save(args: argparse.Namespace, repository: Path | None, profile: WindowSummary, what: str) -> int:
+    """Write `profile` beside the model (or to --out) and/or into Redis, and say where it went."""
+    out = args.out or (profile_path(repository, profile.model) if repository is not None else None)
     if out is None and not args.redis_url:
         raise SystemExit("tessera profile: give --out, --model-repository or --redis-url")
     if out is not None:
@@ -121,7 +126,7 @@ def _profile(args: argparse.Namespace) -> int:
     if args.redis_url:
         asyncio.run(_store(args.redis_url, profile))
     where = ", ".join(str(w) for w in (out, args.redis_url and f"Redis {args.redis_url}") if w)
-    print(f"profile of {args.model}: {profile.rows} rows, {len(profile.features)} features -> {where}")
+    print(f"{what} of {args.model}: {profile.rows} rows, {len(profile.features)} features -> {where}")
     return 0
 
 
@@ -137,16 +142,7 @@ def _output_profile(args: argparse.Namespace) -> int:
         profile = build_output_profile(args.model, args.data, outputs, batch_rows=args.batch_rows)
     except ValueError as exc:
         raise SystemExit(f"tessera profile: {exc}") from exc
-    out = args.out or (profile_path(repository, profile.model) if repository is not None else None)
-    if out is None and not args.redis_url:
-        raise SystemExit("tessera profile: give --out, --model-repository or --redis-url")
-    if out is not None:
-        write_profile_file(profile, out)
-    if args.redis_url:
-        asyncio.run(_store(args.redis_url, profile))
-    where = ", ".join(str(w) for w in (out, args.redis_url and f"Redis {args.redis_url}") if w)
-    print(f"output profile of {args.model}: {profile.rows} rows, {len(profile.features)} features -> {where}")
-    return 0
+    return _save(args, repository, profile, "output profile")
 
 
 async def _store(url: str, profile: WindowSummary) -> None:
