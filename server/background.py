@@ -36,13 +36,19 @@ def spawn(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
     return task
 
 
-async def cancel(*tasks: asyncio.Task[Any] | None) -> None:
-    """Cancel the given tasks (None ones skipped) and wait until they have ended; their crashes were
-    already logged, so nothing is raised here."""
-    running = [t for t in tasks if t is not None]
+async def cancel(*tasks: asyncio.Task[Any] | None, timeout_s: float = 10.0) -> None:
+    """Cancel the given tasks (None ones skipped) and wait until they have ended, at most `timeout_s`:
+    a task stuck in its cleanup (a connection that never closes) must not hold up a shutdown. Their
+    crashes were already logged, so nothing is raised here."""
+    running = [t for t in tasks if t is not None and not t.done()]
     for task in running:
         task.cancel()
-    await asyncio.gather(*running, return_exceptions=True)
+    if not running:
+        return
+    _, stuck = await asyncio.wait(running, timeout=timeout_s)
+    for task in stuck:
+        logger.warning("background task %s did not end within %.0f s of being cancelled", task.get_name(),
+                       timeout_s)
 
 
 async def cancel_remaining(timeout_s: float = 5.0) -> None:

@@ -250,8 +250,8 @@ class FleetRolloutController(RolloutController):
             except _FAILURES:
                 await asyncio.sleep(self._tick_s)
             finally:
-                with contextlib.suppress(*_FAILURES):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                with contextlib.suppress(*_FAILURES, TimeoutError):  # bounded: it runs on cancellation too
+                    await asyncio.wait_for(pubsub.aclose(), 2.0)  # type: ignore[no-untyped-call]
 
     def _note_outage(self, exc: BaseException) -> None:
         if not self._redis_down:
