@@ -16,6 +16,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .encoding import encode_payloads
 from .inputs import fetch_model_info, random_samples, samples_from_file
@@ -144,6 +145,13 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
                         "plan: default the sweep's, else 1)")
 
 
+def _generator_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The LoadSpec fields every kind of step takes from the generator flags alike."""
+    return {"processes": args.processes, "max_requests": args.max_requests, "max_in_flight": args.max_in_flight,
+            "grpc_channels": args.grpc_channels, "seed": args.seed,
+            "cpus": tuple(int(c) for c in args.cpus.split(",") if c.strip())}
+
+
 def _spec(args: argparse.Namespace, level: float | None = None) -> LoadSpec:
     """The step the flags describe; `level` (a sweep's) replaces --rate or --concurrency."""
     is_open = args.mode == "open"
@@ -156,12 +164,7 @@ def _spec(args: argparse.Namespace, level: float | None = None) -> LoadSpec:
         concurrency=concurrency,
         duration_s=args.duration,
         warmup_s=args.warmup,
-        processes=args.processes,
-        max_requests=args.max_requests,
-        max_in_flight=args.max_in_flight,
-        grpc_channels=args.grpc_channels,
-        seed=args.seed,
-        cpus=tuple(int(c) for c in args.cpus.split(",") if c.strip()),
+        **_generator_settings(args),
     )
 
 
@@ -270,12 +273,7 @@ def _run_traffic(
         arrival="constant",
         duration_s=max(span - warmup_s, 0.0) + 1e-3,
         warmup_s=warmup_s,
-        processes=args.processes,
-        max_requests=args.max_requests,
-        max_in_flight=args.max_in_flight,
-        grpc_channels=args.grpc_channels,
-        seed=args.seed,
-        cpus=tuple(int(c) for c in args.cpus.split(",") if c.strip()),
+        **_generator_settings(args),
         send_spin_ms=args.send_spin_ms,
     )
     label = args.label or f"{'+'.join(mix.models)} over {target.protocol}"
