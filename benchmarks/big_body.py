@@ -2,6 +2,7 @@
 elements, another client's single-row requests are timed; the server's peak RSS (VmHWM) is read.
 
     python benchmarks/big_body.py --rounds 5 --server-cpu 0 --load-cpu 1
+    python benchmarks/big_body.py --rounds 5 --rows 8 --server-arg=--max-strings-per-row=0   # cap off
 
 Each round starts a fresh server (`python -m server serve`, pinned with taskset) over a repository
 built here: `strings` (CategoryMapper, BYTES[-1,-1] -> INT64, max_batch_size 8) and `mlp`
@@ -203,7 +204,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--elements", type=int, default=10_000_000, help="two-byte BYTES elements (6 B each)")
-    parser.add_argument("--rows", type=int, default=8, help="rows of the big request (the model's max_batch_size)")
+    parser.add_argument("--rows", type=int, default=40,
+                        help="rows of the big request (the model's max_batch_size); 40 rows of 250,000 strings "
+                             "is the fewest the default --max-strings-per-row accepts for 10 M elements")
     parser.add_argument("--interval-ms", type=float, default=5.0, help="small-request schedule (open loop)")
     parser.add_argument("--lead-s", type=float, default=1.0)
     parser.add_argument("--tail-s", type=float, default=0.5)

@@ -106,6 +106,7 @@ class App:
         self.admission = Admission(settings.body_budget_bytes, settings.rate_limit_rps, settings.rate_limit_burst)
         self.decode_limits = DecodeLimits(max_elements=settings.max_request_elements,
                                           max_bytes=settings.max_request_tensor_bytes,
+                                          max_strings_per_row=settings.max_strings_per_row,
                                           off_loop_bytes=settings.decode_off_loop_bytes)
         self.observability = ObservabilitySidePaths.create(settings, self.metrics.registry, self.manager,
                                                            self.dataplane)

@@ -116,6 +116,10 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--max-request-tensor-bytes", type=int,
                    default=int(env("max-request-tensor-bytes", str(128 << 20)) or 0),
                    help="decoded tensor bytes one inference request may declare (all inputs)")
+    p.add_argument("--max-strings-per-row", type=int,
+                   default=int(env("max-strings-per-row", str(1 << 18)) or 0),
+                   help="BYTES elements per row of a model input (0: no cap); ONNX Runtime converts one "
+                        "row's strings holding the GIL, stalling every other request meanwhile")
     p.add_argument("--decode-off-loop-bytes", type=int,
                    default=int(env("decode-off-loop-bytes", str(1 << 20)) or 0),
                    help="bodies/messages at least this big are decoded on a worker thread")
@@ -311,9 +315,10 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
 
 def _limit_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The bounded-decoding, slow-client and rate-limit settings (issue 11)."""
-    names = ("max_request_elements", "max_request_tensor_bytes", "decode_off_loop_bytes", "body_budget_bytes",
-             "http_header_timeout_s", "http_body_timeout_s", "http_max_header_bytes", "http_max_connections",
-             "grpc_max_connection_idle_s", "rate_limit_rps", "rate_limit_burst", "stream_queue_share")
+    names = ("max_request_elements", "max_request_tensor_bytes", "max_strings_per_row", "decode_off_loop_bytes",
+             "body_budget_bytes", "http_header_timeout_s", "http_body_timeout_s", "http_max_header_bytes",
+             "http_max_connections", "grpc_max_connection_idle_s", "rate_limit_rps", "rate_limit_burst",
+             "stream_queue_share")
     return {name: getattr(args, name) for name in names}
 
 

@@ -114,6 +114,9 @@ class ServerSettings:
     max_request_tensor_bytes: int = 128 << 20
     """Decoded tensor bytes one inference request may declare, all inputs together (BYTES: payload)."""
 
+    max_strings_per_row: int = 1 << 18
+    """BYTES elements per row of a model input (0: no cap): one row's strings are one GIL-held stall."""
+
     decode_off_loop_bytes: int = 1 << 20
     """Bodies and gRPC messages at least this big are decoded on a worker thread, off the event loop."""
 

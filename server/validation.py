@@ -68,13 +68,13 @@ def _as_onnx_strings(name: str, array: Tensor) -> Tensor:
 
 def declared_shape_check(spec: ModelSpec) -> ShapeCheck:
     """The model's check of a declared (not yet decoded) input shape, for the codecs' DecodeLimits:
-    datatype, dims and rows against max_batch_size, before anything is allocated for the input.
-    Inputs the model does not take are left to `prepare_inputs`, which names them."""
+    datatype, dims and rows against max_batch_size, before anything is allocated for the input. It
+    answers the rows the shape declares; inputs the model does not take (None) are left to
+    `prepare_inputs`, which names them."""
 
-    def check(name: str, datatype: str, shape: tuple[int, ...]) -> None:
+    def check(name: str, datatype: str, shape: tuple[int, ...]) -> int | None:
         tensor = spec.input(name)
-        if tensor is not None:
-            _check_tensor(spec, tensor, shape, datatype)
+        return None if tensor is None else _check_tensor(spec, tensor, shape, datatype)
 
     return check
 

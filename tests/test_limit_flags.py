@@ -13,7 +13,8 @@ def _settings(*flags: str) -> ServerSettings:
 def test_defaults_match_the_settings_defaults() -> None:
     parsed = _settings()
     defaults = ServerSettings(model_repository="models")
-    for name in ("max_request_elements", "max_request_tensor_bytes", "decode_off_loop_bytes", "body_budget_bytes",
+    for name in ("max_request_elements", "max_request_tensor_bytes", "max_strings_per_row", "decode_off_loop_bytes",
+                 "body_budget_bytes",
                  "http_header_timeout_s", "http_body_timeout_s", "http_max_header_bytes", "http_max_connections",
                  "grpc_max_connection_idle_s", "rate_limit_rps", "rate_limit_burst", "stream_queue_share"):
         assert getattr(parsed, name) == getattr(defaults, name), name
@@ -22,12 +23,14 @@ def test_defaults_match_the_settings_defaults() -> None:
 
 def test_limit_flags_become_settings() -> None:
     settings = _settings("--max-request-elements", "1000", "--max-request-tensor-bytes", "4096",
+                         "--max-strings-per-row", "0",
                          "--decode-off-loop-bytes", "1", "--body-budget-bytes", "0",
                          "--http-header-timeout-s", "2.5", "--http-body-timeout-s", "4",
                          "--http-max-header-bytes", "8192", "--http-max-connections", "10",
                          "--grpc-max-connection-idle-s", "60", "--rate-limit-rps", "20",
                          "--rate-limit-burst", "40", "--stream-queue-share", "0.5")
     assert (settings.max_request_elements, settings.max_request_tensor_bytes) == (1000, 4096)
+    assert settings.max_strings_per_row == 0
     assert (settings.decode_off_loop_bytes, settings.body_budget_bytes) == (1, 0)
     assert (settings.http_header_timeout_s, settings.http_body_timeout_s) == (2.5, 4.0)
     assert (settings.http_max_header_bytes, settings.http_max_connections) == (8192, 10)

@@ -11,7 +11,8 @@
   expired request is never computed. Cancelled requests (client gone) are skipped.
 - A batch with more than STRING_ELEMENTS_PER_RUN string elements runs as several runs of whole
   rows: ONNX Runtime holds the GIL while it converts string tensors (measured: 0.33 s for 10
-  million), and the event loop must not wait that long.
+  million), and the event loop must not wait that long. A single row cannot be split: the codecs cap
+  the strings in one row (DecodeLimits.max_strings_per_row).
 - Without dynamic batching (or with max_batch_size 0) each request runs alone, through the same queue.
 """
 

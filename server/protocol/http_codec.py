@@ -176,8 +176,7 @@ class _Budget:
 
     def model(self, name: str, datatype: str, shape: tuple[int, ...]) -> None:
         """The model's check, after the entry's own structure is known good, before its data is read."""
-        if self.model_check is not None:
-            self.model_check(name, datatype, shape)
+        self.limits.check_model(name, datatype, shape, self.model_check)
 
     def payload(self, name: str, size: int) -> None:
         self.nbytes += size

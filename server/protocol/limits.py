@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from math import prod
 from typing import ParamSpec, TypeVar
 
 from ..datatypes import V2_TO_NUMPY
@@ -25,8 +26,10 @@ _R = TypeVar("_R")
 MAX_DIMS = 64
 """numpy's own limit on dimensions; the protocol has none, so we state it."""
 
-ShapeCheck = Callable[[str, str, tuple[int, ...]], None]
-"""(input name, datatype, declared shape) -> None; raises InvalidInput. A model's check (validation.py)."""
+ShapeCheck = Callable[[str, str, tuple[int, ...]], int | None]
+"""(input name, datatype, declared shape) -> the rows the shape declares (1 for a model without a
+batch dimension), or None for an input the model does not take; raises InvalidInput. A model's
+check (validation.py)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,6 +44,12 @@ class DecodeLimits:
 
     max_dims: int = MAX_DIMS
     """Dimensions per input shape."""
+
+    max_strings_per_row: int = 1 << 18
+    """BYTES elements per row of a model's input (per tensor, for a model without a batch dimension);
+    0: no cap. ONNX Runtime holds the GIL while it converts a string tensor (about 35 ns an element
+    here) and a batch can only be split into whole rows, so one row's strings are one stall of every
+    other request in the process: 262,144 keep it near 10 ms."""
 
     off_loop_bytes: int = 1 << 20
     """Bodies, messages and responses at least this big are decoded / encoded on a worker thread."""
@@ -76,9 +85,22 @@ class DecodeLimits:
                                f"carry at most {self.max_elements}")
         if datatype in V2_TO_NUMPY and datatype != "BYTES":
             self.check_bytes(name, spent[1] + count * V2_TO_NUMPY[datatype].itemsize)
-        if model_check is not None:
-            model_check(name, datatype, dims)
+        self.check_model(name, datatype, dims, model_check)
         return dims
+
+    def check_model(self, name: str, datatype: str, dims: tuple[int, ...], model_check: ShapeCheck | None) -> None:
+        """The model's check of a declared shape, then the cap on one row's strings (rows are the
+        model's to say); raises InvalidInput."""
+        if model_check is None:
+            return
+        rows = model_check(name, datatype, dims)
+        if datatype != "BYTES" or not rows or not self.max_strings_per_row:
+            return
+        per_row = prod(dims) // rows
+        if per_row > self.max_strings_per_row:
+            raise InvalidInput(f"input '{name}': shape {list(dims)} puts {per_row} BYTES elements in one row; a "
+                               f"row may carry at most {self.max_strings_per_row} (--max-strings-per-row): send "
+                               f"them as more rows or in several requests")
 
     def check_bytes(self, name: str, total: int) -> None:
         """Raise InvalidInput when `total` decoded bytes (this input and earlier ones) exceed the cap."""

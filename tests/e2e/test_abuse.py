@@ -184,6 +184,31 @@ def test_request_over_the_element_cap_is_refused_with_rss_flat(server: RunningSe
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_a_row_over_the_string_cap_is_refused_before_decoding(server: RunningServer, transport: str) -> None:
+    # One row's strings are converted in one GIL-held stall: a row over the cap is refused from its
+    # declared shape; the same strings in more rows are served.
+    message = "puts 262145 BYTES elements in one row; a row may carry at most 262144 (--max-strings-per-row)"
+    if transport == "http":
+        status, body = _http_infer(server, _json_request([2, 262_145], "BYTES"), model="text")
+        assert status == 400 and message in body["error"]
+    else:
+        error = _grpc_infer(server, _grpc_request([2, 262_145], "BYTES", model="text"))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and message in error.details()
+    rows = np.full((4, 131_073), b"ab", dtype=np.object_)  # the same 524,292 strings, under the cap per row
+    if transport == "http":
+        with httpclient.InferenceServerClient(server.http_url) as client:
+            item = httpclient.InferInput("INPUT0", list(rows.shape), "BYTES")
+            item.set_data_from_numpy(rows)
+            result = client.infer("text", [item]).as_numpy("OUTPUT0")
+    else:
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            item = grpcclient.InferInput("INPUT0", list(rows.shape), "BYTES")
+            item.set_data_from_numpy(rows)
+            result = client.infer("text", [item]).as_numpy("OUTPUT0")
+    assert result.shape == (4, 131_073) and result[3, -1] == b"ab"
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
 def test_body_budget_exhausted_is_overloaded(repository: Path, server_factory: Any, transport: str) -> None:
     small = server_factory(repository, body_budget_bytes=1 << 20)
     big = np.zeros((8, 4), np.float32)
@@ -233,7 +258,7 @@ def _text_body(count: int) -> tuple[bytes, int]:
 
 
 def test_a_big_body_does_not_stall_small_requests(server: RunningServer) -> None:
-    body, header_length = _text_body(2_400_000)  # about 14 MB of 1-3 byte elements
+    body, header_length = _text_body(2_000_000)  # about 12 MB of 1-3 byte elements, 250,000 a row
     done = threading.Event()
     outcome: dict[str, Any] = {}
 

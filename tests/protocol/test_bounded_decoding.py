@@ -108,6 +108,45 @@ def test_the_model_check_sees_the_declared_shape_before_the_data(path: int) -> N
     assert seen == [("x", "FP32", (3, 7))]
 
 
+@pytest.mark.parametrize("path", range(4), ids=PATHS)
+def test_a_bytes_row_over_the_string_cap_is_refused_before_the_data(path: int) -> None:
+    def two_rows(name: str, datatype: str, shape: tuple[int, ...]) -> int:
+        return shape[0]
+
+    limits = DecodeLimits(max_strings_per_row=10)
+    # Declared: 2 rows of 11 strings; the data (one short element) is never looked at.
+    grpc_raw = service_pb2.ModelInferRequest(model_name="m")
+    grpc_raw.inputs.add(name="x", datatype="BYTES", shape=[2, 11])
+    grpc_raw.raw_input_contents.append(b"\1\0\0\0a")
+    grpc_typed = service_pb2.ModelInferRequest(model_name="m")
+    grpc_typed.inputs.add(name="x", datatype="BYTES", shape=[2, 11]).contents.bytes_contents.append(b"a")
+    body, length = _http_binary([2, 11], "BYTES", b"\1\0\0\0a")
+    calls = [
+        lambda: http_codec.decode_infer_request(_http_json([2, 11], "BYTES", ["a"]), None, "m", limits=limits,
+                                                model_check=two_rows),
+        lambda: http_codec.decode_infer_request(body, length, "m", limits=limits, model_check=two_rows),
+        lambda: grpc_codec.decode_infer_request(grpc_raw, limits=limits, model_check=two_rows),
+        lambda: grpc_codec.decode_infer_request(grpc_typed, limits=limits, model_check=two_rows),
+    ]
+    with pytest.raises(InvalidInput, match=r"puts 11 BYTES elements in one row; a row may carry at most 10"):
+        calls[path]()
+
+
+def test_the_string_cap_counts_rows_and_can_be_turned_off() -> None:
+    def rows(name: str, datatype: str, shape: tuple[int, ...]) -> int:
+        return shape[0]
+
+    def unbatched(name: str, datatype: str, shape: tuple[int, ...]) -> int:
+        return 1
+
+    capped = DecodeLimits(max_strings_per_row=10)
+    assert capped.check("x", "BYTES", [3, 10], rows) == (3, 10)  # 30 strings, 10 a row
+    assert capped.check("x", "FP32", [1, 11], rows) == (1, 11)  # only BYTES are converted by ORT
+    with pytest.raises(InvalidInput, match="puts 30 BYTES elements in one row"):
+        capped.check("x", "BYTES", [3, 10], unbatched)  # no batch dimension: the tensor is one run
+    assert DecodeLimits(max_strings_per_row=0).check("x", "BYTES", [1, 1000], rows) == (1, 1000)
+
+
 def test_bytes_payload_counts_against_the_byte_cap() -> None:
     blob = serialize_bytes_tensor(np.array([b"x" * 3000], dtype=np.object_))
     body, length = _http_binary([1], "BYTES", blob)
