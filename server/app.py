@@ -95,6 +95,7 @@ class App:
                 redis_url=settings.redis_url,
                 tap_config=TapConfig(window_s=settings.drift_window_s, window_rows=settings.drift_window_rows,
                                      queue_size=settings.drift_queue_size,
+                                     max_features=settings.drift_max_features,
                                      cpu_budget=settings.drift_cpu_budget,
                                      models=frozenset(settings.drift_models) or None,
                                      outputs=settings.drift_outputs),

@@ -91,6 +91,9 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="also close a window after this many rows (0: by time only)")
     p.add_argument("--drift-queue-size", type=int, default=int(env("drift-queue-size", "256") or 256),
                    help="requests waiting to be folded; beyond it they are dropped and counted")
+    p.add_argument("--drift-max-features", type=int,
+                   default=int(env("drift-max-features", "4096") or 4096),
+                   help="an input with more columns than this is not summarised (its requests are counted)")
     p.add_argument("--drift-cpu-budget", type=float, default=float(env("drift-cpu-budget", "0.02") or 0.02),
                    help="share of the serving loop's CPU drift folding may use (above it, traffic is sampled)")
     p.add_argument("--drift-stream-maxlen", type=int, default=int(env("drift-stream-maxlen", "1000") or 1000),
@@ -291,6 +294,7 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
         drift_models=tuple(args.drift_model or [m for m in (env("drift-model") or "").split(",") if m]),
         drift_window_s=args.drift_window_s, drift_window_rows=args.drift_window_rows,
         drift_queue_size=args.drift_queue_size, drift_cpu_budget=args.drift_cpu_budget,
+        drift_max_features=args.drift_max_features,
         drift_stream_maxlen=args.drift_stream_maxlen,
         drift_buffer_windows=args.drift_buffer_windows,
         log_level=args.log_level.upper(),

@@ -92,6 +92,10 @@ class ServerSettings:
     drift_queue_size: int = 256
     """Requests waiting to be folded; beyond it, they are dropped and counted."""
 
+    drift_max_features: int = 4096
+    """Columns of an input beyond which it is not summarised: each column is a summary held for the
+    window, and a client chooses the width of an input with a free dimension."""
+
     drift_cpu_budget: float = 0.02
     """Share of the serving loop's CPU the folding may use; above it, the statistics sample the traffic."""
 

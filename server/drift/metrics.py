@@ -21,6 +21,9 @@ class TapMetrics:
         r = registry
         self.dropped = Counter("tessera_drift_dropped", "Inference observations dropped because the drift "
                                "queue was full.", ("model",), registry=r)
+        self.skipped_inputs = Counter("tessera_drift_skipped_inputs", "Input tensors not summarised because "
+                                      "they have more columns than the drift feature limit.", ("model",),
+                                      registry=r)
         # What drift statistics cost the server, in the unit the CPU budget is set in.
         self.loop_cpu = Counter("tessera_drift_loop_cpu_seconds", "CPU time the serving event loop spent on "
                                 "drift statistics (folding observations, encoding windows).", registry=r)

@@ -57,6 +57,12 @@ class TapConfig:
     max_categories: int = DEFAULT_MAX_CATEGORIES
     """Distinct values counted per integer feature."""
 
+    max_features: int = 4096
+    """Columns of a [batch, F] input beyond which it is not summarised (counted in
+    tessera_drift_skipped_inputs_total): every column is a summary kept for the window, and an input
+    with a free feature dimension lets a client choose F, so without a bound one request could make
+    the window hold millions of them."""
+
     max_drain: int = 64
     """Observations folded per turn of the background task; more waiting shortens the pause after it."""
 
@@ -235,6 +241,9 @@ class DriftTap:
         if is_output_key(model):  # class shares of classifier outputs, folded as one more tensor each
             chunk = [with_classes(o) for o in chunk]
         for name, array in _stack(chunk):
+            if array.ndim == 2 and array.shape[1] > self._config.max_features:
+                self._metrics.skipped_inputs.labels(model).inc()
+                continue
             if array.ndim != 2 or array.shape[0] == 0:
                 summary.fold_array(name, array)
                 yield

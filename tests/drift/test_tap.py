@@ -54,6 +54,17 @@ async def test_models_not_watched_are_ignored(registry: CollectorRegistry) -> No
     assert sink.windows == []
 
 
+async def test_an_input_wider_than_the_feature_limit_is_counted_not_summarised(registry: CollectorRegistry) -> None:
+    # A free feature dimension lets a client pick the width: one summary per column must stay bounded.
+    sink = Collected()
+    tap = DriftTap(sink, TapMetrics(registry), TapConfig(max_features=8))
+    tap.observe("m", "1", {"wide": np.full((2, 9), "ab"), "x": np.zeros((2, 8), dtype=np.float32)}, {})
+    tap.flush(close_all=True)
+    [window] = sink.windows
+    assert window.rows == 2 and {name for name, _ in window.features} == {"x"}
+    assert _value(registry, "tessera_drift_skipped_inputs_total", model="m") == 1
+
+
 async def test_windows_close_by_rows_and_by_time_aligned_to_the_clock(registry: CollectorRegistry) -> None:
     sink, clock = Collected(), StepClock(1_000_000.0 + 5)
     tap = DriftTap(sink, TapMetrics(registry), TapConfig(window_s=60, window_rows=1000), clock=clock,
