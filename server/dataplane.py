@@ -157,15 +157,20 @@ class DataPlane:
         return self._manager.get(name, version or None).spec.config
 
     # -- inference -----------------------------------------------------------------------------
-    async def infer(self, request: InferRequest, creds: Credentials = ANONYMOUS) -> InferResponse:
+    async def infer(self, request: InferRequest, creds: Credentials = ANONYMOUS,
+                    principal: Principal | None = None) -> InferResponse:
         """Run one request through its model version's batcher, once `creds` may infer on its model.
+
+        `principal` is what `authorize` already answered for this request's model, when the
+        transport asked before reading the body (so a token is hashed once per request).
 
         Raises Unauthenticated / PermissionDenied (before anything is counted), ModelNotFound /
         ModelNotReady / InvalidInput / Overloaded / DeadlineExceeded /
         ExecutionFailed; every failure after model resolution is counted against the model.
         """
         observed = observation.requested(request, creds) if observation.ACTIVE is not None else None
-        principal = self.authorize(creds, Scope.INFER, "infer", request.model_name)
+        if principal is None:
+            principal = self.authorize(creds, Scope.INFER, "infer", request.model_name)
         start = time.perf_counter_ns()
         if self._router is not None:
             route = self._router.route(request)

@@ -79,10 +79,11 @@ class InferenceService:
             hold.grow(len(raw))
             msg = await self._limits.off_loop(len(raw), parse_message, pb.ModelInferRequest, raw)
             ids.append(msg.id)
-            self._admission.admit_caller(self._dp.authorize(creds, Scope.INFER, "infer", msg.model_name), creds)
+            principal = self._dp.authorize(creds, Scope.INFER, "infer", msg.model_name)
+            self._admission.admit_caller(principal, creds)
             check = model_shape_check(self._dp.manager, msg.model_name, msg.model_version)
             request = await self._limits.off_loop(len(raw), decode_infer_request, msg, key, self._limits, check)
-            response = await self._dp.infer(request, creds)
+            response = await self._dp.infer(request, creds, principal)
         return await self._limits.off_loop(response_bytes(response), encode_infer_response, response)
 
     async def server_live(self, request: pb.ServerLiveRequest, context: Ctx) -> pb.ServerLiveResponse:

@@ -140,6 +140,23 @@ def test_missing_scope_is_permission_denied_and_never_reaches_the_model(
     assert reader.raw.get_model_metadata("tabular", headers=reader.headers)
 
 
+def test_an_inference_checks_its_token_once(secured: RunningServer, connect: Any,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # The transport checks before it reads the body and hands the answer on: the token's hash is
+    # computed once per request, not again in the DataPlane.
+    authorizer = secured.app.dataplane._authorizer
+    checks: list[str | None] = []
+    original = authorizer.authorize
+
+    def counted(creds: Any, scope: Any, model: str | None = None) -> Any:
+        checks.append(model)
+        return original(creds, scope, model)
+
+    monkeypatch.setattr(authorizer, "authorize", counted)
+    assert connect("t-infer").infer().as_numpy("probabilities").shape == (2, 3)
+    assert checks == ["tabular"]
+
+
 def test_infer_scope_limited_to_a_model_refuses_another_model(secured: RunningServer, connect: Any) -> None:
     client = connect("t-tabular")
     assert client.infer("tabular").as_numpy("label").shape == (2, 1)
