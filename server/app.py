@@ -170,7 +170,7 @@ class App:
             self.file_watcher.add(tls.refresh)
             context = tls.context
         self.grpc_server = GrpcServer(routes, max_message_bytes=s.grpc_max_message_bytes, limits=limits,
-                                      ssl_context=context)
+                                      ssl_context=context, report=self.metrics.report_grpc_transport)
         self.grpc_port = await self.grpc_server.start(_bind(s.host, s.grpc_port, reuse_port=s.workers > 1))
 
     async def _start_grpcio(self) -> None:

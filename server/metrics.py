@@ -11,6 +11,7 @@ any worker's `/metrics` shows the process group, counters summed, gauges by thei
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -79,12 +80,29 @@ class Metrics:
         self.rollout_analysis = Counter("tessera_rollout_analysis", "Rollout step analyses by outcome.",
                                         (*mv, "outcome"), registry=r)
 
+        self.grpc_limits_crossed = Counter("tessera_grpc_limits_crossed", "Times a peer crossed a limit of "
+                                           "Tessera's gRPC transport (answered with a connection or stream "
+                                           "error, or a closed connection), by limit.", ("limit",), registry=r)
+        self.grpc_connections = Gauge("tessera_grpc_connections", "Open connections of Tessera's gRPC transport.",
+                                      registry=r, multiprocess_mode="livesum")
+        self._grpc_reported: dict[str, int] = {}
+
     def for_version(self, labels: Labels) -> VersionMetrics:
         """The label children of one model version, looked up once (labels() takes a lock each call)."""
         found = self._versions.get(labels)
         if found is None:
             found = self._versions[labels] = VersionMetrics(self, labels)
         return found
+
+    def report_grpc_transport(self, crossed: Mapping[str, int], connections: int) -> None:
+        """Export the gRPC transport's own tallies (plain ints on its paths, which must stay cheap
+        under attack); called about once a second, so what a scrape shows lags by at most that."""
+        for limit, count in crossed.items():
+            delta = count - self._grpc_reported.get(limit, 0)
+            if delta > 0:
+                self.grpc_limits_crossed.labels(limit).inc(delta)
+                self._grpc_reported[limit] = count
+        self.grpc_connections.set(connections)
 
     def render(self) -> bytes:
         """The exposition; under `--workers N`, of every worker of the process group (see module doc)."""

@@ -12,7 +12,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import grpc
@@ -294,8 +294,12 @@ class GrpcServer:
     """Listens on one socket; every connection is a GrpcProtocol on the running loop."""
 
     def __init__(self, routes: Mapping[bytes, Rpc], *, max_message_bytes: int, limits: H2Limits | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 report: Callable[[Mapping[str, int], int], None] | None = None) -> None:
+        """`report(limits crossed, open connections)` is called from the sweeper (at most a second
+        apart) and once at stop: how the tallies reach /metrics without touching the hot paths."""
         self.routes = dict(routes)
+        self._report = report
         self.max_message_bytes = max_message_bytes
         self.limits = limits or H2Limits()
         self.counters = LimitCounters()
@@ -319,6 +323,11 @@ class GrpcServer:
             now = time.monotonic()
             for protocol in list(self.connections):
                 protocol.check_timeouts(now)
+            self._report_tallies()
+
+    def _report_tallies(self) -> None:
+        if self._report is not None:
+            self._report(self.counters, len(self.connections))
 
     async def stop(self, grace_s: float) -> None:
         """Drain: stop accepting, GOAWAY every connection, let calls in flight finish (up to
@@ -336,6 +345,7 @@ class GrpcServer:
             self._sweeper.cancel()
         if self._server is not None:
             await self._server.wait_closed()
+        self._report_tallies()
 
     def stats(self) -> dict[str, Any]:
         return {"connections": len(self.connections), "limits_crossed": dict(self.counters)}
