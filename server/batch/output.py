@@ -13,9 +13,14 @@ import pyarrow.parquet as pq
 
 from .location import Location
 
-__all__ = ["REJECTS_DIR", "ROW_GROUP_BYTES", "ROW_GROUP_ROWS", "FileWriter", "remove_partials"]
+__all__ = ["RAY_PART_PREFIX", "RAY_PATH_COLUMN", "REJECTS_DIR", "ROW_GROUP_BYTES", "ROW_GROUP_ROWS", "FileWriter",
+           "remove_partials"]
 
 REJECTS_DIR = "_rejects"
+RAY_PART_PREFIX = "part-"
+"""The Ray engine's output files: part-<input file index>-<write task>-<run id>.parquet."""
+RAY_PATH_COLUMN = "path"
+"""The column Ray Data's read_parquet(include_paths=True) adds: each row's input file."""
 ROW_GROUP_ROWS = 65536
 ROW_GROUP_BYTES = 32 << 20
 _PARTIAL_SUFFIX = ".partial"
@@ -50,6 +55,10 @@ class FileWriter:
         self._pending_rows = 0
         self._pending_bytes = 0
         self.rows = 0
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self._schema
 
     def _open(self) -> pq.ParquetWriter:
         if self._writer is None:
