@@ -3,15 +3,19 @@ engine, read in file-name order."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import posixpath
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import s3fs  # type: ignore[import-untyped]
 
 from server.batch import BatchJob, ModelRef, run_job
 from server.batch.model import load_spec
@@ -19,6 +23,7 @@ from server.batch.planning import plan_job
 from server.batch.ray_engine import RAY_MARKER, ScoringActor, TesseraErrorCarrier, error_from_ray
 from server.errors import InvalidInput
 
+from ..s3_server import CREDENTIALS
 from .data import read_dir, write_tabular
 
 ray = pytest.importorskip("ray")
@@ -72,6 +77,28 @@ def test_the_ray_engine_keeps_each_input_files_row_order(
         assert (mine[1:] > mine[:-1]).all(), f"rows of input file {file} out of order"
     expected = _concatenated(tmp_path / "in").column("id").to_numpy()  # file name order: part-0, part-1, part-10
     assert (ids == expected).all(), "input files out of name order"
+
+
+def test_the_ray_engine_reads_and_writes_s3_in_order(
+        ray_cluster: None, batch_repository: Path, bucket: Any, s3_endpoint: str, tmp_path: Path) -> None:
+    """Ray names each row's file by the path its filesystem lists; the sink must find it among the planned
+    files on an object store too."""
+    s3, name = bucket
+    write_tabular(tmp_path / "in", files=3, rows=20_000, row_group_rows=5_000)
+    for path in sorted((tmp_path / "in").glob("*.parquet")):
+        s3.upload_file(str(path), name, f"data/{path.name}")
+    options = {"endpoint_url": s3_endpoint, **CREDENTIALS}
+    job = _job(batch_repository, tmp_path / "in", tmp_path / "unused", "ray")
+    result = run_job(dataclasses.replace(job, input=f"s3://{name}/data", output=f"s3://{name}/scored",
+                                         storage_options=options))
+    assert (result.scored, result.files_done) == (60_000, 3)
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint, **CREDENTIALS)
+    parts = sorted(p for p in fs.find(f"{name}/scored") if posixpath.basename(p).startswith("part-"))
+    tables = []
+    for part in parts:
+        with fs.open(part, "rb") as handle:
+            tables.append(pq.read_table(handle))
+    assert pa.concat_tables(tables).column("id").equals(_concatenated(tmp_path / "in").column("id"))
 
 
 def test_the_ray_engine_sets_bad_rows_aside(ray_cluster: None, batch_repository: Path, tmp_path: Path) -> None:
