@@ -1,11 +1,11 @@
 """`tessera batch --engine ray`: the same job as a Ray Data pipeline, for tables that outgrow one machine.
 
-read_parquet (the input files in name order) -> map_batches on a pool of actors that each load the model
-once (the same repository and executor code as the local engine) -> OrderedParquetSink. With Ray's
-`preserve_order`, blocks keep their order from read to write and write tasks are numbered in that order;
-the sink writes each task's blocks in order to `part-<task>-<run id>.parquet`. Reading the output in name
-order therefore gives the rows of the input files in name order: the local engine's output files
-concatenated in input order.
+read_parquet (include_paths) -> map_batches on a pool of actors that each load the model once (the same
+repository and executor code as the local engine) -> OrderedParquetSink. With Ray's `preserve_order`,
+each file's blocks keep their order from read to write, and write tasks are numbered in that order; the
+sink writes each task's rows of each input file, in order, to `part-<input file index>-<task>-<run
+id>.parquet`. Reading the output in name order therefore gives the rows of the input files in name
+order: the local engine's output files concatenated in input order.
 """
 
 from __future__ import annotations
@@ -142,6 +142,9 @@ def run_ray(job: BatchJob) -> BatchResult:
     spec, store = load_spec(job.model)
     store.close()
     plan = plan_job(job, spec)
+    if RAY_PATH_COLUMN in plan.columns.read_columns:
+        raise InvalidInput(f"--engine ray: the input has a column '{RAY_PATH_COLUMN}', the name Ray Data gives each "
+                           "row's file (read_parquet include_paths); rename it, or use --engine local")
     _prepare_output(plan.output, plan.identity(job))
     started_here = not ray.is_initialized()
     if started_here:
@@ -164,9 +167,6 @@ def run_ray(job: BatchJob) -> BatchResult:
 def _execute(ray: Any, job: BatchJob, plan: JobPlan) -> None:
     from .ray_sink import OrderedParquetSink
 
-    if RAY_PATH_COLUMN in plan.columns.read_columns:
-        raise InvalidInput(f"--engine ray: the input has a column '{RAY_PATH_COLUMN}', the name Ray Data gives each "
-                           "row's file (read_parquet include_paths); rename it, or use --engine local")
     # Set before any dataset exists: each dataset takes a copy of the current context when it is built.
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True

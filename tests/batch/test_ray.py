@@ -112,6 +112,16 @@ def test_the_ray_engine_sets_bad_rows_aside(ray_cluster: None, batch_repository:
     assert 10 not in pq.read_table(next((tmp_path / "skip").glob("part-*.parquet"))).column("id").to_pylist()
 
 
+def test_a_column_named_path_is_refused_before_ray_starts(batch_repository: Path, tmp_path: Path) -> None:
+    write_tabular(tmp_path / "in", files=1, rows=10, row_group_rows=10)
+    table = pq.read_table(tmp_path / "in" / "part-0.parquet")
+    pq.write_table(table.append_column("path", pa.array(["x"] * 10)), tmp_path / "in" / "part-0.parquet")
+    job = dataclasses.replace(_job(batch_repository, tmp_path / "in", tmp_path / "out", "ray"), keep=("id", "path"))
+    with pytest.raises(InvalidInput, match="column 'path'"):
+        run_job(job)
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_data_in_an_actor_stops_the_job_naming_the_column(batch_repository: Path, tmp_path: Path) -> None:
     """The actor's side, called in-process (no cluster needed): Ray carries the error's text to the driver."""
     write_tabular(tmp_path / "in", files=1, rows=100, row_group_rows=100)
