@@ -13,11 +13,17 @@ import pyarrow.parquet as pq
 
 from .location import Location
 
-__all__ = ["REJECTS_DIR", "ROW_GROUP_BYTES", "ROW_GROUP_ROWS", "FileWriter", "remove_partials"]
+__all__ = ["RAY_PART_PREFIX", "RAY_PATH_COLUMN", "REJECTS_DIR", "ROW_GROUP_BYTES", "ROW_GROUP_ROWS", "FileWriter",
+           "remove_partials"]
 
 REJECTS_DIR = "_rejects"
+RAY_PART_PREFIX = "part-"
+"""The Ray engine's output files: part-<input file index>-<write task>-<run id>.parquet."""
+RAY_PATH_COLUMN = "path"
+"""The column Ray Data's read_parquet(include_paths=True) adds: each row's input file."""
 ROW_GROUP_ROWS = 65536
 ROW_GROUP_BYTES = 32 << 20
+DICTIONARY_PAGE_BYTES = 64 << 10
 _PARTIAL_SUFFIX = ".partial"
 
 
@@ -32,8 +38,11 @@ class FileWriter:
     Batches are gathered into row groups of about `ROW_GROUP_ROWS` rows (or `ROW_GROUP_BYTES`), not
     one per batch. `dictionary_columns` are dictionary-encoded and `statistics_columns` get min/max
     statistics (None: all): a dictionary attempt on float outputs costs 4-5x the whole write and never
-    pays, and statistics on vector outputs cost a third of it and serve no filter. Blocking: call
-    from a writer thread.
+    pays, and statistics on vector outputs cost a third of it and serve no filter. A dictionary page
+    stops at `DICTIONARY_PAGE_BYTES` (pyarrow's default: 1 MiB), then the column goes on plain: a kept
+    column of unique int64 ids gives up after 8,192 values instead of dictionary-encoding whole row
+    groups for nothing (that was 18% of the write); a column of few distinct values keeps it.
+    `write`, `flush`, `commit` and `abort` block: call them from a writer thread; `add` only gathers.
     """
 
     def __init__(self, location: Location, relative: str, schema: pa.Schema,
@@ -51,24 +60,33 @@ class FileWriter:
         self._pending_bytes = 0
         self.rows = 0
 
+    @property
+    def schema(self) -> pa.Schema:
+        return self._schema
+
     def _open(self) -> pq.ParquetWriter:
         if self._writer is None:
             self._fs.create_dir(posixpath.dirname(self._partial), recursive=True)
             self._writer = pq.ParquetWriter(self._partial, self._schema, filesystem=self._fs,
-                                            use_dictionary=self._dictionary, write_statistics=self._statistics)
+                                            use_dictionary=self._dictionary, write_statistics=self._statistics,
+                                            dictionary_pagesize_limit=DICTIONARY_PAGE_BYTES)
         return self._writer
 
     def write(self, batch: pa.RecordBatch) -> None:
-        if not batch.num_rows:
-            return
-        self._pending.append(batch)
-        self._pending_rows += batch.num_rows
-        self._pending_bytes += batch.nbytes
-        self.rows += batch.num_rows
-        if self._pending_rows >= ROW_GROUP_ROWS or self._pending_bytes >= ROW_GROUP_BYTES:
-            self._flush()
+        if self.add(batch):
+            self.flush()
 
-    def _flush(self) -> None:
+    def add(self, batch: pa.RecordBatch) -> bool:
+        """Gather `batch` (no I/O); True when a row group is complete and `flush` should write it."""
+        if batch.num_rows:
+            self._pending.append(batch)
+            self._pending_rows += batch.num_rows
+            self._pending_bytes += batch.nbytes
+            self.rows += batch.num_rows
+        return self._pending_rows >= ROW_GROUP_ROWS or self._pending_bytes >= ROW_GROUP_BYTES
+
+    def flush(self) -> None:
+        """Write what was gathered as one row group."""
         if self._pending:
             self._open().write_table(pa.Table.from_batches(self._pending, schema=self._schema),
                                      row_group_size=self._pending_rows)
@@ -77,7 +95,7 @@ class FileWriter:
     def commit(self) -> None:
         """Close the file and rename it to its final name (atomic on a local file system; on object
         stores the final object appears whole)."""
-        self._flush()
+        self.flush()
         self._open().close()
         self._fs.move(self._partial, self.path)
 

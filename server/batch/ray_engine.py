@@ -1,14 +1,17 @@
 """`tessera batch --engine ray`: the same job as a Ray Data pipeline, for tables that outgrow one machine.
 
-read_parquet -> map_batches on a pool of actors that each load the model once (the same repository and
-executor code as the local engine) -> write_parquet. Order is preserved, and files are named
-`part-<task>-<write uuid>.parquet`, so reading the output in name order gives the rows of the input files in name
+read_parquet (include_paths) -> map_batches on a pool of actors that each load the model once (the same
+repository and executor code as the local engine) -> OrderedParquetSink. With Ray's `preserve_order`,
+each file's blocks keep their order from read to write, and write tasks are numbered in that order; the
+sink writes each task's rows of each input file, in order, to `part-<input file index>-<task>-<run
+id>.parquet`. Reading the output in name order therefore gives the rows of the input files in name
 order: the local engine's output files concatenated in input order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import posixpath
@@ -24,7 +27,7 @@ from .columns import REJECT_REASON, ColumnPlan
 from .job import BatchJob, BatchResult
 from .location import Location, resolve
 from .model import ModelRef, ScoringModel, load_spec
-from .output import REJECTS_DIR, FileWriter
+from .output import RAY_PART_PREFIX, RAY_PATH_COLUMN, REJECTS_DIR, FileWriter
 from .planning import JobPlan, plan_job
 
 __all__ = ["RAY_MARKER", "ScoringActor", "TesseraErrorCarrier", "error_from_ray", "run_ray"]
@@ -32,37 +35,32 @@ __all__ = ["RAY_MARKER", "ScoringActor", "TesseraErrorCarrier", "error_from_ray"
 logger = logging.getLogger(__name__)
 
 RAY_MARKER = "_tessera_ray.json"
-_PART_PREFIX = "part-"
-_PATH_COLUMN = "path"  # what read_parquet(include_paths=True) adds
 
 
 class ScoringActor:
-    """A pool actor: loads the model once, then scores one Arrow table per call."""
+    """A pool actor: loads the model once, then scores one Arrow table per call. The table carries the
+    `path` of each row's input file, and so does what it returns (the sink writes each file's rows apart)."""
 
     def __init__(self, ref: ModelRef, plan: ColumnPlan, on_error: str, output: str,
                  storage_options: dict[str, Any]) -> None:
         self._model = ScoringModel.load(ref)
         self._loop = asyncio.new_event_loop()
         self._loop.run_until_complete(self._model.warm_up())
-        self._plan = plan
+        self._plan = dataclasses.replace(plan, keep=(*plan.keep, RAY_PATH_COLUMN))
         self._on_error = on_error
         self._output = output
         self._storage_options = storage_options
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        source = None
-        if _PATH_COLUMN in table.column_names and _PATH_COLUMN not in self._plan.read_columns:
-            source = table.column(_PATH_COLUMN)
-            table = table.drop_columns([_PATH_COLUMN])
         batches = table.combine_chunks().to_batches()
         batch = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
         prepared = self._plan.prepare(batch, None)
         if prepared.rejects is not None:
             if self._on_error == "fail":
                 reason = prepared.rejects.column(REJECT_REASON)[0].as_py()
-                where = f"{source[0].as_py()}: " if source is not None and len(source) else ""
-                raise TesseraErrorCarrier(f"{where}{reason} (--on-error skip sets such rows aside)")
-            self._write_rejects(prepared.rejects)
+                where = prepared.rejects.column(RAY_PATH_COLUMN)[0].as_py()
+                raise TesseraErrorCarrier(f"{where}: {reason} (--on-error skip sets such rows aside)")
+            self._write_rejects(prepared.rejects.drop_columns([RAY_PATH_COLUMN]))
         outputs = self._model.score_sync(prepared.feeds, self._loop) if prepared.rows else None
         schema = self._plan.output_schema(batch.schema)
         if outputs is None:
@@ -83,17 +81,6 @@ class ScoringActor:
 
 class TesseraErrorCarrier(Exception):
     """Bad data found in an actor; Ray wraps it, and the driver turns it back into InvalidInput."""
-
-
-def _names_provider() -> Any:
-    from ray.data.datasource import FilenameProvider
-
-    class PartNames(FilenameProvider):
-        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-            # Ray requires the write's uuid in the name; the task index first keeps name order = row order.
-            return f"{_PART_PREFIX}{task_index:06d}-{write_uuid}.parquet"
-
-    return PartNames()
 
 
 def _prepare_output(output: Location, identity: dict[str, Any]) -> None:
@@ -130,15 +117,17 @@ def error_from_ray(exc: Exception) -> TesseraError:
 
 
 def _count(output: Location, result: BatchResult) -> None:
+    inputs = set()
     for path in output.files_below(output.path):
         name = posixpath.basename(path)
         if path.startswith(output.join(REJECTS_DIR) + "/") and name.startswith("ray-"):
             table = pq.read_table(path, columns=[REJECT_REASON], filesystem=output.filesystem)
             result.rejected += table.num_rows
             result.reasons.update(table.column(REJECT_REASON).to_pylist())
-        elif name.startswith(_PART_PREFIX) and posixpath.dirname(path) == output.path.rstrip("/"):
+        elif name.startswith(RAY_PART_PREFIX) and posixpath.dirname(path) == output.path.rstrip("/"):
             result.scored += pq.ParquetFile(output.filesystem.open_input_file(path)).metadata.num_rows
-            result.files_done += 1
+            inputs.add(name.split("-")[1])  # part-<input file index>-...
+    result.files_done = len(inputs)
     result.rows = result.scored + result.rejected
 
 
@@ -153,6 +142,9 @@ def run_ray(job: BatchJob) -> BatchResult:
     spec, store = load_spec(job.model)
     store.close()
     plan = plan_job(job, spec)
+    if RAY_PATH_COLUMN in plan.columns.read_columns:
+        raise InvalidInput(f"--engine ray: the input has a column '{RAY_PATH_COLUMN}', the name Ray Data gives each "
+                           "row's file (read_parquet include_paths); rename it, or use --engine local")
     _prepare_output(plan.output, plan.identity(job))
     started_here = not ray.is_initialized()
     if started_here:
@@ -173,21 +165,22 @@ def run_ray(job: BatchJob) -> BatchResult:
 
 
 def _execute(ray: Any, job: BatchJob, plan: JobPlan) -> None:
+    from .ray_sink import OrderedParquetSink
+
+    # Set before any dataset exists: each dataset takes a copy of the current context when it is built.
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = job.progress is not False
     actors = job.ray_actors or max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
-    with_paths = job.on_error == "fail"  # to name the file in the error
-    # One read per input file, joined in the files' order: a single read of the whole list may hand its
-    # files to read tasks in another order, and the output must keep each file's rows where they were.
-    reads = [ray.data.read_parquet(f.path, filesystem=plan.source.filesystem, include_paths=with_paths)
-             for f in plan.source.fragments]
-    dataset = reads[0].union(*reads[1:]) if len(reads) > 1 else reads[0]
-    dataset = dataset.select_columns([*plan.columns.read_columns, *([_PATH_COLUMN] if with_paths else [])])
+    dataset = ray.data.read_parquet([f.path for f in plan.source.fragments], filesystem=plan.source.filesystem,
+                                    include_paths=True)
+    dataset = dataset.select_columns([*plan.columns.read_columns, RAY_PATH_COLUMN])
     scored = dataset.map_batches(
         ScoringActor, fn_constructor_kwargs={"ref": job.model, "plan": plan.columns, "on_error": job.on_error,
                                         "output": job.output, "storage_options": job.storage_options},
         batch_size=job.batch_rows, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=1)
-    scored.write_parquet(plan.output.path, filesystem=plan.output.filesystem, filename_provider=_names_provider(),
-                         use_dictionary=list(plan.columns.keep))  # as the local engine: outputs never pay
+    sink = OrderedParquetSink(job.output, job.storage_options, uuid.uuid4().hex,
+                              files=[f.path for f in plan.source.fragments], dictionary_columns=plan.columns.keep,
+                              statistics_columns=plan.columns.scalar_columns)
+    scored.write_datasink(sink)
