@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -24,6 +24,7 @@ __all__ = ["ACTIVE", "LineLog", "Observability", "RequestObservation", "TracePar
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
+_TRACEPARENT_BYTES, _TRACESTATE_BYTES = TRACEPARENT.encode(), TRACESTATE.encode()
 
 
 class Tracer(Protocol):
@@ -36,8 +37,8 @@ class Tracer(Protocol):
     def record_batch(self, members: Sequence[RequestObservation], rows: int, requests: int, dispatched_ns: int,
                      run_start_ns: int, run_end_ns: int, end_ns: int, model: str, version: str) -> None: ...
 
-    def record_shadow(self, copied: Sequence[Any], start_ns: int, end_ns: int, model: str, candidate: int,
-                      ok: bool) -> None: ...
+    def record_shadow(self, copied: Sequence[RequestObservation], start_ns: int, end_ns: int, model: str,
+                      candidate: int, ok: bool) -> None: ...
 
 
 class LineLog(Protocol):
@@ -113,6 +114,9 @@ class RequestObservation:
 
     request_id = ""
     caller: str | None = None
+    """The authorized principal's name; before authorization, see `caller_name`."""
+    creds: Any = None
+    """The credentials presented (auth.Credentials), kept to describe a caller refused before it had a name."""
     model = ""
     version = ""
     routing = ""
@@ -123,24 +127,26 @@ class RequestObservation:
     dispatched_ns = 0
     served_ns = 0
     encode_ns = 0
+    end_ns = 0
     batch_rows = 0
     batch_requests = 0
     status = 200
     error = ""
     reason = ""
     done = False
-    span: Any = None
-    """The OpenTelemetry request span when this request is traced (sampled)."""
     traced = False
+    """Sampled: the request's spans are emitted when it ends, and the response names its trace."""
     trace_id = 0
     """The trace id: the caller's, or the sampled trace's; 0 when there is none."""
     span_id = 0
+    """The request span's id when traced."""
+    batch: Any = None
+    """The span context of the batch this traced request joined (its request span links to it)."""
 
     def __init__(self, protocol: str, parent: TraceParent | None) -> None:
         self.protocol = protocol
         self.parent = parent
         self.start_ns = time.perf_counter_ns()
-        self.start_wall_ns = time.time_ns()
         if parent is not None:
             self.trace_id = parent.trace_id
 
@@ -185,12 +191,17 @@ class RequestObservation:
             return {}
         if active.request_log is not None:
             active.request_log.record(self, now_ns)
-        if active.tracing is None:
-            return {}
-        if self.span is None:  # not sampled: no trace to point the caller to
+        if not self.traced or active.tracing is None:  # not sampled: no trace to point the caller to
             return {}
         active.tracing.end_request(self, now_ns)
         return {TRACEPARENT: format_traceparent(self.trace_id, self.span_id, True)}
+
+    def caller_name(self) -> str | None:
+        """Who asked: the principal's name once authorized, else what was presented (`describe()`: never
+        a token; hashed here, off the request path, as only a refused request needs it)."""
+        if self.caller is not None or self.creds is None:
+            return self.caller
+        return str(self.creds.describe())
 
     @property
     def trace_id_hex(self) -> str:
@@ -199,17 +210,24 @@ class RequestObservation:
 
 def _begin(protocol: str, traceparent: str | None, tracestate: str | None) -> RequestObservation:
     active = ACTIVE
-    obs = RequestObservation(protocol, parse_traceparent(traceparent, tracestate))
+    obs = RequestObservation(protocol, parse_traceparent(traceparent, tracestate) if traceparent else None)
     _current.set(obs)
     if active is not None and active.tracing is not None:
         active.tracing.start_request(obs)
     return obs
 
 
-def begin_http(headers: Mapping[str, str]) -> RequestObservation:
-    """Start observing an HTTP request (call only when ACTIVE is not None)."""
-    traceparent = headers.get(TRACEPARENT)
-    return _begin("http", traceparent, headers.get(TRACESTATE) if traceparent else None)
+def begin_http(raw_headers: Iterable[tuple[bytes, bytes]]) -> RequestObservation:
+    """Start observing an HTTP request from its ASGI headers (lower-case byte names; call only when ACTIVE
+    is not None). A scan of the raw pairs: a Mapping's `get` of an absent header raises and catches a
+    KeyError, which costs more than the rest of an unsampled request's observation."""
+    traceparent = tracestate = None
+    for key, value in raw_headers:
+        if key == _TRACEPARENT_BYTES:
+            traceparent = value.decode("latin-1")
+        elif key == _TRACESTATE_BYTES:
+            tracestate = value.decode("latin-1")
+    return _begin("http", traceparent, tracestate)
 
 
 def begin_grpc(metadata: Iterable[tuple[str, Any]] | None) -> RequestObservation:
@@ -225,12 +243,10 @@ def begin_grpc(metadata: Iterable[tuple[str, Any]] | None) -> RequestObservation
 
 def requested(request: Any, creds: Any = None) -> RequestObservation | None:
     """The dataplane took `request` (an InferRequest) from `creds` (auth.Credentials): note the request's id
-    and model, and who is asking (`describe()`: never a token), on the current observation."""
+    and model, and who is asking, on the current observation."""
     obs = _current.get()
     if obs is not None:
-        obs.request_id, obs.model = request.id, request.model_name
-        if creds is not None:
-            obs.caller = creds.describe()
+        obs.request_id, obs.model, obs.creds = request.id, request.model_name, creds
     return obs
 
 
@@ -267,7 +283,7 @@ def batch_executed(members: Sequence[BatchMember], rows: int, dispatched_ns: int
         obs = member.observation
         if obs is not None:
             obs.batched(member.enqueued_ns, dispatched_ns, compute_ns, rows, requests)
-            if obs.span is not None:
+            if obs.traced:
                 traced.append(obs)
     active = ACTIVE
     if traced and active is not None and active.tracing is not None:
@@ -281,6 +297,6 @@ def shadow_ran(copied: Sequence[RequestObservation | None], start_ns: int, end_n
     active = ACTIVE
     if active is None or active.tracing is None:
         return
-    contexts = [o.span.get_span_context() if o is not None and o.span is not None else None for o in copied]
-    if any(c is not None for c in contexts):
-        active.tracing.record_shadow(contexts, start_ns, end_ns, model, candidate, ok)
+    traced = [o for o in copied if o is not None and o.traced]
+    if traced:
+        active.tracing.record_shadow(traced, start_ns, end_ns, model, candidate, ok)

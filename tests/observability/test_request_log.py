@@ -94,16 +94,19 @@ def _observation(status: int = 200) -> RequestObservation:
     return obs
 
 
-def test_a_writer_behind_drops_and_counts_and_the_trace_id_comes_from_the_caller() -> None:
+def test_a_writer_behind_drops_and_counts_and_the_trace_id_comes_from_the_caller(tmp_path: Path) -> None:
     registry = CollectorRegistry()
-    log = RequestLog("stderr", queue_size=3, registry=registry)  # not started: nothing drains
+    path = tmp_path / "requests.jsonl"
+    log = RequestLog(str(path), queue_size=3, registry=registry)  # not started: nothing drains
     for _ in range(5):
         log.record(_observation(), time.perf_counter_ns())
     assert registry.get_sample_value("tessera_request_log_dropped_total") == 2
-    from server.request_log import format_line
-
-    line = orjson.loads(format_line(log._lines[0]))
-    assert line["trace_id"] == "ab" * 16
+    log.start()
+    log.stop()
+    lines = [orjson.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == 3 and registry.get_sample_value("tessera_request_log_lines_total") == 3
+    assert all(line["trace_id"] == "ab" * 16 for line in lines)
+    assert len({line["request_id"] for line in lines}) == 3  # the caller sent none: each gets its own
 
 
 def test_a_server_without_tracing_configured_never_imports_opentelemetry(sample_repository: Path) -> None:
