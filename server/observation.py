@@ -168,6 +168,10 @@ class RequestObservation:
     def finish(self) -> dict[str, str]:
         """The response is encoded: end the spans, log. Returns the response's trace headers
         (a `traceparent` naming the request span when the request was traced, else none)."""
+        active = ACTIVE
+        if not self.traced and (active is None or active.request_log is None):  # no span, no line to end
+            self.done = True
+            return {}
         now = time.perf_counter_ns()
         if self.served_ns:
             self.encode_ns = now - self.served_ns

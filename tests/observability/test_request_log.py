@@ -181,3 +181,19 @@ def test_the_caller_is_the_authorized_principal_and_a_refusal_is_logged_without_
     assert ok["caller"] == "alice" and ok["request_id"] == "ok"
     assert refusal["error"] == "Unauthenticated"  # refused by the transport, before the dataplane
     assert "wrong" not in log.read_text() and "alice-secret" not in log.read_text()
+
+
+def test_a_line_is_valid_json_whatever_the_strings_hold(tmp_path: Path) -> None:
+    path = tmp_path / "requests.jsonl"
+    log = RequestLog(str(path))
+    obs = RequestObservation("grpc", None)
+    obs.request_id, obs.model, obs.caller = 'id "quoted"\n\\', "mödel", "cert:CN=\u2603"
+    obs.status, obs.error, obs.reason = 400, "InvalidInput", "input 'x': \"bad\"\tvalue\x01"
+    log.record(obs, time.perf_counter_ns())
+    log.start()
+    log.stop()
+    [line] = [orjson.loads(text) for text in path.read_text(encoding="utf-8").splitlines()]
+    assert list(line) == list(FIELDS)
+    assert (line["request_id"], line["model"], line["caller"]) == ('id "quoted"\n\\', "mödel", "cert:CN=\u2603")
+    assert (line["status"], line["error"], line["reason"]) == (400, "InvalidInput", "input 'x': \"bad\"\tvalue\x01")
+    assert line["trace_id"] == "" and line["e2e_ms"] >= 0 and line["time"].endswith("Z")
