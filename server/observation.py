@@ -30,7 +30,7 @@ _TRACEPARENT_BYTES, _TRACESTATE_BYTES = TRACEPARENT.encode(), TRACESTATE.encode(
 class Tracer(Protocol):
     """server.tracing.Tracing, as the hooks use it (this module sits below it)."""
 
-    def start_request(self, obs: RequestObservation) -> None: ...
+    def sample(self, parent: TraceParent | None) -> tuple[int, int] | None: ...
 
     def end_request(self, obs: RequestObservation, now_ns: int) -> None: ...
 
@@ -56,9 +56,18 @@ class Observability:
     payload_log: bool = False
     """Payload logging reads the request id and trace id of the current observation."""
 
+    @property
+    def every_request(self) -> bool:
+        """Whether every request needs its observation (a log line or a payload record may be made of it),
+        or only the traced ones."""
+        return self.request_log is not None or self.payload_log
+
 
 ACTIVE: Observability | None = None
 """None when nothing is configured: the one check every hook makes first."""
+
+_EVERY_REQUEST = False
+"""ACTIVE.every_request, read once per request."""
 
 _current: ContextVar[RequestObservation | None] = ContextVar("tessera_observation", default=None)
 _ids = random.Random()
@@ -66,14 +75,15 @@ _ids = random.Random()
 
 def install(observability: Observability) -> None:
     """Switch the hooks on for this process (App.start); `uninstall` switches them off again."""
-    global ACTIVE
+    global ACTIVE, _EVERY_REQUEST
     ACTIVE = observability if (observability.tracing or observability.request_log
                                or observability.payload_log) else None
+    _EVERY_REQUEST = observability.every_request
 
 
 def uninstall() -> None:
-    global ACTIVE
-    ACTIVE = None
+    global ACTIVE, _EVERY_REQUEST
+    ACTIVE, _EVERY_REQUEST = None, False
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +120,8 @@ def format_traceparent(trace_id: int, span_id: int, sampled: bool) -> str:
 class RequestObservation:
     """What one inference request did, filled in as it goes; spans and log lines are made from it.
 
-    Fields start as class-level defaults, so a request only pays for what it sets."""
+    Fields start as class-level defaults, so a request only pays for what it sets. Only traced requests
+    get one unless request or payload logs are on: an unsampled request is then not observed at all."""
 
     request_id = ""
     caller: str | None = None
@@ -122,14 +133,13 @@ class RequestObservation:
     routing = ""
     rows = 0
     queue_ns = 0
-    compute_ns = 0
     enqueued_ns = 0
-    dispatched_ns = 0
+    """When it joined the batcher's queue (set for traced requests: their queue span)."""
     served_ns = 0
-    encode_ns = 0
+    """When the dataplane had its outputs (set for traced requests: their encode span)."""
     end_ns = 0
-    batch_rows = 0
-    batch_requests = 0
+    batch_run: tuple[int, int, int, int] | None = None
+    """(dispatched ns, compute ns, rows, requests) of the batch it ran in, shared by the batch's members."""
     status = 200
     error = ""
     reason = ""
@@ -158,11 +168,25 @@ class RequestObservation:
 
     def served(self, rows: int, queue_ns: int) -> None:
         """The dataplane has the outputs; what follows is the transport's encode."""
-        self.rows, self.queue_ns, self.served_ns = rows, queue_ns, time.perf_counter_ns()
+        self.rows, self.queue_ns = rows, queue_ns
+        if self.traced:
+            self.served_ns = time.perf_counter_ns()
 
-    def batched(self, enqueued_ns: int, dispatched_ns: int, compute_ns: int, rows: int, requests: int) -> None:
-        self.enqueued_ns, self.dispatched_ns, self.compute_ns = enqueued_ns, dispatched_ns, compute_ns
-        self.batch_rows, self.batch_requests = rows, requests
+    @property
+    def dispatched_ns(self) -> int:
+        return self.batch_run[0] if self.batch_run is not None else 0
+
+    @property
+    def compute_ns(self) -> int:
+        return self.batch_run[1] if self.batch_run is not None else 0
+
+    @property
+    def batch_rows(self) -> int:
+        return self.batch_run[2] if self.batch_run is not None else 0
+
+    @property
+    def batch_requests(self) -> int:
+        return self.batch_run[3] if self.batch_run is not None else 0
 
     # -- ends ------------------------------------------------------------------------------------
     def finish(self) -> dict[str, str]:
@@ -172,10 +196,7 @@ class RequestObservation:
         if not self.traced and (active is None or active.request_log is None):  # no span, no line to end
             self.done = True
             return {}
-        now = time.perf_counter_ns()
-        if self.served_ns:
-            self.encode_ns = now - self.served_ns
-        return self._end(now)
+        return self._end(time.perf_counter_ns())
 
     def failed(self, error: BaseException) -> dict[str, str]:
         """The request failed with `error` (as the transport maps it). Returns the trace headers."""
@@ -212,19 +233,26 @@ class RequestObservation:
         return f"{self.trace_id:032x}" if self.trace_id else ""
 
 
-def _begin(protocol: str, traceparent: str | None, tracestate: str | None) -> RequestObservation:
+def _begin(protocol: str, traceparent: str | None, tracestate: str | None) -> RequestObservation | None:
     active = ACTIVE
-    obs = RequestObservation(protocol, parse_traceparent(traceparent, tracestate) if traceparent else None)
+    if active is None:
+        return None
+    parent = parse_traceparent(traceparent, tracestate) if traceparent else None
+    ids = active.tracing.sample(parent) if active.tracing is not None else None
+    if ids is None and not _EVERY_REQUEST:  # unsampled, and nothing else wants it: not observed
+        _current.set(None)  # whatever context this task inherited, its hooks see no observation
+        return None
+    obs = RequestObservation(protocol, parent)
+    if ids is not None:
+        obs.traced, obs.trace_id, obs.span_id = True, ids[0], ids[1]
     _current.set(obs)
-    if active is not None and active.tracing is not None:
-        active.tracing.start_request(obs)
     return obs
 
 
-def begin_http(raw_headers: Iterable[tuple[bytes, bytes]]) -> RequestObservation:
+def begin_http(raw_headers: Iterable[tuple[bytes, bytes]]) -> RequestObservation | None:
     """Start observing an HTTP request from its ASGI headers (lower-case byte names; call only when ACTIVE
-    is not None). A scan of the raw pairs: a Mapping's `get` of an absent header raises and catches a
-    KeyError, which costs more than the rest of an unsampled request's observation."""
+    is not None); None when it is not observed. A scan of the raw pairs: a Mapping's `get` of an absent
+    header raises and catches a KeyError, which costs more than the rest of an unsampled request."""
     traceparent = tracestate = None
     for key, value in raw_headers:
         if key == _TRACEPARENT_BYTES:
@@ -234,8 +262,9 @@ def begin_http(raw_headers: Iterable[tuple[bytes, bytes]]) -> RequestObservation
     return _begin("http", traceparent, tracestate)
 
 
-def begin_grpc(metadata: Iterable[tuple[str, Any]] | None) -> RequestObservation:
-    """Start observing a gRPC request from its invocation metadata (call only when ACTIVE is not None)."""
+def begin_grpc(metadata: Iterable[tuple[str, Any]] | None) -> RequestObservation | None:
+    """Start observing a gRPC request from its invocation metadata (call only when ACTIVE is not None);
+    None when it is not observed."""
     traceparent = tracestate = None
     for key, value in metadata or ():
         if key == TRACEPARENT:
@@ -281,13 +310,14 @@ def batch_executed(members: Sequence[BatchMember], rows: int, dispatched_ns: int
                    run_end_ns: int, end_ns: int, model: str, version: str) -> None:
     """The batcher ran a batch: note it on each observed member; trace it if any member is traced."""
     requests = len(members)
-    compute_ns = run_end_ns - run_start_ns
+    run = (dispatched_ns, run_end_ns - run_start_ns, rows, requests)
     traced: list[RequestObservation] = []
     for member in members:
         obs = member.observation
         if obs is not None:
-            obs.batched(member.enqueued_ns, dispatched_ns, compute_ns, rows, requests)
+            obs.batch_run = run
             if obs.traced:
+                obs.enqueued_ns = member.enqueued_ns
                 traced.append(obs)
     active = ACTIVE
     if traced and active is not None and active.tracing is not None:

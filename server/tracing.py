@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .observation import RequestObservation
+from .observation import RequestObservation, TraceParent
 
 __all__ = ["Tracing", "otel_configured"]
 
@@ -95,19 +95,19 @@ class Tracing:
         return bool(self._processor.force_flush(timeout_ms))
 
     # -- request path ----------------------------------------------------------------------------
-    def start_request(self, obs: RequestObservation) -> None:
-        """Decide sampling; a sampled request gets its trace id (the caller's, or a new one) and span id."""
-        parent = obs.parent
+    def sample(self, parent: TraceParent | None) -> tuple[int, int] | None:
+        """Whether a request (continuing `parent`, if any) is traced: then its (trace id, span id), the
+        caller's trace id or a new one; None when not sampled."""
         if parent is None:
             if self._draw() >= self._ratio:  # unsampled: this draw is all it costs
-                return
-            obs.trace_id = self._bits(128) or 1
-        elif self._parent_based:
+                return None
+            return self._bits(128) or 1, self._bits(64) or 1
+        if self._parent_based:
             if not parent.sampled:
-                return
+                return None
         elif (parent.trace_id & _TRACE_ID_LIMIT) >= self._bound:
-            return
-        obs.traced, obs.span_id = True, self._bits(64) or 1
+            return None
+        return parent.trace_id, self._bits(64) or 1
 
     def end_request(self, obs: RequestObservation, now_ns: int) -> None:
         """Emit the request span (a child of the caller's span, linked to its batch) and its children:
