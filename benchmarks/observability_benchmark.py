@@ -132,7 +132,7 @@ class _Request:
     id, model_name = "", "tabular"
 
 
-def _one_request(headers: dict[str, str]) -> None:
+def _one_request(headers: list[tuple[bytes, bytes]]) -> None:
     """The observation calls one request makes, in order, as the transports, dataplane and batcher make them."""
     active = observation.ACTIVE is not None
     obs = observation.begin_http(headers) if active else None
@@ -160,7 +160,8 @@ def hook_cost_us(requests: int = 20_000) -> dict[str, float]:
         "trace_1": lambda: Observability(tracing=Tracing.create(ratio=1.0, exporter=_EncodingExporter())),
         "logs": lambda: Observability(request_log=RequestLog(os.devnull)),
     }
-    headers = {"content-type": "application/octet-stream", "inference-header-content-length": "120"}
+    headers = [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/octet-stream"),
+               (b"inference-header-content-length", b"120"), (b"content-length", b"152")]
     for name, build in configs.items():
         active = build()
         if active is not None:

@@ -113,6 +113,7 @@ class App:
                                                            self.dataplane)
         if self.drift is not None and settings.drift_outputs:
             self.dataplane.set_output_comparison(self.drift.compare_rollout_outputs)
+            self.rollouts.observe_shadow_outputs(self.drift.tap.observe_outputs)
         self._grpc: grpc.aio.Server | None = None
         self.grpc_server: GrpcServer | None = None  # ours, when settings.grpc_server == "ours"
         self._health = health.aio.HealthServicer()

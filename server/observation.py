@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -24,20 +24,21 @@ __all__ = ["ACTIVE", "LineLog", "Observability", "RequestObservation", "TracePar
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
+_TRACEPARENT_BYTES, _TRACESTATE_BYTES = TRACEPARENT.encode(), TRACESTATE.encode()
 
 
 class Tracer(Protocol):
     """server.tracing.Tracing, as the hooks use it (this module sits below it)."""
 
-    def start_request(self, obs: RequestObservation) -> None: ...
+    def sample(self, parent: TraceParent | None) -> tuple[int, int] | None: ...
 
     def end_request(self, obs: RequestObservation, now_ns: int) -> None: ...
 
     def record_batch(self, members: Sequence[RequestObservation], rows: int, requests: int, dispatched_ns: int,
                      run_start_ns: int, run_end_ns: int, end_ns: int, model: str, version: str) -> None: ...
 
-    def record_shadow(self, copied: Sequence[Any], start_ns: int, end_ns: int, model: str, candidate: int,
-                      ok: bool) -> None: ...
+    def record_shadow(self, copied: Sequence[RequestObservation], start_ns: int, end_ns: int, model: str,
+                      candidate: int, ok: bool) -> None: ...
 
 
 class LineLog(Protocol):
@@ -55,9 +56,18 @@ class Observability:
     payload_log: bool = False
     """Payload logging reads the request id and trace id of the current observation."""
 
+    @property
+    def every_request(self) -> bool:
+        """Whether every request needs its observation (a log line or a payload record may be made of it),
+        or only the traced ones."""
+        return self.request_log is not None or self.payload_log
+
 
 ACTIVE: Observability | None = None
 """None when nothing is configured: the one check every hook makes first."""
+
+_EVERY_REQUEST = False
+"""ACTIVE.every_request, read once per request."""
 
 _current: ContextVar[RequestObservation | None] = ContextVar("tessera_observation", default=None)
 _ids = random.Random()
@@ -65,14 +75,15 @@ _ids = random.Random()
 
 def install(observability: Observability) -> None:
     """Switch the hooks on for this process (App.start); `uninstall` switches them off again."""
-    global ACTIVE
+    global ACTIVE, _EVERY_REQUEST
     ACTIVE = observability if (observability.tracing or observability.request_log
                                or observability.payload_log) else None
+    _EVERY_REQUEST = observability.every_request
 
 
 def uninstall() -> None:
-    global ACTIVE
-    ACTIVE = None
+    global ACTIVE, _EVERY_REQUEST
+    ACTIVE, _EVERY_REQUEST = None, False
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,38 +120,43 @@ def format_traceparent(trace_id: int, span_id: int, sampled: bool) -> str:
 class RequestObservation:
     """What one inference request did, filled in as it goes; spans and log lines are made from it.
 
-    Fields start as class-level defaults, so a request only pays for what it sets."""
+    Fields start as class-level defaults, so a request only pays for what it sets. Only traced requests
+    get one unless request or payload logs are on: an unsampled request is then not observed at all."""
 
     request_id = ""
     caller: str | None = None
+    """The authorized principal's name; before authorization, see `caller_name`."""
+    creds: Any = None
+    """The credentials presented (auth.Credentials), kept to describe a caller refused before it had a name."""
     model = ""
     version = ""
     routing = ""
     rows = 0
     queue_ns = 0
-    compute_ns = 0
     enqueued_ns = 0
-    dispatched_ns = 0
+    """When it joined the batcher's queue (set for traced requests: their queue span)."""
     served_ns = 0
-    encode_ns = 0
-    batch_rows = 0
-    batch_requests = 0
+    """When the dataplane had its outputs (set for traced requests: their encode span)."""
+    end_ns = 0
+    batch_run: tuple[int, int, int, int] | None = None
+    """(dispatched ns, compute ns, rows, requests) of the batch it ran in, shared by the batch's members."""
     status = 200
     error = ""
     reason = ""
     done = False
-    span: Any = None
-    """The OpenTelemetry request span when this request is traced (sampled)."""
     traced = False
+    """Sampled: the request's spans are emitted when it ends, and the response names its trace."""
     trace_id = 0
     """The trace id: the caller's, or the sampled trace's; 0 when there is none."""
     span_id = 0
+    """The request span's id when traced."""
+    batch: Any = None
+    """The span context of the batch this traced request joined (its request span links to it)."""
 
     def __init__(self, protocol: str, parent: TraceParent | None) -> None:
         self.protocol = protocol
         self.parent = parent
         self.start_ns = time.perf_counter_ns()
-        self.start_wall_ns = time.time_ns()
         if parent is not None:
             self.trace_id = parent.trace_id
 
@@ -152,20 +168,35 @@ class RequestObservation:
 
     def served(self, rows: int, queue_ns: int) -> None:
         """The dataplane has the outputs; what follows is the transport's encode."""
-        self.rows, self.queue_ns, self.served_ns = rows, queue_ns, time.perf_counter_ns()
+        self.rows, self.queue_ns = rows, queue_ns
+        if self.traced:
+            self.served_ns = time.perf_counter_ns()
 
-    def batched(self, enqueued_ns: int, dispatched_ns: int, compute_ns: int, rows: int, requests: int) -> None:
-        self.enqueued_ns, self.dispatched_ns, self.compute_ns = enqueued_ns, dispatched_ns, compute_ns
-        self.batch_rows, self.batch_requests = rows, requests
+    @property
+    def dispatched_ns(self) -> int:
+        return self.batch_run[0] if self.batch_run is not None else 0
+
+    @property
+    def compute_ns(self) -> int:
+        return self.batch_run[1] if self.batch_run is not None else 0
+
+    @property
+    def batch_rows(self) -> int:
+        return self.batch_run[2] if self.batch_run is not None else 0
+
+    @property
+    def batch_requests(self) -> int:
+        return self.batch_run[3] if self.batch_run is not None else 0
 
     # -- ends ------------------------------------------------------------------------------------
     def finish(self) -> dict[str, str]:
         """The response is encoded: end the spans, log. Returns the response's trace headers
         (a `traceparent` naming the request span when the request was traced, else none)."""
-        now = time.perf_counter_ns()
-        if self.served_ns:
-            self.encode_ns = now - self.served_ns
-        return self._end(now)
+        active = ACTIVE
+        if not self.traced and (active is None or active.request_log is None):  # no span, no line to end
+            self.done = True
+            return {}
+        return self._end(time.perf_counter_ns())
 
     def failed(self, error: BaseException) -> dict[str, str]:
         """The request failed with `error` (as the transport maps it). Returns the trace headers."""
@@ -185,35 +216,55 @@ class RequestObservation:
             return {}
         if active.request_log is not None:
             active.request_log.record(self, now_ns)
-        if active.tracing is None:
-            return {}
-        if self.span is None:  # not sampled: no trace to point the caller to
+        if not self.traced or active.tracing is None:  # not sampled: no trace to point the caller to
             return {}
         active.tracing.end_request(self, now_ns)
         return {TRACEPARENT: format_traceparent(self.trace_id, self.span_id, True)}
+
+    def caller_name(self) -> str | None:
+        """Who asked: the principal's name once authorized, else what was presented (`describe()`: never
+        a token; hashed here, off the request path, as only a refused request needs it)."""
+        if self.caller is not None or self.creds is None:
+            return self.caller
+        return str(self.creds.describe())
 
     @property
     def trace_id_hex(self) -> str:
         return f"{self.trace_id:032x}" if self.trace_id else ""
 
 
-def _begin(protocol: str, traceparent: str | None, tracestate: str | None) -> RequestObservation:
+def _begin(protocol: str, traceparent: str | None, tracestate: str | None) -> RequestObservation | None:
     active = ACTIVE
-    obs = RequestObservation(protocol, parse_traceparent(traceparent, tracestate))
+    if active is None:
+        return None
+    parent = parse_traceparent(traceparent, tracestate) if traceparent else None
+    ids = active.tracing.sample(parent) if active.tracing is not None else None
+    if ids is None and not _EVERY_REQUEST:  # unsampled, and nothing else wants it: not observed
+        _current.set(None)  # whatever context this task inherited, its hooks see no observation
+        return None
+    obs = RequestObservation(protocol, parent)
+    if ids is not None:
+        obs.traced, obs.trace_id, obs.span_id = True, ids[0], ids[1]
     _current.set(obs)
-    if active is not None and active.tracing is not None:
-        active.tracing.start_request(obs)
     return obs
 
 
-def begin_http(headers: Mapping[str, str]) -> RequestObservation:
-    """Start observing an HTTP request (call only when ACTIVE is not None)."""
-    traceparent = headers.get(TRACEPARENT)
-    return _begin("http", traceparent, headers.get(TRACESTATE) if traceparent else None)
+def begin_http(raw_headers: Iterable[tuple[bytes, bytes]]) -> RequestObservation | None:
+    """Start observing an HTTP request from its ASGI headers (lower-case byte names; call only when ACTIVE
+    is not None); None when it is not observed. A scan of the raw pairs: a Mapping's `get` of an absent
+    header raises and catches a KeyError, which costs more than the rest of an unsampled request."""
+    traceparent = tracestate = None
+    for key, value in raw_headers:
+        if key == _TRACEPARENT_BYTES:
+            traceparent = value.decode("latin-1")
+        elif key == _TRACESTATE_BYTES:
+            tracestate = value.decode("latin-1")
+    return _begin("http", traceparent, tracestate)
 
 
-def begin_grpc(metadata: Iterable[tuple[str, Any]] | None) -> RequestObservation:
-    """Start observing a gRPC request from its invocation metadata (call only when ACTIVE is not None)."""
+def begin_grpc(metadata: Iterable[tuple[str, Any]] | None) -> RequestObservation | None:
+    """Start observing a gRPC request from its invocation metadata (call only when ACTIVE is not None);
+    None when it is not observed."""
     traceparent = tracestate = None
     for key, value in metadata or ():
         if key == TRACEPARENT:
@@ -225,12 +276,10 @@ def begin_grpc(metadata: Iterable[tuple[str, Any]] | None) -> RequestObservation
 
 def requested(request: Any, creds: Any = None) -> RequestObservation | None:
     """The dataplane took `request` (an InferRequest) from `creds` (auth.Credentials): note the request's id
-    and model, and who is asking (`describe()`: never a token), on the current observation."""
+    and model, and who is asking, on the current observation."""
     obs = _current.get()
     if obs is not None:
-        obs.request_id, obs.model = request.id, request.model_name
-        if creds is not None:
-            obs.caller = creds.describe()
+        obs.request_id, obs.model, obs.creds = request.id, request.model_name, creds
     return obs
 
 
@@ -261,13 +310,14 @@ def batch_executed(members: Sequence[BatchMember], rows: int, dispatched_ns: int
                    run_end_ns: int, end_ns: int, model: str, version: str) -> None:
     """The batcher ran a batch: note it on each observed member; trace it if any member is traced."""
     requests = len(members)
-    compute_ns = run_end_ns - run_start_ns
+    run = (dispatched_ns, run_end_ns - run_start_ns, rows, requests)
     traced: list[RequestObservation] = []
     for member in members:
         obs = member.observation
         if obs is not None:
-            obs.batched(member.enqueued_ns, dispatched_ns, compute_ns, rows, requests)
-            if obs.span is not None:
+            obs.batch_run = run
+            if obs.traced:
+                obs.enqueued_ns = member.enqueued_ns
                 traced.append(obs)
     active = ACTIVE
     if traced and active is not None and active.tracing is not None:
@@ -281,6 +331,6 @@ def shadow_ran(copied: Sequence[RequestObservation | None], start_ns: int, end_n
     active = ACTIVE
     if active is None or active.tracing is None:
         return
-    contexts = [o.span.get_span_context() if o is not None and o.span is not None else None for o in copied]
-    if any(c is not None for c in contexts):
-        active.tracing.record_shadow(contexts, start_ns, end_ns, model, candidate, ok)
+    traced = [o for o in copied if o is not None and o.traced]
+    if traced:
+        active.tracing.record_shadow(traced, start_ns, end_ns, model, candidate, ok)

@@ -142,6 +142,16 @@ class DriftTap:
         except asyncio.QueueFull:
             self._metrics.dropped.labels(model).inc()
 
+    def observe_outputs(self, model: str, version: str, outputs: dict[str, npt.NDArray[Any]]) -> None:
+        """Hand over outputs computed without a request of their own (a rollout's shadow copies: their
+        inputs were observed with the stable version's request); like `observe`, never blocks or raises."""
+        if not self._config.outputs or (self._models is not None and model not in self._models):
+            return
+        try:
+            self._queue.put_nowait((model, version, {}, outputs))
+        except asyncio.QueueFull:
+            self._metrics.dropped.labels(model).inc()
+
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         """Start the folding task on the running loop (the publisher is started separately)."""
@@ -212,7 +222,8 @@ class DriftTap:
                 except asyncio.QueueEmpty:
                     break
             model, version, inputs, produced = item
-            batch.setdefault(model, []).append(inputs)
+            if inputs:
+                batch.setdefault(model, []).append(inputs)
             if outputs and produced:
                 batch.setdefault(output_key(model, version), []).append(produced)
         now = self._clock()

@@ -82,7 +82,7 @@ class HttpRoutes:
         return _json(documents.encode_model_config(self._dp.model_config(*_model(request), _creds(request))))
 
     async def infer(self, request: Request) -> Response:
-        observed = observation.begin_http(request.headers) if observation.ACTIVE is not None else None
+        observed = observation.begin_http(request.scope["headers"]) if observation.ACTIVE is not None else None
         name, version = _model(request)
         creds = _creds(request)
         principal = self._dp.authorize(creds, Scope.INFER, "infer", name)  # before a byte of the body is read

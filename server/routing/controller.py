@@ -20,7 +20,7 @@ from ..metrics import Metrics
 from ..repository.manager import ModelManager
 from .analysis import analyse, step_complete
 from .evidence import StepEvidence
-from .rollout import Rollout
+from .rollout import Rollout, ShadowOutputs
 from .spec import RolloutSpec, read_rollout_file
 from .state import Phase, RolloutState
 from .store import StateStore
@@ -41,6 +41,12 @@ class RolloutController:
         self.rollouts: dict[str, Rollout] = {}
         self._task: asyncio.Task[None] | None = None
         self._declared: dict[str, tuple[float, int]] = {}  # model -> (rollout.pbtxt mtime, candidate)
+        self._shadow_outputs: ShadowOutputs | None = None
+
+    def observe_shadow_outputs(self, sink: ShadowOutputs) -> None:
+        """Hand the candidate's outputs for shadow copies to `sink` (called before `start`; on the loop,
+        never blocking: the drift tap's bounded queue)."""
+        self._shadow_outputs = sink
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -68,7 +74,7 @@ class RolloutController:
             loaded = self._manager.get(model, str(version))
             return loaded.batcher.submit, loaded.spec.max_batch_size
 
-        rollout = Rollout(state, self._metrics, candidate_submit)
+        rollout = Rollout(state, self._metrics, candidate_submit, self._shadow_outputs)
         self.rollouts[state.model] = rollout
         if state.active:
             rollout.start()

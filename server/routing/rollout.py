@@ -43,6 +43,9 @@ SHADOW_DRAIN_INTERVAL_S = 0.02
 _Copy = tuple[dict[str, Tensor], int, dict[str, Tensor], RequestObservation | None]
 # Resolves a candidate version to (its batcher's submit function, its max_batch_size) when copies run.
 Submitter = Callable[[int], tuple[Callable[..., Awaitable[tuple[dict[str, Tensor], int]]], int]]
+# Takes (model, candidate version, the outputs the candidate computed for a group of copies): the drift tap's
+# output statistics, so that the rollout status compares outputs while the candidate only shadows.
+ShadowOutputs = Callable[[str, str, dict[str, Tensor]], None]
 
 
 def _bucket(key: str) -> int:
@@ -51,11 +54,13 @@ def _bucket(key: str) -> int:
 
 
 class Rollout:
-    def __init__(self, state: RolloutState, metrics: Metrics, submitter: Submitter) -> None:
+    def __init__(self, state: RolloutState, metrics: Metrics, submitter: Submitter,
+                 shadow_outputs: ShadowOutputs | None = None) -> None:
         self.state = state
         self.evidence = StepEvidence()
         self._metrics = metrics
         self._submitter = submitter
+        self._shadow_outputs = shadow_outputs
         self._copies: asyncio.Queue[_Copy] = asyncio.Queue(SHADOW_QUEUE_SIZE)
         self._worker: asyncio.Task[None] | None = None
         labels = (state.model, str(state.candidate_version))
@@ -149,6 +154,8 @@ class Rollout:
                                    self.state.model, self.state.candidate_version, True)
         for _ in group:
             shadow.candidate.record(True, latency_s)
+        if self._shadow_outputs is not None:
+            self._shadow_outputs(self.state.model, str(self.state.candidate_version), candidate_outputs)
         stable_outputs = stack_inputs([c[2] for c in group])
         row_agree, abs_diff, rel_diff = compare_rows(stable_outputs, candidate_outputs,
                                                      self.state.spec.analysis.max_abs_diff)

@@ -173,3 +173,33 @@ def test_a_rollouts_status_shows_candidate_against_stable_outputs(
     assert figure["stable_rows"] > 500 and figure["candidate_rows"] > 500, figure
     assert figure["state"] in expected, figure
     assert "probabilities.class" in figure["features"]
+
+
+def test_a_rollout_in_shadow_shows_the_candidates_outputs_on_the_copies_against_the_stable_ones(
+        tmp_path: Path, server_factory: Callable[..., Any]) -> None:
+    repo = tmp_path / "repo"
+    make_models.make_tabular(repo, version=1, seed=7)
+    make_models.make_tabular(repo, version=2, seed=99)
+    config = repo / "tabular" / "config.pbtxt"
+    config.write_text(config.read_text() + "version_policy { all { } }\n")
+    server = server_factory(repo, state_dir=tmp_path / "state", drift_window_s=60, drift_window_rows=500,
+                            drift_cpu_budget=0.5)
+    spec = {"candidate_version": 2, "shadow": {"percent": 100, "duration_seconds": 3600, "min_requests": 100000},
+            "canary": {"steps": [50], "step_seconds": 3600, "min_requests": 1}}
+    request = urllib.request.Request(f"http://{server.http_url}/v2/models/tabular/rollout",
+                                     data=orjson.dumps(spec), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert orjson.loads(response.read())["phase"] == "SHADOW"
+    _traffic(server.grpc_url, 6, 30)  # 1500 rows, every one answered by version 1 and copied to version 2
+    deadline = time.monotonic() + 20
+    while True:  # copies run and are folded off the request path, a little later
+        status = _rollout_status(server)
+        figure = status["last_analysis"]["output_distribution"]
+        if (figure["stable_rows"] >= 1500 and figure["candidate_rows"] > 500) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert status["phase"] == "SHADOW" and figure["stable_rows"] >= 1500, (status["phase"], figure)
+    assert figure["candidate_rows"] > 500, figure  # the candidate answered nobody: these are its shadow outputs
+    assert figure["state"] == "alert", figure  # another model's outputs
+    assert "probabilities.class" in figure["features"]

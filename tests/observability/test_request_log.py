@@ -94,16 +94,19 @@ def _observation(status: int = 200) -> RequestObservation:
     return obs
 
 
-def test_a_writer_behind_drops_and_counts_and_the_trace_id_comes_from_the_caller() -> None:
+def test_a_writer_behind_drops_and_counts_and_the_trace_id_comes_from_the_caller(tmp_path: Path) -> None:
     registry = CollectorRegistry()
-    log = RequestLog("stderr", queue_size=3, registry=registry)  # not started: nothing drains
+    path = tmp_path / "requests.jsonl"
+    log = RequestLog(str(path), queue_size=3, registry=registry)  # not started: nothing drains
     for _ in range(5):
         log.record(_observation(), time.perf_counter_ns())
     assert registry.get_sample_value("tessera_request_log_dropped_total") == 2
-    from server.request_log import format_line
-
-    line = orjson.loads(format_line(log._lines[0]))
-    assert line["trace_id"] == "ab" * 16
+    log.start()
+    log.stop()
+    lines = [orjson.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == 3 and registry.get_sample_value("tessera_request_log_lines_total") == 3
+    assert all(line["trace_id"] == "ab" * 16 for line in lines)
+    assert len({line["request_id"] for line in lines}) == 3  # the caller sent none: each gets its own
 
 
 def test_a_server_without_tracing_configured_never_imports_opentelemetry(sample_repository: Path) -> None:
@@ -178,3 +181,19 @@ def test_the_caller_is_the_authorized_principal_and_a_refusal_is_logged_without_
     assert ok["caller"] == "alice" and ok["request_id"] == "ok"
     assert refusal["error"] == "Unauthenticated"  # refused by the transport, before the dataplane
     assert "wrong" not in log.read_text() and "alice-secret" not in log.read_text()
+
+
+def test_a_line_is_valid_json_whatever_the_strings_hold(tmp_path: Path) -> None:
+    path = tmp_path / "requests.jsonl"
+    log = RequestLog(str(path))
+    obs = RequestObservation("grpc", None)
+    obs.request_id, obs.model, obs.caller = 'id "quoted"\n\\', "mödel", "cert:CN=\u2603"
+    obs.status, obs.error, obs.reason = 400, "InvalidInput", "input 'x': \"bad\"\tvalue\x01"
+    log.record(obs, time.perf_counter_ns())
+    log.start()
+    log.stop()
+    [line] = [orjson.loads(text) for text in path.read_text(encoding="utf-8").splitlines()]
+    assert list(line) == list(FIELDS)
+    assert (line["request_id"], line["model"], line["caller"]) == ('id "quoted"\n\\', "mödel", "cert:CN=\u2603")
+    assert (line["status"], line["error"], line["reason"]) == (400, "InvalidInput", "input 'x': \"bad\"\tvalue\x01")
+    assert line["trace_id"] == "" and line["e2e_ms"] >= 0 and line["time"].endswith("Z")
