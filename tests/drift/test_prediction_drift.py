@@ -145,10 +145,9 @@ def _rollout_status(server: Any) -> dict[str, Any]:
         return orjson.loads(response.read())  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize(("candidate_seed", "expected"), [pytest.param(7, {"ok", "warn"}, id="same-model"),
-                                                          pytest.param(99, {"alert"}, id="other-model")])
-def test_a_rollouts_status_shows_candidate_against_stable_outputs(
-        tmp_path: Path, server_factory: Callable[..., Any], candidate_seed: int, expected: set[str]) -> None:
+def _rollout(tmp_path: Path, server_factory: Callable[..., Any], candidate_seed: int,
+             spec: dict[str, Any]) -> Any:
+    """A server with tabular versions 1 (seed 7) and 2 (`candidate_seed`), rolling out 2 by `spec`."""
     repo = tmp_path / "repo"
     make_models.make_tabular(repo, version=1, seed=7)
     make_models.make_tabular(repo, version=2, seed=candidate_seed)
@@ -156,50 +155,48 @@ def test_a_rollouts_status_shows_candidate_against_stable_outputs(
     config.write_text(config.read_text() + "version_policy { all { } }\n")
     server = server_factory(repo, state_dir=tmp_path / "state", drift_window_s=60, drift_window_rows=500,
                             drift_cpu_budget=0.5)
-    spec = {"candidate_version": 2, "shadow": {"percent": 0},
-            "canary": {"steps": [50], "step_seconds": 3600, "min_requests": 1}}
     request = urllib.request.Request(f"http://{server.http_url}/v2/models/tabular/rollout",
-                                     data=orjson.dumps(spec), method="POST",
+                                     data=orjson.dumps({"candidate_version": 2, **spec}), method="POST",
                                      headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        assert orjson.loads(response.read())["phase"] == "CANARY"
-    _traffic(server.grpc_url, 6, 60)  # 3000 rows, about half to each arm
+    urllib.request.urlopen(request, timeout=30).close()
+    return server
+
+
+def _output_figure(server: Any, stable_rows: int, candidate_rows: int) -> tuple[str, dict[str, Any]]:
+    """(phase, output comparison) once both arms hold enough rows, or after 20 s: the side path folds
+    off the request path, a little later."""
     deadline = time.monotonic() + 20
-    while True:  # the side path folds off the request path, a little later
-        figure = _rollout_status(server)["last_analysis"]["output_distribution"]
-        if (figure["stable_rows"] > 500 and figure["candidate_rows"] > 500) or time.monotonic() > deadline:
-            break
+    while True:
+        status = _rollout_status(server)
+        figure = status["last_analysis"]["output_distribution"]
+        if (figure["stable_rows"] >= stable_rows and figure["candidate_rows"] >= candidate_rows) or (
+                time.monotonic() > deadline):
+            return status["phase"], figure
         time.sleep(0.1)
-    assert figure["stable_rows"] > 500 and figure["candidate_rows"] > 500, figure
+
+
+CANARY_50 = {"canary": {"steps": [50], "step_seconds": 3600, "min_requests": 1}}
+
+
+@pytest.mark.parametrize(("candidate_seed", "expected"), [pytest.param(7, {"ok", "warn"}, id="same-model"),
+                                                          pytest.param(99, {"alert"}, id="other-model")])
+def test_a_rollouts_status_shows_candidate_against_stable_outputs(
+        tmp_path: Path, server_factory: Callable[..., Any], candidate_seed: int, expected: set[str]) -> None:
+    server = _rollout(tmp_path, server_factory, candidate_seed, {"shadow": {"percent": 0}, **CANARY_50})
+    _traffic(server.grpc_url, 6, 60)  # 3000 rows, about half to each arm
+    phase, figure = _output_figure(server, 501, 501)
+    assert phase == "CANARY" and figure["stable_rows"] > 500 and figure["candidate_rows"] > 500, figure
     assert figure["state"] in expected, figure
     assert "probabilities.class" in figure["features"]
 
 
 def test_a_rollout_in_shadow_shows_the_candidates_outputs_on_the_copies_against_the_stable_ones(
         tmp_path: Path, server_factory: Callable[..., Any]) -> None:
-    repo = tmp_path / "repo"
-    make_models.make_tabular(repo, version=1, seed=7)
-    make_models.make_tabular(repo, version=2, seed=99)
-    config = repo / "tabular" / "config.pbtxt"
-    config.write_text(config.read_text() + "version_policy { all { } }\n")
-    server = server_factory(repo, state_dir=tmp_path / "state", drift_window_s=60, drift_window_rows=500,
-                            drift_cpu_budget=0.5)
-    spec = {"candidate_version": 2, "shadow": {"percent": 100, "duration_seconds": 3600, "min_requests": 100000},
-            "canary": {"steps": [50], "step_seconds": 3600, "min_requests": 1}}
-    request = urllib.request.Request(f"http://{server.http_url}/v2/models/tabular/rollout",
-                                     data=orjson.dumps(spec), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        assert orjson.loads(response.read())["phase"] == "SHADOW"
+    server = _rollout(tmp_path, server_factory, 99, {
+        "shadow": {"percent": 100, "duration_seconds": 3600, "min_requests": 100000}, **CANARY_50})
     _traffic(server.grpc_url, 6, 30)  # 1500 rows, every one answered by version 1 and copied to version 2
-    deadline = time.monotonic() + 20
-    while True:  # copies run and are folded off the request path, a little later
-        status = _rollout_status(server)
-        figure = status["last_analysis"]["output_distribution"]
-        if (figure["stable_rows"] >= 1500 and figure["candidate_rows"] > 500) or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert status["phase"] == "SHADOW" and figure["stable_rows"] >= 1500, (status["phase"], figure)
+    phase, figure = _output_figure(server, 1500, 501)
+    assert phase == "SHADOW" and figure["stable_rows"] >= 1500, (phase, figure)
     assert figure["candidate_rows"] > 500, figure  # the candidate answered nobody: these are its shadow outputs
     assert figure["state"] == "alert", figure  # another model's outputs
     assert "probabilities.class" in figure["features"]
