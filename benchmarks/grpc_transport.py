@@ -29,8 +29,8 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from loadtests.compare_perf_analyzer import run_perf_analyzer
-from loadtests.server_process import ServerProcess, free_port, http_ready, tcp_ready
+from benchmarks.compare_perf_analyzer import run_perf_analyzer
+from benchmarks.server_process import ServerProcess, free_port, http_ready, tcp_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "model_repository"))
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     ours, ours_http, ours_grpc = _tessera(repository, "ours", args.server_cpus, args.out)
     grpcio, grpcio_http, grpcio_grpc = _tessera(repository, "grpcio", args.server_cpus, args.out)
     bare_port = free_port()
-    bare = ServerProcess([sys.executable, "-m", "loadtests.bare_server", "--model-repository", str(repository),
+    bare = ServerProcess([sys.executable, "-m", "benchmarks.bare_server", "--model-repository", str(repository),
                           "--port", str(bare_port)], ready=tcp_ready(bare_port), log=args.out / "bare.log",
                          cpus=args.server_cpus, cwd=ROOT)
     w2, w2_http, w2_grpc = _tessera(repository, "ours", args.server_cpus, args.out, workers=2)
