@@ -26,28 +26,38 @@ def _expected(spec: ModelSpec, tensor: TensorSpec) -> str:
 
 def _check_tensor(spec: ModelSpec, tensor: TensorSpec, shape: tuple[int, ...], datatype: str) -> int:
     """Validate one input's shape and datatype; return its batch size (1 for unbatched models)."""
-    got = shape_text(datatype, shape)
+    # Runs twice per request (declared shape, then decoded array): the messages are built only on failure.
     if datatype != tensor.datatype:
-        raise InvalidInput(f"input '{tensor.name}': expected {_expected(spec, tensor)}, got {got}")
-    if spec.batched:
-        if len(shape) != len(tensor.dims) + 1 or not _dims_match(tensor.dims, shape[1:]):
-            raise InvalidInput(f"input '{tensor.name}': expected {_expected(spec, tensor)}, got {got}")
+        raise _mismatch(spec, tensor, shape, datatype)
+    if spec.max_batch_size > 0:
+        if len(shape) != len(tensor.dims) + 1 or not _dims_match(tensor.dims, shape, 1):
+            raise _mismatch(spec, tensor, shape, datatype)
         rows = int(shape[0])
         if rows < 1:
-            raise InvalidInput(f"input '{tensor.name}': batch size must be at least 1, got {got}")
+            raise InvalidInput(f"input '{tensor.name}': batch size must be at least 1, got "
+                               f"{shape_text(datatype, shape)}")
         if rows > spec.max_batch_size:
             raise InvalidInput(
                 f"input '{tensor.name}': batch size {rows} exceeds the model's max_batch_size "
                 f"{spec.max_batch_size}"
             )
         return rows
-    if len(shape) != len(tensor.dims) or not _dims_match(tensor.dims, shape):
-        raise InvalidInput(f"input '{tensor.name}': expected {_expected(spec, tensor)}, got {got}")
+    if len(shape) != len(tensor.dims) or not _dims_match(tensor.dims, shape, 0):
+        raise _mismatch(spec, tensor, shape, datatype)
     return 1
 
 
-def _dims_match(expected: tuple[int, ...], got: tuple[int, ...]) -> bool:
-    return all(e == -1 or e == g for e, g in zip(expected, got, strict=True))
+def _mismatch(spec: ModelSpec, tensor: TensorSpec, shape: tuple[int, ...], datatype: str) -> InvalidInput:
+    return InvalidInput(f"input '{tensor.name}': expected {_expected(spec, tensor)}, got "
+                        f"{shape_text(datatype, shape)}")
+
+
+def _dims_match(expected: tuple[int, ...], got: tuple[int, ...], offset: int) -> bool:
+    """Whether `got[offset:]` fits `expected` (-1: any size); the lengths are already known to agree."""
+    for index, dim in enumerate(expected, offset):
+        if dim != -1 and dim != got[index]:
+            return False
+    return True
 
 
 def _as_onnx_strings(name: str, array: Tensor) -> Tensor:
