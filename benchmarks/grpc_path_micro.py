@@ -7,7 +7,7 @@ encoder makes them, the protobuf request perf_analyzer sends, a WINDOW_UPDATE); 
 are awaited before the next. Figure: process CPU time (every thread: ONNX Runtime's included) / calls.
 This is the part of the benchmark's "server CPU per request" that code changes here can move.
 
-    taskset -c 0 python -m benchmarks.grpc_path_micro [--calls-per-read 32] [--reads 600] [--profile]
+    taskset -c 0 python -m benchmarks.grpc_path_micro [--calls-per-read 32] [--reads 300] [--profile]
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from server.settings import ServerSettings
 from .grpc_transport_micro import _Transport
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model_repository"))
-import make_models  # noqa: E402 - the sample models' builder lives beside them
+import make_models  # the sample models' builder lives beside them
 
 PATH = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -70,7 +70,8 @@ def _reads(count: int, per_read: int, message: bytes) -> list[bytes]:
     return reads
 
 
-async def measure(app: App, reads: list[bytes], per_read: int, profile: bool) -> tuple[float, float, float]:
+async def measure(app: App, reads: list[bytes], per_read: int, profile: bool, sort: str = "tottime"
+                  ) -> tuple[float, float, float]:
     """(us of process CPU per call, of which the event loop's thread, us of wall time per call)."""
     assert app.grpc_server is not None
     protocol = GrpcProtocol(app.grpc_server)
@@ -101,7 +102,7 @@ async def measure(app: App, reads: list[bytes], per_read: int, profile: bool) ->
     cpu, loop_cpu, wall = time.process_time() - cpu0, time.thread_time() - loop0, time.perf_counter() - wall0
     if profiler is not None:
         profiler.disable()
-        pstats.Stats(profiler).sort_stats(*(["cumulative"] if "PROF_CUM" in __import__("os").environ else ["tottime"])).print_stats(70)
+        pstats.Stats(profiler).sort_stats(sort).print_stats(70)
     calls = len(reads) * per_read
     return cpu / calls * 1e6, loop_cpu / calls * 1e6, wall / calls * 1e6
 
@@ -121,7 +122,7 @@ async def run(args: argparse.Namespace) -> None:
             figures = []
             for _ in range(args.repeat):
                 figures.append(await measure(app, _reads(args.reads, args.calls_per_read, message),
-                                             args.calls_per_read, args.profile))
+                                             args.calls_per_read, args.profile, args.sort))
             for cpu, loop_cpu, wall in figures:
                 print(f"{cpu:.1f} us of CPU per call ({loop_cpu:.1f} on the event loop's thread; {wall:.1f} us "
                       f"wall), {args.calls_per_read} calls per read")
@@ -138,7 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--mlp", default="64,256,256,10")
     parser.add_argument("--no-drift", action="store_true")
-    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="cProfile the measured runs (slows them ~3x; "
+                        "disable the collector in the process to see functions' own costs)")
+    parser.add_argument("--sort", default="tottime", help="profile order: tottime or cumulative")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     uvloop.run(run(args))

@@ -54,7 +54,7 @@ def _mismatch(spec: ModelSpec, tensor: TensorSpec, shape: tuple[int, ...], datat
 
 def _dims_match(expected: tuple[int, ...], got: tuple[int, ...], offset: int) -> bool:
     """Whether `got[offset:]` fits `expected` (-1: any size); the lengths are already known to agree."""
-    for index, dim in enumerate(expected, offset):
+    for index, dim in enumerate(expected, offset):  # noqa: SIM110 - all() over a generator costs more here
         if dim != -1 and dim != got[index]:
             return False
     return True
