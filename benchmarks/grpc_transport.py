@@ -9,6 +9,7 @@ tessera_batch_size on /metrics). Ratios are taken within a round, then the media
 
     PERF_ANALYZER_HOME=/tmp/pa python -m benchmarks.grpc_transport --rounds 3 --concurrency 1,8,32,64
     # the heavy model: --mlp 512,2048,2048,512 --concurrency 32 --targets ours,grpcio,http
+    # requests of 64 rows each (figures then per row): --rows 64 --targets ours,http,grpcio
     # --workers 2 against 1 on both cores (servers and load unpinned):
     PERF_ANALYZER_HOME=/tmp/pa python -m benchmarks.grpc_transport --targets ours,ours-w2 \
         --server-cpus 0,1 --client-cpus 0,1 --concurrency 32,64
@@ -29,8 +30,8 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from loadtests.compare_perf_analyzer import run_perf_analyzer
-from loadtests.server_process import ServerProcess, free_port, http_ready, tcp_ready
+from benchmarks.compare_perf_analyzer import run_perf_analyzer
+from benchmarks.server_process import ServerProcess, free_port, http_ready, tcp_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "model_repository"))
@@ -94,7 +95,8 @@ def _measure(target: str, port: int, pid: int, metrics_port: int | None, model: 
              args: argparse.Namespace, out: Path, round_: int) -> Run:
     protocol = "http" if target == "http" else "grpc"
     pa_args = (f"-m {model} -i {protocol} -u 127.0.0.1:{port} --concurrency-range {concurrency}:{concurrency} "
-               f"-p {args.window_ms} -s 999").split() + (["--streaming"] if target.endswith("-stream") else [])
+               f"-p {args.window_ms} -s 999 -b {args.rows}").split() + (["--streaming"] if target.endswith("-stream")
+                                                                         else [])
     before = _batch_counters(metrics_port, model) if metrics_port else None
     cpu0, wall0 = _cpu_seconds(pid), time.monotonic()
     rows = run_perf_analyzer(pa_args, out / f"pa-{target}-c{concurrency}-r{round_}.csv", args.client_cpus)
@@ -120,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--server-cpus", default="0")
     parser.add_argument("--client-cpus", default="1")
     parser.add_argument("--mlp", default="64,256,256,10", help="layer sizes of the `mlp` model served")
+    parser.add_argument("--rows", type=int, default=1, help="rows per request (perf_analyzer -b); its "
+                        "Inferences/Second, and so req/s and CPU per request here, then count rows")
     parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "grpc_transport")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -130,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     ours, ours_http, ours_grpc = _tessera(repository, "ours", args.server_cpus, args.out)
     grpcio, grpcio_http, grpcio_grpc = _tessera(repository, "grpcio", args.server_cpus, args.out)
     bare_port = free_port()
-    bare = ServerProcess([sys.executable, "-m", "loadtests.bare_server", "--model-repository", str(repository),
+    bare = ServerProcess([sys.executable, "-m", "benchmarks.bare_server", "--model-repository", str(repository),
                           "--port", str(bare_port)], ready=tcp_ready(bare_port), log=args.out / "bare.log",
                          cpus=args.server_cpus, cwd=ROOT)
     w2, w2_http, w2_grpc = _tessera(repository, "ours", args.server_cpus, args.out, workers=2)

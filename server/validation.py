@@ -26,28 +26,38 @@ def _expected(spec: ModelSpec, tensor: TensorSpec) -> str:
 
 def _check_tensor(spec: ModelSpec, tensor: TensorSpec, shape: tuple[int, ...], datatype: str) -> int:
     """Validate one input's shape and datatype; return its batch size (1 for unbatched models)."""
-    got = shape_text(datatype, shape)
+    # Runs twice per request (declared shape, then decoded array): the messages are built only on failure.
     if datatype != tensor.datatype:
-        raise InvalidInput(f"input '{tensor.name}': expected {_expected(spec, tensor)}, got {got}")
-    if spec.batched:
-        if len(shape) != len(tensor.dims) + 1 or not _dims_match(tensor.dims, shape[1:]):
-            raise InvalidInput(f"input '{tensor.name}': expected {_expected(spec, tensor)}, got {got}")
+        raise _mismatch(spec, tensor, shape, datatype)
+    if spec.max_batch_size > 0:
+        if len(shape) != len(tensor.dims) + 1 or not _dims_match(tensor.dims, shape, 1):
+            raise _mismatch(spec, tensor, shape, datatype)
         rows = int(shape[0])
         if rows < 1:
-            raise InvalidInput(f"input '{tensor.name}': batch size must be at least 1, got {got}")
+            raise InvalidInput(f"input '{tensor.name}': batch size must be at least 1, got "
+                               f"{shape_text(datatype, shape)}")
         if rows > spec.max_batch_size:
             raise InvalidInput(
                 f"input '{tensor.name}': batch size {rows} exceeds the model's max_batch_size "
                 f"{spec.max_batch_size}"
             )
         return rows
-    if len(shape) != len(tensor.dims) or not _dims_match(tensor.dims, shape):
-        raise InvalidInput(f"input '{tensor.name}': expected {_expected(spec, tensor)}, got {got}")
+    if len(shape) != len(tensor.dims) or not _dims_match(tensor.dims, shape, 0):
+        raise _mismatch(spec, tensor, shape, datatype)
     return 1
 
 
-def _dims_match(expected: tuple[int, ...], got: tuple[int, ...]) -> bool:
-    return all(e == -1 or e == g for e, g in zip(expected, got, strict=True))
+def _mismatch(spec: ModelSpec, tensor: TensorSpec, shape: tuple[int, ...], datatype: str) -> InvalidInput:
+    return InvalidInput(f"input '{tensor.name}': expected {_expected(spec, tensor)}, got "
+                        f"{shape_text(datatype, shape)}")
+
+
+def _dims_match(expected: tuple[int, ...], got: tuple[int, ...], offset: int) -> bool:
+    """Whether `got[offset:]` fits `expected` (-1: any size); the lengths are already known to agree."""
+    for index, dim in enumerate(expected, offset):  # noqa: SIM110 - all() over a generator costs more here
+        if dim != -1 and dim != got[index]:
+            return False
+    return True
 
 
 def _as_onnx_strings(name: str, array: Tensor) -> Tensor:
@@ -90,7 +100,18 @@ def model_shape_check(models: _Versions, name: str, version: str | None) -> Shap
         spec = models.get(name, version or None).spec
     except TesseraError:
         return None
-    return declared_shape_check(spec)
+    found = _checks.get(id(spec))
+    if found is not None and found[0] is spec:
+        return found[1]
+    if len(_checks) >= 256:  # versions come and go: never more than this many kept
+        _checks.clear()
+    check = declared_shape_check(spec)
+    _checks[id(spec)] = (spec, check)  # holding the spec keeps its id from being reused
+    return check
+
+
+_checks: dict[int, tuple[ModelSpec, ShapeCheck]] = {}
+"""Each served spec's check, built once instead of per request."""
 
 
 def prepare_inputs(spec: ModelSpec, request: InferRequest) -> tuple[dict[str, Tensor], int]:

@@ -104,6 +104,8 @@ class DynamicBatcher:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._accepting = True
         self._pending_gauge = metrics.pending_requests.labels(*labels)
+        self._pending = 0  # what the gauge shows, set from here at most once per loop turn
+        self._pending_due = False
         self._loop_task: asyncio.Task[None] | None = None
 
     # -- public --------------------------------------------------------------------------------
@@ -147,14 +149,26 @@ class DynamicBatcher:
         if timeout:
             pending.timer = loop.call_later(timeout / 1e6, self._expire, pending, timeout)
         self._queue.append(pending)
-        self._pending_gauge.inc()
+        self._count_pending(1)
         self._arrived.set()
         try:
             return await pending.future
         finally:
-            self._pending_gauge.dec()
+            self._count_pending(-1)
             if pending.timer is not None:
                 pending.timer.cancel()
+
+    def _count_pending(self, change: int) -> None:
+        # The gauge is set once per loop turn instead of moved twice per request (each move takes a
+        # lock): a scrape, which runs in a turn of its own, sees the same count.
+        self._pending += change
+        if not self._pending_due:
+            self._pending_due = True
+            asyncio.get_running_loop().call_soon(self._show_pending)
+
+    def _show_pending(self) -> None:
+        self._pending_due = False
+        self._pending_gauge.set(self._pending)
 
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Stop accepting, finish queued and in-flight requests, then end the loop."""

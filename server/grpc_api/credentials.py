@@ -40,9 +40,11 @@ def credentials_from_context(context: CallContext) -> Credentials:
             scheme, _, rest = text.strip().partition(" ")
             token = rest.strip() if scheme.lower() == "bearer" else ""  # another scheme is a wrong token
             break
-    auth = context.auth_context() or {}
-    names = [*auth.get("x509_common_name", ()), *auth.get("x509_subject_alternative_name", ())]
-    identities = tuple(dict.fromkeys(_text(n) for n in names))
+    auth = context.auth_context()
+    identities: tuple[str, ...] = ()
+    if auth:  # empty in plaintext: the usual case builds nothing
+        names = [*auth.get("x509_common_name", ()), *auth.get("x509_subject_alternative_name", ())]
+        identities = tuple(dict.fromkeys(_text(n) for n in names))
     return Credentials(token=token, cert_identities=identities, peer=context.peer() or "")
 
 

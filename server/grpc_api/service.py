@@ -75,16 +75,23 @@ class InferenceService:
                      ) -> pb.ModelInferResponse:
         """Parse (off the loop for big messages; the request's id is appended to `ids`), check the caller
         before the tensors are decoded, decode, infer, encode."""
+        limits = self._limits
+        small = len(raw) < limits.off_loop_bytes  # the usual case: no thread hop, and no awaits for it
         with self._admission.bodies.hold() as hold:  # held until the model is done with the views
             hold.grow(len(raw))
-            msg = await self._limits.off_loop(len(raw), parse_message, pb.ModelInferRequest, raw)
+            msg = (parse_message(pb.ModelInferRequest, raw) if small
+                   else await limits.off_loop(len(raw), parse_message, pb.ModelInferRequest, raw))
             ids.append(msg.id)
             principal = self._dp.authorize(creds, Scope.INFER, "infer", msg.model_name)
             self._admission.admit_caller(principal, creds)
             check = model_shape_check(self._dp.manager, msg.model_name, msg.model_version)
-            request = await self._limits.off_loop(len(raw), decode_infer_request, msg, key, self._limits, check)
+            request = (decode_infer_request(msg, key, limits, check) if small
+                       else await limits.off_loop(len(raw), decode_infer_request, msg, key, limits, check))
             response = await self._dp.infer(request, creds, principal)
-        return await self._limits.off_loop(response_bytes(response), encode_infer_response, response)
+        size = response_bytes(response)
+        if size < limits.off_loop_bytes:
+            return encode_infer_response(response)
+        return await limits.off_loop(size, encode_infer_response, response)
 
     async def server_live(self, request: pb.ServerLiveRequest, context: Ctx) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self._dp.live())

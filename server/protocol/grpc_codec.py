@@ -102,43 +102,45 @@ def decode_infer_request(msg: pb.ModelInferRequest, routing_key: str | None = No
     CPU-bound for big messages: transports call it off the event loop above a size threshold.
     """
     raw = msg.raw_input_contents
-    if raw and len(raw) != len(msg.inputs):
-        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} inputs")
-    shapes: list[tuple[int, ...]] = []
+    tensors = msg.inputs
+    if raw and len(raw) != len(tensors):
+        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(tensors)} inputs")
+    # (tensor, name, datatype, shape) per input: protobuf builds a new str on every field read.
+    declared: list[tuple[pb.ModelInferRequest.InferInputTensor, str, str, tuple[int, ...]]] = []
     elements = nbytes = 0
-    for index, tensor in enumerate(msg.inputs):
-        datatype = tensor.datatype
-        if datatype not in V2_TO_NUMPY:
-            raise InvalidInput(f"input '{tensor.name}': unknown datatype '{datatype}'")
-        shape = limits.check(tensor.name, datatype, tensor.shape, model_check, (elements, nbytes))
+    for index, tensor in enumerate(tensors):
+        name, datatype = tensor.name, tensor.datatype
+        numpy_type = V2_TO_NUMPY.get(datatype)
+        if numpy_type is None:
+            raise InvalidInput(f"input '{name}': unknown datatype '{datatype}'")
+        shape = limits.check(name, datatype, tensor.shape, model_check, (elements, nbytes))
         count = math.prod(shape)
         elements += count
-        nbytes += count * V2_TO_NUMPY[datatype].itemsize if datatype != "BYTES" else _payload_bytes(
+        nbytes += count * numpy_type.itemsize if datatype != "BYTES" else _payload_bytes(
             tensor, datatype, raw[index] if raw else None)
-        limits.check_bytes(tensor.name, nbytes)
-        shapes.append(shape)
+        limits.check_bytes(name, nbytes)
+        declared.append((tensor, name, datatype, shape))
     inputs: dict[str, Tensor] = {}
     datatypes: dict[str, str] = {}
-    for index, (tensor, shape) in enumerate(zip(msg.inputs, shapes, strict=True)):
-        datatype = tensor.datatype
-        check_new_input(tensor.name, inputs)
+    for index, (tensor, name, datatype, shape) in enumerate(declared):
+        check_new_input(name, inputs)
         if raw:
             if tensor.HasField("contents"):
-                raise InvalidInput(f"input '{tensor.name}': contents and raw_input_contents are exclusive")
-            inputs[tensor.name] = raw_tensor(tensor.name, datatype, shape, raw[index])
+                raise InvalidInput(f"input '{name}': contents and raw_input_contents are exclusive")
+            inputs[name] = raw_tensor(name, datatype, shape, raw[index])
         else:
-            inputs[tensor.name] = _from_contents(tensor, datatype, shape)
-        datatypes[tensor.name] = datatype
-    parameters = _parameters(msg.parameters)
+            inputs[name] = _from_contents(tensor, datatype, shape)
+        datatypes[name] = datatype
+    parameters = _parameters(msg.parameters) if msg.parameters else {}
     return InferRequest(
         model_name=msg.model_name,
         model_version=msg.model_version or None,
         id=msg.id,
         inputs=inputs,
         datatypes=datatypes,
-        outputs=[RequestedOutput(o.name) for o in msg.outputs],
+        outputs=[RequestedOutput(o.name) for o in msg.outputs] if msg.outputs else [],
         parameters=parameters,
-        timeout_us=timeout_us(parameters),
+        timeout_us=timeout_us(parameters) if parameters else 0,
         routing_key=routing_key,
     )
 

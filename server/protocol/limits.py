@@ -68,20 +68,19 @@ class DecodeLimits:
 
         `spent` is (elements, bytes) already declared by earlier inputs of the same request.
         """
-        where = f"input '{name}'"
         if len(shape) > self.max_dims:
-            raise InvalidInput(f"{where}: shape has {len(shape)} dimensions, more than the {self.max_dims} "
+            raise InvalidInput(f"input '{name}': shape has {len(shape)} dimensions, more than the {self.max_dims} "
                                f"allowed")
-        dims = _dims(shape, where)
-        for index, dim in enumerate(dims):
-            if dim > self.max_elements:
-                raise InvalidInput(f"{where}: dimension {index} is {dim}, over the limit of "
-                                   f"{self.max_elements} elements per request")
+        dims = _dims(shape, name)
         count = 1
-        for dim in dims:
+        for dim in dims:  # one pass per request and input: messages are built only on failure
+            if dim > self.max_elements:
+                index = dims.index(dim)
+                raise InvalidInput(f"input '{name}': dimension {index} is {dim}, over the limit of "
+                                   f"{self.max_elements} elements per request")
             count *= dim
         if spent[0] + count > self.max_elements:
-            raise InvalidInput(f"{where}: shape {list(dims)} declares {count} elements; the request may "
+            raise InvalidInput(f"input '{name}': shape {list(dims)} declares {count} elements; the request may "
                                f"carry at most {self.max_elements}")
         if datatype in V2_TO_NUMPY and datatype != "BYTES":
             self.check_bytes(name, spent[1] + count * V2_TO_NUMPY[datatype].itemsize)
@@ -109,15 +108,16 @@ class DecodeLimits:
                                f"of {self.max_bytes} bytes")
 
 
-def _dims(shape: Sequence[object], where: str) -> tuple[int, ...]:
-    for dim in shape:
-        if isinstance(dim, bool) or not isinstance(dim, int):
-            raise InvalidInput(f"{where}: shape must be a list of non-negative integers, got "
+def _dims(shape: Sequence[object], name: str) -> tuple[int, ...]:
+    dims = tuple(shape)
+    for dim in dims:
+        if type(dim) is not int and (isinstance(dim, bool) or not isinstance(dim, int)):
+            raise InvalidInput(f"input '{name}': shape must be a list of non-negative integers, got "
                                f"{_clip(list(shape))}")
         if dim < 0:
-            raise InvalidInput(f"{where}: shape must be a list of non-negative integers, got "
+            raise InvalidInput(f"input '{name}': shape must be a list of non-negative integers, got "
                                f"{_clip(list(shape))} (a negative dimension)")
-    return tuple(shape)  # type: ignore[arg-type]
+    return dims  # type: ignore[return-value]
 
 
 def _clip(value: object, limit: int = 200) -> str:

@@ -99,6 +99,29 @@ async def test_queued_requests_are_merged_and_each_gets_its_own_rows():
     await batcher.stop()
 
 
+async def test_the_pending_gauge_counts_queued_and_running_requests_and_returns_to_zero():
+    runner = GatedRunner()
+    runner.gate.clear()
+    metrics = Metrics()
+    batcher = DynamicBatcher(runner, make_spec(), ModelStatistics("m", "1"), metrics, ("m", "1"))
+    batcher.start()
+
+    def shown() -> float | None:
+        return metrics.registry.get_sample_value("tessera_pending_requests", {"model": "m", "version": "1"})
+
+    first = asyncio.create_task(batcher.submit({"x": rows([0])}, 1))
+    await runner.wait_running(1)
+    rest = [asyncio.create_task(batcher.submit({"x": rows([i])}, 1)) for i in range(1, 3)]
+    await queued()
+    await asyncio.sleep(0)  # the turn after the submits shows them
+    assert shown() == 3
+    runner.gate.set()
+    await asyncio.gather(first, *rest)
+    await asyncio.sleep(0)
+    assert shown() == 0
+    await batcher.stop()
+
+
 async def test_a_batch_never_exceeds_max_batch_size():
     runner = GatedRunner()
     runner.gate.clear()

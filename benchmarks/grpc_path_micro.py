@@ -1,0 +1,151 @@
+"""Server CPU per ModelInfer call over our gRPC transport, in process: the whole request path, no socket.
+
+A real App (the `mlp` model, defaults: drift statistics on; the collector tuned as `tessera serve`
+tunes it) serves a GrpcProtocol on a fake transport,
+fed reads of --calls-per-read ModelInfer calls of one row each (HEADERS as a grpc client's HPACK
+encoder makes them, the protobuf request perf_analyzer sends, a WINDOW_UPDATE); each read's answers
+are awaited before the next. Figure: process CPU time (every thread: ONNX Runtime's included) / calls.
+This is the part of the benchmark's "server CPU per request" that code changes here can move.
+
+    taskset -c 0 python -m benchmarks.grpc_path_micro [--calls-per-read 32] [--reads 300] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import logging
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import hpack
+import numpy as np
+import uvloop
+
+from server._generated import grpc_service_pb2 as pb
+from server.app import App
+from server.cli import settle_heap
+from server.grpc_api.h2 import frames as f
+from server.grpc_api.server import GrpcProtocol
+from server.settings import ServerSettings
+
+from .grpc_transport_micro import _Transport
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model_repository"))
+import make_models  # the sample models' builder lives beside them
+
+PATH = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def _message(sizes: list[int]) -> bytes:
+    request = pb.ModelInferRequest(model_name="mlp")
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=[1, sizes[0]])
+    del tensor  # perf_analyzer sends raw_input_contents, no contents in the tensor
+    request.raw_input_contents.append(np.random.default_rng(0).random(sizes[0], dtype=np.float32).tobytes())
+    body = request.SerializeToString()
+    return b"\x00" + len(body).to_bytes(4, "big") + body
+
+
+def _reads(count: int, per_read: int, message: bytes) -> list[bytes]:
+    encoder = hpack.Encoder()
+    reads, stream_id = [], 1
+    for _ in range(count):
+        parts = []
+        for _ in range(per_read):
+            block = encoder.encode([(":method", "POST"), (":scheme", "http"), (":path", PATH),
+                                    (":authority", "127.0.0.1:8001"), ("te", "trailers"),
+                                    ("content-type", "application/grpc"), ("user-agent", "grpc-c++/1.62"),
+                                    ("grpc-accept-encoding", "identity, deflate, gzip")])
+            parts += [f.frame_header(len(block), f.HEADERS, f.END_HEADERS, stream_id), block,
+                      f.frame_header(len(message), f.DATA, f.END_STREAM, stream_id), message,
+                      f.window_update_frame(0, len(message))]
+            stream_id += 2
+        reads.append(b"".join(parts))
+    return reads
+
+
+async def measure(app: App, reads: list[bytes], per_read: int, profile: bool, sort: str = "tottime"
+                  ) -> tuple[float, float, float]:
+    """(us of process CPU per call, of which the event loop's thread, us of wall time per call)."""
+    assert app.grpc_server is not None
+    protocol = GrpcProtocol(app.grpc_server)
+    protocol.connection_made(_Transport())  # type: ignore[arg-type]
+    protocol.data_received(f.PREFACE + f.settings_frame([]))
+    finished = 0
+    done: asyncio.Future[None] | None = None
+    call_finished = protocol.call_finished
+
+    def counting(call: Any) -> None:
+        nonlocal finished
+        call_finished(call)
+        finished += 1
+        if finished == per_read and done is not None and not done.done():
+            done.set_result(None)
+
+    protocol.call_finished = counting  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    profiler = cProfile.Profile() if profile else None
+    if profiler is not None:
+        profiler.enable()
+    cpu0, loop0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
+    for chunk in reads:
+        finished, done = 0, loop.create_future()
+        protocol.data_received(chunk)
+        await done
+        await asyncio.sleep(0)  # the turn's write goes out
+    cpu, loop_cpu, wall = time.process_time() - cpu0, time.thread_time() - loop0, time.perf_counter() - wall0
+    if profiler is not None:
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats(sort).print_stats(70)
+    calls = len(reads) * per_read
+    return cpu / calls * 1e6, loop_cpu / calls * 1e6, wall / calls * 1e6
+
+
+async def run(args: argparse.Namespace) -> None:
+    sizes = [int(s) for s in args.mlp.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        make_models.make_mlp(Path(tmp) / "repo", "mlp", sizes)
+        settings = ServerSettings(model_repository=str(Path(tmp) / "repo"), http_port=0, grpc_port=0,
+                                  state_dir=Path(tmp) / "state", drift_enabled=not args.no_drift)
+        app = App(settings)
+        await app.start()
+        settle_heap()  # as `tessera serve` does after start-up
+        try:
+            message = _message(sizes)
+            await measure(app, _reads(50, args.calls_per_read, message), args.calls_per_read, False)  # warm up
+            figures = []
+            for _ in range(args.repeat):
+                figures.append(await measure(app, _reads(args.reads, args.calls_per_read, message),
+                                             args.calls_per_read, args.profile, args.sort))
+            for cpu, loop_cpu, wall in figures:
+                print(f"{cpu:.1f} us of CPU per call ({loop_cpu:.1f} on the event loop's thread; {wall:.1f} us "
+                      f"wall), {args.calls_per_read} calls per read")
+            print(f"median {sorted(c for c, _, _ in figures)[len(figures) // 2]:.1f} us of CPU per call")
+        finally:
+            gc.unfreeze()
+            await app.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls-per-read", type=int, default=32)
+    parser.add_argument("--reads", type=int, default=300)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--mlp", default="64,256,256,10")
+    parser.add_argument("--no-drift", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="cProfile the measured runs (slows them ~3x; "
+                        "disable the collector in the process to see functions' own costs)")
+    parser.add_argument("--sort", default="tottime", help="profile order: tottime or cumulative")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    uvloop.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
