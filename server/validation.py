@@ -100,18 +100,7 @@ def model_shape_check(models: _Versions, name: str, version: str | None) -> Shap
         spec = models.get(name, version or None).spec
     except TesseraError:
         return None
-    found = _checks.get(id(spec))
-    if found is not None and found[0] is spec:
-        return found[1]
-    if len(_checks) >= 256:  # versions come and go: never more than this many kept
-        _checks.clear()
-    check = declared_shape_check(spec)
-    _checks[id(spec)] = (spec, check)  # holding the spec keeps its id from being reused
-    return check
-
-
-_checks: dict[int, tuple[ModelSpec, ShapeCheck]] = {}
-"""Each served spec's check, built once instead of per request."""
+    return declared_shape_check(spec)
 
 
 def prepare_inputs(spec: ModelSpec, request: InferRequest) -> tuple[dict[str, Tensor], int]:

@@ -136,8 +136,17 @@ class DriftTap:
     def observe(self, model: str, version: str, inputs: dict[str, npt.NDArray[Any]],
                 outputs: dict[str, npt.NDArray[Any]]) -> None:
         """Hand one request's inputs (and outputs) over; never blocks or raises (a full queue drops and counts)."""
-        if self._models is not None and model not in self._models:
-            return
+        if self._models is None or model in self._models:
+            self._put(model, version, inputs, outputs)
+
+    def observe_outputs(self, model: str, version: str, outputs: dict[str, npt.NDArray[Any]]) -> None:
+        """Hand over outputs computed without a request of their own (a rollout's shadow copies: their
+        inputs were observed with the stable version's request); like `observe`, never blocks or raises."""
+        if self._config.outputs and (self._models is None or model in self._models):
+            self._put(model, version, {}, outputs)
+
+    def _put(self, model: str, version: str, inputs: dict[str, npt.NDArray[Any]],
+             outputs: dict[str, npt.NDArray[Any]]) -> None:
         if self._queue.full():  # under load, the usual case once the CPU budget is spent
             dropped = self._dropped.get(model)
             if dropped is None:
@@ -145,16 +154,6 @@ class DriftTap:
             dropped.inc()
             return
         self._queue.put_nowait((model, version, inputs, outputs))
-
-    def observe_outputs(self, model: str, version: str, outputs: dict[str, npt.NDArray[Any]]) -> None:
-        """Hand over outputs computed without a request of their own (a rollout's shadow copies: their
-        inputs were observed with the stable version's request); like `observe`, never blocks or raises."""
-        if not self._config.outputs or (self._models is not None and model not in self._models):
-            return
-        try:
-            self._queue.put_nowait((model, version, {}, outputs))
-        except asyncio.QueueFull:
-            self._metrics.dropped.labels(model).inc()
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
