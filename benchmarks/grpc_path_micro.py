@@ -8,6 +8,7 @@ are awaited before the next. Figure: process CPU time (every thread: ONNX Runtim
 This is the part of the benchmark's "server CPU per request" that code changes here can move.
 
     taskset -c 0 python -m benchmarks.grpc_path_micro [--calls-per-read 32] [--reads 300] [--profile]
+        [--request-log /dev/null]
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         make_models.make_mlp(Path(tmp) / "repo", "mlp", sizes)
         settings = ServerSettings(model_repository=str(Path(tmp) / "repo"), http_port=0, grpc_port=0,
-                                  state_dir=Path(tmp) / "state", drift_enabled=not args.no_drift)
+                                  state_dir=Path(tmp) / "state", drift_enabled=not args.no_drift,
+                                  request_log=args.request_log, inline_run_us=args.inline_run_us)
         app = App(settings)
         await app.start()
         settle_heap()  # as `tessera serve` does after start-up
@@ -139,6 +141,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--mlp", default="64,256,256,10")
     parser.add_argument("--no-drift", action="store_true")
+    parser.add_argument("--request-log", default="", help="request log destination (e.g. /dev/null): what the "
+                        "lines cost, the writer thread's formatting included")
+    parser.add_argument("--inline-run-us", type=int, default=ServerSettings.inline_run_us,
+                        help="as `tessera serve --inline-run-us` (0: every run through the pool)")
     parser.add_argument("--profile", action="store_true", help="cProfile the measured runs (slows them ~3x; "
                         "disable the collector in the process to see functions' own costs)")
     parser.add_argument("--sort", default="tottime", help="profile order: tottime or cumulative")

@@ -75,6 +75,10 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="ONNX Runtime intra-op threads per session (models may override)")
     p.add_argument("--allow-spinning", type=parse_bool, default=parse_bool(env("allow-spinning", "false") or "false"),
                    help="let ONNX Runtime's intra-op threads spin-wait between runs (true/false; burns cores)")
+    p.add_argument("--inline-run-us", type=int, default=int(env("inline-run-us", "20") or 0),
+                   help="make a model run on the event loop when runs of its batch size recently took less CPU "
+                        "than this (microseconds): the hand-off to ONNX Runtime's thread costs ~25 us; 0: never "
+                        "(models may override with the inline_run_us parameter)")
     p.add_argument("--drain-timeout-s", type=float, default=float(env("drain-timeout-s", "30") or 30),
                    help="seconds SIGTERM waits for in-flight requests before exiting")
     p.add_argument("--redis-url", default=env("redis-url"),
@@ -288,7 +292,7 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
         allow_repository_admin=args.allow_repository_admin,
         grpc_max_message_bytes=args.grpc_max_message_bytes, http_max_body_bytes=args.http_max_body_bytes,
         grpc_server=args.grpc_server, grpc_max_concurrent_streams=args.grpc_max_concurrent_streams,
-        intra_op_threads=args.intra_op_threads, allow_spinning=args.allow_spinning,
+        intra_op_threads=args.intra_op_threads, allow_spinning=args.allow_spinning, inline_run_us=args.inline_run_us,
         drain_timeout_s=args.drain_timeout_s, redis_url=args.redis_url, state_dir=Path(args.state_dir),
         drift_enabled=args.drift,
         drift_models=tuple(args.drift_model or [m for m in (env("drift-model") or "").split(",") if m]),

@@ -36,6 +36,7 @@ FIELDS = ("time", "request_id", "trace_id", "model", "version", "routing", "prot
 """The keys of every line, in order (README "Request logs" says what each holds)."""
 
 _CACHE_LIMIT = 4096  # distinct (model, version, routing, protocol) or callers kept pre-escaped
+_NO_BATCH = (0, 0, 0, 0)  # a request that never reached a batch: (dispatched, compute ns, rows, requests)
 
 
 class RequestLog:
@@ -128,30 +129,33 @@ class LineFormatter:
 
     def line(self, obs: RequestObservation, offset_ns: int) -> str:
         """One JSON line (with its newline) of a finished request; `offset_ns` turns perf_counter into Unix ns."""
-        wall_us = (obs.start_ns + offset_ns) // 1000
-        second, micros = divmod(wall_us, 1_000_000)
+        start = obs.start_ns
+        second, micros = divmod((start + offset_ns) // 1000, 1_000_000)
         if second != self._second:
             self._second = second
-            self._date = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+            self._date = datetime.fromtimestamp(second, UTC).strftime('{"time":"%Y-%m-%dT%H:%M:%S.')
         key = (obs.model, obs.version, obs.routing, obs.protocol)
         served = self._served.get(key)
         if served is None:
             served = _cached(self._served, key, ",".join(
                 f'"{name}":{encode_basestring(value)}'
                 for name, value in zip(("model", "version", "routing", "protocol"), key, strict=True)))
-        name = obs.caller_name()
+        name = obs.caller if obs.caller is not None or obs.creds is None else obs.caller_name()
         caller = self._callers.get(name)
         if caller is None:
             caller = _cached(self._callers, name, "null" if name is None else encode_basestring(name))
-        request_id = obs.request_id or f"{self._id_prefix}-{next(self._seq)}"
+        request_id = obs.request_id
+        # A generated id is hex and digits: nothing to escape.
+        request_id = encode_basestring(request_id) if request_id else f'"{self._id_prefix}-{next(self._seq)}"'
+        _, compute_ns, batch_rows, batch_requests = obs.batch_run or _NO_BATCH
         trace_id = f"{obs.trace_id:032x}" if obs.trace_id else ""
         failure = '"error":"","reason":""' if not obs.error and not obs.reason else \
             f'"error":{encode_basestring(obs.error)},"reason":{encode_basestring(obs.reason)}'
-        return (f'{{"time":"{self._date}{micros:06d}Z","request_id":{encode_basestring(request_id)},'
+        return (f'{self._date}{micros:06d}Z","request_id":{request_id},'
                 f'"trace_id":"{trace_id}",{served},"status":{obs.status},{failure},'
-                f'"e2e_ms":{(obs.end_ns - obs.start_ns) / 1e6:.3f},"queue_ms":{obs.queue_ns / 1e6:.3f},'
-                f'"compute_ms":{obs.compute_ns / 1e6:.3f},"rows":{obs.rows},"batch_size":{obs.batch_rows},'
-                f'"batch_requests":{obs.batch_requests},"caller":{caller}}}\n')
+                f'"e2e_ms":{(obs.end_ns - start) / 1e6:.3f},"queue_ms":{obs.queue_ns / 1e6:.3f},'
+                f'"compute_ms":{compute_ns / 1e6:.3f},"rows":{obs.rows},"batch_size":{batch_rows},'
+                f'"batch_requests":{batch_requests},"caller":{caller}}}\n')
 
 
 def _cached(cache: dict[Any, str], key: Any, value: str) -> str:

@@ -99,6 +99,8 @@ class ModelSpec:
     intra_op_threads: int = 1
     inter_op_threads: int = 1
     allow_spinning: bool = False
+    inline_run_us: int | None = None
+    """The model's `inline_run_us` parameter (executor/runner.py); None: the server's --inline-run-us."""
 
     @property
     def batched(self) -> bool:

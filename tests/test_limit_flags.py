@@ -36,3 +36,8 @@ def test_limit_flags_become_settings() -> None:
     assert (settings.http_max_header_bytes, settings.http_max_connections) == (8192, 10)
     assert settings.grpc_max_connection_idle_s == 60.0
     assert (settings.rate_limit_rps, settings.rate_limit_burst, settings.stream_queue_share) == (20.0, 40, 0.5)
+
+
+def test_the_inline_run_flag_becomes_a_setting_and_defaults_to_the_settings_default() -> None:
+    assert _settings().inline_run_us == ServerSettings(model_repository="models").inline_run_us == 20
+    assert _settings("--inline-run-us", "0").inline_run_us == 0

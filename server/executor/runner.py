@@ -1,6 +1,15 @@
 """OrtRunner: runs batches on a model version's sessions, on a bounded thread pool off the event loop.
 
 ORT's `run` releases the GIL, so one thread per session instance gives real parallelism.
+
+Except for runs too short to be worth the trip. Handing a run to the pool and its result back costs
+the event loop ~25 us of CPU (executor future, self-pipe wake-up, callbacks; measured on this
+project's 2-core machine, BENCHMARKS.md), while a 4-row batch of a small MLP computes in ~7 us. A run
+whose batch size has recently computed in under `inline_run_us` of CPU is made on the loop's thread
+instead: it holds the loop for less time than the hand-off would have taken from it. Each run's CPU
+time is measured where it runs, per batch-size bucket (powers of two), so a bucket whose runs grow
+slower goes back to the pool at once, and one never measured always goes there first. Only
+single-threaded CPU sessions qualify: the calling thread's CPU time is then the run's whole cost.
 """
 
 from __future__ import annotations
@@ -9,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,7 +30,12 @@ from ..spec import ModelSpec
 from ..tensors import Tensor
 from .session import create_sessions
 
-__all__ = ["OrtRunner"]
+__all__ = ["DEFAULT_INLINE_RUN_US", "OrtRunner"]
+
+DEFAULT_INLINE_RUN_US = 20
+"""Runs whose batch size recently took less CPU than this are made on the event loop (0: never)."""
+
+_SMOOTHING = 0.25  # weight of the newest run in a bucket's moving average
 
 
 def _yield_to_event_loop() -> None:
@@ -37,8 +52,8 @@ def _yield_to_event_loop() -> None:
 class OrtRunner:
     """Owns the sessions of one model version and the thread pool they run on."""
 
-    def __init__(self, spec: ModelSpec, sessions: list[ort.InferenceSession], *, yield_to_loop: bool = True
-                 ) -> None:
+    def __init__(self, spec: ModelSpec, sessions: list[ort.InferenceSession], *, yield_to_loop: bool = True,
+                 inline_run_us: int = 0) -> None:
         self._spec = spec
         self._idle = list(sessions)
         self._count = len(sessions)
@@ -46,15 +61,22 @@ class OrtRunner:
         self._bf16_inputs = {t.name for t in spec.inputs if t.datatype == "BF16"}
         self._pool = ThreadPoolExecutor(max_workers=self._count, thread_name_prefix=f"ort-{spec.name}",
                                         initializer=_yield_to_event_loop if yield_to_loop else None)
+        limit = max(spec.inline_run_us if spec.inline_run_us is not None else inline_run_us, 0)
+        single_threaded_cpu = spec.intra_op_threads == 1 and spec.inter_op_threads <= 1 and all(
+            s.get_providers() == ["CPUExecutionProvider"] for s in sessions)
+        self._inline_limit_ns = limit * 1000 if single_threaded_cpu else 0
+        self._run_ns: dict[int, float] = {}
+        """Moving average of a run's CPU ns per batch-size bucket (rows.bit_length())."""
 
     @classmethod
-    def create(cls, spec: ModelSpec, *, yield_to_loop: bool = True) -> OrtRunner:
+    def create(cls, spec: ModelSpec, *, yield_to_loop: bool = True, inline_run_us: int = 0) -> OrtRunner:
         """Build every session of the spec. Blocking: call through asyncio.to_thread.
 
         `yield_to_loop=False` keeps the ORT threads at normal priority: for offline scoring
         (`tessera batch`), where no request waits on the event loop and compute is the job.
+        `inline_run_us` (the model's `inline_run_us` parameter overrides it): see the module's note.
         """
-        return cls(spec, create_sessions(spec), yield_to_loop=yield_to_loop)
+        return cls(spec, create_sessions(spec), yield_to_loop=yield_to_loop, inline_run_us=inline_run_us)
 
     @property
     def instances(self) -> int:
@@ -65,21 +87,32 @@ class OrtRunner:
 
         Raises ExecutionFailed with ORT's message when the run fails.
         """
+        bucket = _bucket(feeds) if self._inline_limit_ns else 0
         session = self._idle.pop()
         try:
-            loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(self._pool, self._run_sync, session, feeds)
+            if bucket and self._run_ns.get(bucket, self._inline_limit_ns) < self._inline_limit_ns:
+                results = self._run_sync(session, feeds, bucket)
+            else:
+                loop = asyncio.get_running_loop()
+                results = await loop.run_in_executor(self._pool, self._run_sync, session, feeds, bucket)
         finally:
             self._idle.append(session)
         return dict(zip(self._output_names, results, strict=True))
 
-    def _run_sync(self, session: ort.InferenceSession, feeds: dict[str, Tensor]) -> list[Any]:
+    def _run_sync(self, session: ort.InferenceSession, feeds: dict[str, Tensor], bucket: int = 0) -> list[Any]:
         if self._bf16_inputs:
             feeds = {name: self._bf16(name, array) for name, array in feeds.items()}
+        started = time.thread_time_ns()
         try:
-            return session.run(self._output_names, feeds)  # type: ignore[no-any-return]
+            results = session.run(self._output_names, feeds)
         except Exception as exc:
             raise ExecutionFailed(f"model '{self._spec.name}' version {self._spec.version}: {exc}") from exc
+        if bucket:
+            spent = time.thread_time_ns() - started
+            before = self._run_ns.get(bucket)
+            # Written from the loop or a pool thread, read on the loop: a float swap, no lock needed.
+            self._run_ns[bucket] = spent if before is None else before + _SMOOTHING * (spent - before)
+        return results  # type: ignore[no-any-return]
 
     def _bf16(self, name: str, array: Tensor) -> Any:
         if name not in self._bf16_inputs:
@@ -87,7 +120,20 @@ class OrtRunner:
         # BF16 travels as uint16 bit patterns; hand ORT an OrtValue typed as bfloat16 (ONNX type 16).
         return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(array), 16)
 
+    @property
+    def inline_limit_us(self) -> int:
+        """Runs of a batch size whose recent CPU time is under this are made on the event loop; 0: never."""
+        return self._inline_limit_ns // 1000
+
     def close(self) -> None:
         """Release the sessions and the pool; in-flight runs finish first."""
         self._pool.shutdown(wait=True)
         self._idle.clear()
+
+
+def _bucket(feeds: dict[str, Tensor]) -> int:
+    """Batch-size bucket of a run: the bit length of its first input's leading dimension (1 for scalars)."""
+    for array in feeds.values():
+        return (array.shape[0] if array.ndim else 1).bit_length()
+    return 1
+

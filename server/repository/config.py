@@ -253,4 +253,6 @@ def build_spec(config: mc.ModelConfig, version: int, model_path: Path, *, gpu_av
         intra_op_threads=_int_parameter(config, "intra_op_thread_count", intra_op_threads),
         inter_op_threads=_int_parameter(config, "inter_op_thread_count", 1),
         allow_spinning=spinning.lower() in ("1", "true", "yes"),
+        inline_run_us=max(_int_parameter(config, "inline_run_us", 0), 0) if "inline_run_us" in config.parameters
+        else None,
     )

@@ -150,7 +150,7 @@ async def build_version(source: ModelSource, number: int, settings: ServerSettin
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
     spec = await _spec(source, number, settings, gpu, loader)
-    runner = await loop.run_in_executor(loader, OrtRunner.create, spec)
+    runner = await loop.run_in_executor(loader, partial(OrtRunner.create, spec, inline_run_us=settings.inline_run_us))
     try:
         runs = await warm_up(spec, runner)
     except BaseException:  # failed warmup, or a reload cancelled at shutdown: free the sessions
