@@ -90,6 +90,8 @@ async def measure(app: App, reads: list[bytes], per_read: int, profile: bool, so
             done.set_result(None)
 
     protocol.call_finished = counting  # type: ignore[method-assign]
+    stats = app.manager.get("mlp").stats
+    served_before = stats.success.count
     loop = asyncio.get_running_loop()
     profiler = cProfile.Profile() if profile else None
     if profiler is not None:
@@ -101,6 +103,8 @@ async def measure(app: App, reads: list[bytes], per_read: int, profile: bool, so
         await done
         await asyncio.sleep(0)  # the turn's write goes out
     cpu, loop_cpu, wall = time.process_time() - cpu0, time.thread_time() - loop0, time.perf_counter() - wall0
+    if stats.success.count - served_before != len(reads) * per_read:  # an error path is not the path measured
+        raise RuntimeError(f"{len(reads) * per_read - (stats.success.count - served_before)} calls failed")
     if profiler is not None:
         profiler.disable()
         pstats.Stats(profiler).sort_stats(sort).print_stats(70)
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-drift", action="store_true")
     parser.add_argument("--request-log", default="", help="request log destination (e.g. /dev/null): what the "
                         "lines cost, the writer thread's formatting included")
-    parser.add_argument("--inline-run-us", type=int, default=ServerSettings.inline_run_us,
+    parser.add_argument("--inline-run-us", type=int, default=ServerSettings(model_repository="").inline_run_us,
                         help="as `tessera serve --inline-run-us` (0: every run through the pool)")
     parser.add_argument("--profile", action="store_true", help="cProfile the measured runs (slows them ~3x; "
                         "disable the collector in the process to see functions' own costs)")

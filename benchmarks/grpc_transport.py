@@ -38,7 +38,9 @@ sys.path.insert(0, str(ROOT / "model_repository"))
 import make_models  # noqa: E402 - the sample models' builder lives beside them
 
 TARGETS = ("ours", "grpcio", "http", "bare", "ours-stream")
-OPTIONAL_TARGETS = ("ours-w2",)  # `--workers 2` over our transport (name it in --targets)
+OPTIONAL_TARGETS = ("ours-w2", "ours-pool")
+"""Name them in --targets: `--workers 2` over our transport; ours with every model run handed to the
+executor's pool (`--inline-run-us 0`, as before short runs were made on the event loop)."""
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -80,14 +82,15 @@ def _batch_counters(http_port: int, model: str) -> tuple[float, float]:
     return total, count
 
 
-def _tessera(repository: Path, grpc_server: str, cpus: str, out: Path, workers: int = 1
-             ) -> tuple[ServerProcess, int, int]:
+def _tessera(repository: Path, grpc_server: str, cpus: str, out: Path, workers: int = 1, name: str = "",
+             extra: tuple[str, ...] = ()) -> tuple[ServerProcess, int, int]:
     http_port, grpc_port = free_port(), free_port()
+    name = name or f"{grpc_server}-w{workers}"
     argv = [sys.executable, "-m", "server", "serve", "--model-repository", str(repository), "--host", "127.0.0.1",
             "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--grpc-server", grpc_server,
-            "--state-dir", str(out / f"state-{grpc_server}-w{workers}"), "--workers", str(workers)]
+            "--state-dir", str(out / f"state-{name}"), "--workers", str(workers), *extra]
     server = ServerProcess(argv, ready=http_ready(f"http://127.0.0.1:{http_port}/v2/health/ready"),
-                           log=out / f"tessera-{grpc_server}-w{workers}.log", cpus=cpus, cwd=ROOT)
+                           log=out / f"tessera-{name}.log", cpus=cpus, cwd=ROOT)
     return server, http_port, grpc_port
 
 
@@ -138,11 +141,15 @@ def main(argv: list[str] | None = None) -> None:
                           "--port", str(bare_port)], ready=tcp_ready(bare_port), log=args.out / "bare.log",
                          cpus=args.server_cpus, cwd=ROOT)
     w2, w2_http, w2_grpc = _tessera(repository, "ours", args.server_cpus, args.out, workers=2)
+    pool, pool_http, pool_grpc = _tessera(repository, "ours", args.server_cpus, args.out, name="ours-pool",
+                                          extra=("--inline-run-us", "0"))
     runs: list[Run] = []
-    with ours, grpcio, bare, (w2 if "ours-w2" in targets else contextlib.nullcontext()):
+    with ours, grpcio, bare, (w2 if "ours-w2" in targets else contextlib.nullcontext()), \
+            (pool if "ours-pool" in targets else contextlib.nullcontext()):
         where = {"ours": (ours_grpc, ours.pid, ours_http), "grpcio": (grpcio_grpc, grpcio.pid, grpcio_http),
                  "ours-stream": (ours_grpc, ours.pid, ours_http),
                  "ours-w2": (w2_grpc, w2.pid if w2.proc else 0, w2_http),
+                 "ours-pool": (pool_grpc, pool.pid if pool.proc else 0, pool_http),
                  "http": (ours_http, ours.pid, ours_http), "bare": (bare_port, bare.pid, None)}
         for round_ in range(args.rounds):
             for concurrency in (int(c) for c in args.concurrency.split(",")):
@@ -172,7 +179,7 @@ def _report(runs: list[Run], targets: list[str]) -> None:
                   f"cpu/req {statistics.median(r.cpu_us_per_request for r in mine):6.0f} us  "
                   f"rows/batch {statistics.median(batch) if batch else float('nan'):5.1f}")
         for a, b in (("ours", "bare"), ("ours", "grpcio"), ("ours", "http"), ("ours-stream", "ours"),
-                     ("ours-w2", "ours")):
+                     ("ours-w2", "ours"), ("ours", "ours-pool")):
             if a in targets and b in targets:
                 ratios = [by[(a, concurrency, n)].rps / by[(b, concurrency, n)].rps for n in rounds]
                 p99 = [by[(a, concurrency, n)].p99_ms / by[(b, concurrency, n)].p99_ms for n in rounds]

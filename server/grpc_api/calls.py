@@ -208,10 +208,11 @@ class Call:
             yield self.rpc.parse(body)
 
     async def write(self, message: Any) -> None:
-        """One response message of a streaming call; waits while the peer is not reading."""
+        """One response message (or its serialized bytes) of a streaming call; waits while the peer is not
+        reading."""
         if self.finished:
             raise asyncio.CancelledError
-        body = message.SerializeToString()
+        body = message if isinstance(message, bytes) else message.SerializeToString()
         if len(body) > self.max_message_bytes:
             raise AbortError(grpc.StatusCode.RESOURCE_EXHAUSTED, "response message too large")
         if not self.headers_sent:

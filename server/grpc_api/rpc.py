@@ -38,7 +38,8 @@ RpcTable = dict[str, Rpc]
 
 
 def _serialize(message: Any) -> bytes:
-    return bytes(message.SerializeToString())
+    """A response message's bytes; a handler may yield them already serialized (ModelStreamInfer does)."""
+    return message if isinstance(message, bytes) else bytes(message.SerializeToString())
 
 
 def generic_handler(service: str, table: RpcTable) -> grpc.GenericRpcHandler:

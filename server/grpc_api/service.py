@@ -53,8 +53,23 @@ def _routing_key(context: Ctx) -> str | None:
     return None
 
 
-def _serialize(message: Any) -> bytes:
-    return message.SerializeToString()  # type: ignore[no-any-return]
+def _stream_response(response: pb.ModelInferResponse) -> bytes:
+    """ModelStreamInferResponse{infer_response: response}, serialized: the response's bytes behind field 2's
+    tag and length. Wrapping the message object would copy it, outputs and all, before serializing."""
+    body = response.SerializeToString()
+    return _INFER_RESPONSE_TAG + _varint(len(body)) + body
+
+
+_INFER_RESPONSE_TAG = b"\x12"  # field 2 (infer_response), wire type 2 (length-delimited)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 class InferenceService:
@@ -130,14 +145,14 @@ class InferenceService:
         return response
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Ctx
-                                 ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+                                 ) -> AsyncIterator[pb.ModelStreamInferResponse | bytes]:
         """Requests on one stream run concurrently; an error answers that request and the stream goes on.
 
         At most STREAM_IN_FLIGHT of them run at once (further messages wait unread), and they share one
         QueueShare: beyond its part of a model's queue they are answered RESOURCE_EXHAUSTED, so one
         stream cannot fill the queue for everyone else.
         """
-        results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        results: asyncio.Queue[pb.ModelStreamInferResponse | bytes | None] = asyncio.Queue()
         key = _routing_key(context)
         creds = _creds(context)
         share = QueueShare(self._stream_queue_share)
@@ -151,28 +166,32 @@ class InferenceService:
                     response = await self._infer(raw, creds, key, ids)
                 if observed is not None:
                     observed.finish()
-                await results.put(pb.ModelStreamInferResponse(infer_response=response))
+                results.put_nowait(_stream_response(response))  # unbounded: the window below bounds it
             except Exception as exc:
                 if observed is not None:
                     observed.failed(exc)
                 _, message = abort_status(exc)
-                await results.put(pb.ModelStreamInferResponse(
+                results.put_nowait(pb.ModelStreamInferResponse(
                     error_message=message, infer_response=pb.ModelInferResponse(id=ids[0] if ids else "")))
 
         window = asyncio.Semaphore(STREAM_IN_FLIGHT)
 
         async def reader() -> None:
             tasks: set[asyncio.Task[None]] = set()
+
+            def done(task: asyncio.Task[None]) -> None:
+                tasks.discard(task)
+                window.release()
+
             async for request in requests:
                 # A full window reads no further message: flow control then holds the client back,
                 # instead of its excess being refused by the share below.
                 await window.acquire()
                 task = asyncio.create_task(one(request))
                 tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                task.add_done_callback(lambda _: window.release())
+                task.add_done_callback(done)
             await asyncio.gather(*tasks)
-            await results.put(None)
+            results.put_nowait(None)
 
         read = asyncio.create_task(reader())
         try:
