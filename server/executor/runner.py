@@ -30,10 +30,7 @@ from ..spec import ModelSpec
 from ..tensors import Tensor
 from .session import create_sessions
 
-__all__ = ["DEFAULT_INLINE_RUN_US", "OrtRunner"]
-
-DEFAULT_INLINE_RUN_US = 20
-"""Runs whose batch size recently took less CPU than this are made on the event loop (0: never)."""
+__all__ = ["OrtRunner"]
 
 _SMOOTHING = 0.25  # weight of the newest run in a bucket's moving average
 

@@ -164,20 +164,18 @@ class Call:
         self.sink.call_finished(self)
 
     async def _run_unary_stream(self, request: Any) -> None:
-        async def run() -> None:
-            result = self.rpc.handler(request, self.context)
-            if inspect.isasyncgen(result):
-                async for message in result:
-                    await self.write(message)
-            else:
-                await result
-        await self._guard(run())
+        await self._guard(self._respond(self.rpc.handler(request, self.context)))
 
     async def _run_stream(self) -> None:
-        async def run() -> None:
-            async for message in self.rpc.handler(self._read_requests(), self.context):
+        await self._guard(self._respond(self.rpc.handler(self._read_requests(), self.context)))
+
+    async def _respond(self, result: Any) -> None:
+        """A streaming handler's answers: what it yields, or (a coroutine) what it passes to context.write."""
+        if inspect.isasyncgen(result):
+            async for message in result:
                 await self.write(message)
-        await self._guard(run())
+        else:
+            await result
 
     async def _guard(self, body: Any) -> None:
         try:

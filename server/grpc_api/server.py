@@ -163,8 +163,8 @@ class GrpcProtocol(asyncio.Protocol):
         deadline = None if timeout is None else self._loop.time() + timeout
         call = Call(self, stream_id, rpc, CallContext(metadata, self._peer, self._auth, deadline),
                     encoding, self._server.max_message_bytes, self._server.limits.stream_recv_buffer_bytes)
-        if rpc.kind == "unary_stream":
-            call.context.attach_writer(call.write)  # server-streaming handlers that call context.write()
+        if rpc.kind != "unary_unary":
+            call.context.attach_writer(call.write)  # streaming handlers that call context.write()
         self._calls[stream_id] = call
         if deadline is not None:
             call.timer = self._loop.call_at(deadline, self._expire, call)

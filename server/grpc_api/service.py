@@ -144,45 +144,46 @@ class InferenceService:
             context.set_trailing_metadata(tuple(trace.items()))
         return response
 
-    async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Ctx
-                                 ) -> AsyncIterator[pb.ModelStreamInferResponse | bytes]:
+    async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Ctx) -> None:
         """Requests on one stream run concurrently; an error answers that request and the stream goes on.
 
         At most STREAM_IN_FLIGHT of them run at once (further messages wait unread), and they share one
         QueueShare: beyond its part of a model's queue they are answered RESOURCE_EXHAUSTED, so one
-        stream cannot fill the queue for everyone else.
+        stream cannot fill the queue for everyone else. Each answer is written by its own request as it
+        finishes (completion order), one write at a time: no queue and no second task per message.
         """
-        results: asyncio.Queue[pb.ModelStreamInferResponse | bytes | None] = asyncio.Queue()
         key = _routing_key(context)
         creds = _creds(context)
         share = QueueShare(self._stream_queue_share)
         metadata = context.invocation_metadata() if observation.ACTIVE is not None else None
+        window = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        writing = asyncio.Lock()  # grpc.aio's context takes one write at a time; ours waits for the peer
+        tasks: set[asyncio.Task[None]] = set()
 
         async def one(raw: bytes) -> None:
             observed = observation.begin_grpc(metadata) if observation.ACTIVE is not None else None
             ids: list[str] = []
+            message: pb.ModelStreamInferResponse | bytes
             try:
                 with share.applied():
                     response = await self._infer(raw, creds, key, ids)
                 if observed is not None:
                     observed.finish()
-                results.put_nowait(_stream_response(response))  # unbounded: the window below bounds it
+                message = _stream_response(response)
             except Exception as exc:
                 if observed is not None:
                     observed.failed(exc)
-                _, message = abort_status(exc)
-                results.put_nowait(pb.ModelStreamInferResponse(
-                    error_message=message, infer_response=pb.ModelInferResponse(id=ids[0] if ids else "")))
+                _, text = abort_status(exc)
+                message = pb.ModelStreamInferResponse(
+                    error_message=text, infer_response=pb.ModelInferResponse(id=ids[0] if ids else ""))
+            async with writing:
+                await context.write(message)
 
-        window = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        def done(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            window.release()
 
-        async def reader() -> None:
-            tasks: set[asyncio.Task[None]] = set()
-
-            def done(task: asyncio.Task[None]) -> None:
-                tasks.discard(task)
-                window.release()
-
+        try:
             async for request in requests:
                 # A full window reads no further message: flow control then holds the client back,
                 # instead of its excess being refused by the share below.
@@ -190,15 +191,11 @@ class InferenceService:
                 task = asyncio.create_task(one(request))
                 tasks.add(task)
                 task.add_done_callback(done)
-            await asyncio.gather(*tasks)
-            results.put_nowait(None)
-
-        read = asyncio.create_task(reader())
-        try:
-            while (item := await results.get()) is not None:
-                yield item
-        finally:
-            read.cancel()
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:  # the stream ended early (reset, a failed write): its requests are dropped too
+            for task in list(tasks):
+                task.cancel()
 
     async def model_statistics(self, request: pb.ModelStatisticsRequest, context: Ctx
                                ) -> pb.ModelStatisticsResponse:
