@@ -75,7 +75,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="ONNX Runtime intra-op threads per session (models may override)")
     p.add_argument("--allow-spinning", type=parse_bool, default=parse_bool(env("allow-spinning", "false") or "false"),
                    help="let ONNX Runtime's intra-op threads spin-wait between runs (true/false; burns cores)")
-    p.add_argument("--inline-run-us", type=int, default=int(env("inline-run-us", "10") or 0),
+    p.add_argument("--inline-run-us", type=int, default=int(env("inline-run-us", "20") or 0),
                    help="make a model run on the event loop when runs of its batch size recently took less CPU "
                         "than this (microseconds): the hand-off to ONNX Runtime's thread costs ~25 us; 0: never "
                         "(models may override with the inline_run_us parameter)")

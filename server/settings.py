@@ -68,7 +68,7 @@ class ServerSettings:
     allow_spinning: bool = False
     """Let ONNX Runtime's intra-op pool spin-wait between runs (burns cores; see BENCHMARKS.md)."""
 
-    inline_run_us: int = 10
+    inline_run_us: int = 20
     """Runs of a batch size that recently took less CPU than this many microseconds are made on the event
     loop rather than handed to the executor's pool (the hand-off costs more); 0: always the pool."""
 

@@ -39,5 +39,5 @@ def test_limit_flags_become_settings() -> None:
 
 
 def test_the_inline_run_flag_becomes_a_setting_and_defaults_to_the_settings_default() -> None:
-    assert _settings().inline_run_us == ServerSettings(model_repository="models").inline_run_us == 10
+    assert _settings().inline_run_us == ServerSettings(model_repository="models").inline_run_us == 20
     assert _settings("--inline-run-us", "0").inline_run_us == 0
