@@ -127,12 +127,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mlp", default="64,256,256,10", help="layer sizes of the `mlp` model served")
     parser.add_argument("--rows", type=int, default=1, help="rows per request (perf_analyzer -b); its "
                         "Inferences/Second, and so req/s and CPU per request here, then count rows")
+    parser.add_argument("--batching", default="", help="dynamic_batching fields of the served model's config, "
+                        "e.g. 'preferred_batch_size: [ 32 ] max_queue_delay_microseconds: 2000'")
     parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "grpc_transport")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     model = "mlp"
     repository = Path(tempfile.mkdtemp(prefix="tessera-bench-"))
-    make_models.make_mlp(repository, model, [int(size) for size in args.mlp.split(",")])
+    make_models.make_mlp(repository, model, [int(size) for size in args.mlp.split(",")],
+                         config_extra=f"dynamic_batching {{ {args.batching} }}\n")
     targets = args.targets.split(",")
     ours, ours_http, ours_grpc = _tessera(repository, "ours", args.server_cpus, args.out)
     grpcio, grpcio_http, grpcio_grpc = _tessera(repository, "grpcio", args.server_cpus, args.out)
