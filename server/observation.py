@@ -120,45 +120,55 @@ def format_traceparent(trace_id: int, span_id: int, sampled: bool) -> str:
 class RequestObservation:
     """What one inference request did, filled in as it goes; spans and log lines are made from it.
 
-    Fields start as class-level defaults, so a request only pays for what it sets. Only traced requests
-    get one unless request or payload logs are on: an unsampled request is then not observed at all."""
+    Only traced requests get one unless request or payload logs are on: an unsampled request is then
+    not observed at all. Slots, not a dict: the record is written field by field on the request path
+    and read back by the log writer's thread after it has gone cold, and a slotted object is one
+    allocation whose fields sit together."""
 
-    request_id = ""
-    caller: str | None = None
+    __slots__ = ("batch", "batch_run", "caller", "creds", "done", "end_ns", "enqueued_ns", "error", "model",
+                 "parent", "protocol", "queue_ns", "reason", "request_id", "routing", "rows", "served_ns",
+                 "span_id", "start_ns", "status", "trace_id", "traced", "version")
+
+    request_id: str
+    caller: str | None
     """The authorized principal's name; before authorization, see `caller_name`."""
-    creds: Any = None
+    creds: Any
     """The credentials presented (auth.Credentials), kept to describe a caller refused before it had a name."""
-    model = ""
-    version = ""
-    routing = ""
-    rows = 0
-    queue_ns = 0
-    enqueued_ns = 0
+    model: str
+    version: str
+    routing: str
+    rows: int
+    queue_ns: int
+    enqueued_ns: int
     """When it joined the batcher's queue (set for traced requests: their queue span)."""
-    served_ns = 0
+    served_ns: int
     """When the dataplane had its outputs (set for traced requests: their encode span)."""
-    end_ns = 0
-    batch_run: tuple[int, int, int, int] | None = None
+    end_ns: int
+    batch_run: tuple[int, int, int, int] | None
     """(dispatched ns, compute ns, rows, requests) of the batch it ran in, shared by the batch's members."""
-    status = 200
-    error = ""
-    reason = ""
-    done = False
-    traced = False
+    status: int
+    error: str
+    reason: str
+    done: bool
+    traced: bool
     """Sampled: the request's spans are emitted when it ends, and the response names its trace."""
-    trace_id = 0
+    trace_id: int
     """The trace id: the caller's, or the sampled trace's; 0 when there is none."""
-    span_id = 0
+    span_id: int
     """The request span's id when traced."""
-    batch: Any = None
+    batch: Any
     """The span context of the batch this traced request joined (its request span links to it)."""
 
     def __init__(self, protocol: str, parent: TraceParent | None) -> None:
         self.protocol = protocol
         self.parent = parent
         self.start_ns = time.perf_counter_ns()
-        if parent is not None:
-            self.trace_id = parent.trace_id
+        self.trace_id = 0 if parent is None else parent.trace_id
+        self.request_id = self.model = self.version = self.routing = self.error = self.reason = ""
+        self.caller = self.creds = self.batch_run = self.batch = None
+        self.rows = self.queue_ns = self.enqueued_ns = self.served_ns = self.end_ns = self.span_id = 0
+        self.status = 200
+        self.done = self.traced = False
 
     # -- filled in by the dataplane and the batcher --------------------------------------------
     def routed(self, version: str, routing: str, caller: str) -> None:
