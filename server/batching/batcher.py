@@ -73,6 +73,10 @@ class Runner(Protocol):
 
     async def run(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]: ...
 
+    def runs_inline(self, rows: int) -> bool:
+        """Whether a run of `rows` rows would now be made on the event loop, without suspending."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -208,6 +212,10 @@ class DynamicBatcher:
             except BaseException:
                 self._slots.release()
                 raise
+            if self._merge and self._runner.runs_inline(sum(p.rows for p in batch)):
+                # Made on the loop right now (the runner's measure): no task, no extra loop turn.
+                await self._execute(batch)
+                continue
             task = asyncio.get_running_loop().create_task(self._execute(batch))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
@@ -319,5 +327,10 @@ class DynamicBatcher:
                 self._metrics.record_queue(queue_ns)
                 if p.live:
                     p.future.set_result((piece, queue_ns))
+        except Exception as exc:  # stacking, splitting or bookkeeping failed: no request is left waiting
+            logger.exception("model '%s' version %s: a batch failed outside the model run", *self._labels)
+            for p in batch:
+                if p.live:
+                    p.future.set_exception(exc)
         finally:
             self._slots.release()

@@ -87,7 +87,7 @@ class OrtRunner:
         bucket = _bucket(feeds) if self._inline_limit_ns else 0
         session = self._idle.pop()
         try:
-            if bucket and self._run_ns.get(bucket, self._inline_limit_ns) < self._inline_limit_ns:
+            if self._inline(bucket):
                 results = self._run_sync(session, feeds, bucket)
             else:
                 loop = asyncio.get_running_loop()
@@ -116,6 +116,13 @@ class OrtRunner:
             return array
         # BF16 travels as uint16 bit patterns; hand ORT an OrtValue typed as bfloat16 (ONNX type 16).
         return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(array), 16)
+
+    def runs_inline(self, rows: int) -> bool:
+        """Whether a run of a `rows`-row batch would now be made on the event loop."""
+        return self._inline(rows.bit_length()) if self._inline_limit_ns else False
+
+    def _inline(self, bucket: int) -> bool:
+        return bucket > 0 and self._run_ns.get(bucket, self._inline_limit_ns) < self._inline_limit_ns
 
     @property
     def inline_limit_us(self) -> int:

@@ -52,6 +52,9 @@ class GatedRunner:
         async with self._changed:
             await asyncio.wait_for(self._changed.wait_for(lambda: self.running >= count), 10)
 
+    def runs_inline(self, rows: int) -> bool:
+        return False
+
     def close(self) -> None:
         pass
 
@@ -258,4 +261,54 @@ async def test_instances_run_batches_in_parallel():
     assert runner.running == 2
     runner.gate.set()
     await asyncio.gather(*tasks)
+    await batcher.stop()
+
+
+class InlineRunner:
+    """Answers at once, as a run made on the event loop does; `short` rows per batch or fewer count as
+    inline. `broken` answers with no array (so splitting a batch of several requests fails)."""
+
+    instances = 1
+
+    def __init__(self, short: int = 8, broken: bool = False) -> None:
+        self.short, self.broken = short, broken
+        self.batches: list[int] = []
+        self.tasks: list[asyncio.Task | None] = []
+
+    async def run(self, feeds):
+        x = feeds["x"]
+        self.batches.append(int(x.shape[0]))
+        self.tasks.append(asyncio.current_task())
+        return {"y": None if self.broken else x * 2}
+
+    def runs_inline(self, rows: int) -> bool:
+        return rows <= self.short
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_batch_the_runner_makes_inline_needs_no_task_and_answers_each_request():
+    runner = InlineRunner(short=4)
+    batcher = make_batcher(runner, make_spec(max_batch_size=8))
+    small = [asyncio.create_task(batcher.submit({"x": rows([i])}, 1)) for i in range(3)]
+    for i, (outputs, _) in enumerate(await asyncio.gather(*small)):
+        np.testing.assert_array_equal(outputs["y"], rows([i]) * 2)
+    assert runner.tasks == [batcher._loop_task]  # one batch of 3, made in the batcher's own loop
+    large = [asyncio.create_task(batcher.submit({"x": rows([i] * 3)}, 3)) for i in range(2)]
+    for i, (outputs, _) in enumerate(await asyncio.gather(*large)):
+        np.testing.assert_array_equal(outputs["y"], rows([i] * 3) * 2)
+    assert runner.batches == [3, 6] and runner.tasks[1] is not batcher._loop_task  # 6 rows: a task, as before
+    await batcher.stop()
+
+
+async def test_a_batch_that_fails_after_its_run_fails_its_requests_and_the_batcher_goes_on():
+    runner = InlineRunner(broken=True)
+    batcher = make_batcher(runner, make_spec())
+    both = [asyncio.create_task(batcher.submit({"x": rows([i])}, 1)) for i in range(2)]
+    done = await asyncio.wait_for(asyncio.gather(*both, return_exceptions=True), 5)
+    assert runner.batches == [2] and all(isinstance(result, TypeError) for result in done)
+    runner.broken = False
+    outputs, _ = await asyncio.wait_for(batcher.submit({"x": rows([3])}, 1), 5)
+    np.testing.assert_array_equal(outputs["y"], rows([3]) * 2)
     await batcher.stop()

@@ -27,6 +27,9 @@ class EchoRunner:
         self.runs.append(int(feeds["x"].shape[0]))
         return {"y": np.full((feeds["x"].shape[0], 2), len(self.runs), dtype=np.int64)}
 
+    def runs_inline(self, rows: int) -> bool:
+        return False
+
     def close(self) -> None:
         pass
 
