@@ -140,7 +140,7 @@ class LineFormatter:
             served = _cached(self._served, key, ",".join(
                 f'"{name}":{encode_basestring(value)}'
                 for name, value in zip(("model", "version", "routing", "protocol"), key, strict=True)))
-        name = obs.caller if obs.caller is not None or obs.creds is None else obs.caller_name()
+        name = obs.caller_name()
         caller = self._callers.get(name)
         if caller is None:
             caller = _cached(self._callers, name, "null" if name is None else encode_basestring(name))

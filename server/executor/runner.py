@@ -119,9 +119,10 @@ class OrtRunner:
 
     def runs_inline(self, rows: int) -> bool:
         """Whether a run of a `rows`-row batch would now be made on the event loop."""
-        return self._inline(rows.bit_length()) if self._inline_limit_ns else False
+        return self._inline(rows.bit_length())
 
     def _inline(self, bucket: int) -> bool:
+        """Bucket 0 is a run not measured; a bucket with no measure yet goes to the pool first."""
         return bucket > 0 and self._run_ns.get(bucket, self._inline_limit_ns) < self._inline_limit_ns
 
     @property
