@@ -186,18 +186,6 @@ class RequestObservation:
     def dispatched_ns(self) -> int:
         return self.batch_run[0] if self.batch_run is not None else 0
 
-    @property
-    def compute_ns(self) -> int:
-        return self.batch_run[1] if self.batch_run is not None else 0
-
-    @property
-    def batch_rows(self) -> int:
-        return self.batch_run[2] if self.batch_run is not None else 0
-
-    @property
-    def batch_requests(self) -> int:
-        return self.batch_run[3] if self.batch_run is not None else 0
-
     # -- ends ------------------------------------------------------------------------------------
     def finish(self) -> dict[str, str]:
         """The response is encoded: end the spans, log. Returns the response's trace headers
