@@ -8,20 +8,27 @@ are awaited before the next. Figure: process CPU time (every thread: ONNX Runtim
 This is the part of the benchmark's "server CPU per request" that code changes here can move.
 
     taskset -c 0 python -m benchmarks.grpc_path_micro [--calls-per-read 32] [--reads 300] [--profile]
-        [--request-log /dev/null]
+        [--request-log /dev/null] [--trace-ratio 0.01]
+
+With --trace-ratio, tracing is on (the real OTLP/HTTP exporter, posting to a sink in a child process
+on CPU 1 that discards what it receives), so the figure includes the span exporter's thread.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import gc
 import logging
+import os
 import pstats
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,18 +114,53 @@ async def measure(app: App, reads: list[bytes], per_read: int, profile: bool, so
         raise RuntimeError(f"{len(reads) * per_read - (stats.success.count - served_before)} calls failed")
     if profiler is not None:
         profiler.disable()
+        if os.environ.get("PROFILE_OUT"):
+            profiler.dump_stats(os.environ["PROFILE_OUT"])
         pstats.Stats(profiler).sort_stats(sort).print_stats(70)
     calls = len(reads) * per_read
     return cpu / calls * 1e6, loop_cpu / calls * 1e6, wall / calls * 1e6
 
 
+_SINK = """
+import http.server, os, sys
+os.sched_setaffinity(0, {1})
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+@contextlib.contextmanager
+def _otlp_sink() -> Iterator[str]:
+    """An OTLP/HTTP endpoint in a child process (on CPU 1, away from the measured one)."""
+    sink = subprocess.Popen([sys.executable, "-c", _SINK], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout is not None
+        yield f"http://127.0.0.1:{sink.stdout.readline().strip()}/v1/traces"
+    finally:
+        sink.kill()
+        sink.wait()
+
+
 async def run(args: argparse.Namespace) -> None:
     sizes = [int(s) for s in args.mlp.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        tracing = args.trace_ratio is not None
+        if tracing:
+            os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = stack.enter_context(_otlp_sink())
         make_models.make_mlp(Path(tmp) / "repo", "mlp", sizes)
         settings = ServerSettings(model_repository=str(Path(tmp) / "repo"), http_port=0, grpc_port=0,
                                   state_dir=Path(tmp) / "state", drift_enabled=not args.no_drift,
-                                  request_log=args.request_log, inline_run_us=args.inline_run_us)
+                                  request_log=args.request_log, inline_run_us=args.inline_run_us,
+                                  tracing_enabled=tracing, trace_sample_ratio=args.trace_ratio or 0.0)
         app = App(settings)
         await app.start()
         settle_heap()  # as `tessera serve` does after start-up
@@ -149,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
                         "lines cost, the writer thread's formatting included")
     parser.add_argument("--inline-run-us", type=int, default=ServerSettings(model_repository="").inline_run_us,
                         help="as `tessera serve --inline-run-us` (0: every run through the pool)")
+    parser.add_argument("--trace-ratio", type=float, default=None, help="tracing on with this sampling ratio")
     parser.add_argument("--profile", action="store_true", help="cProfile the measured runs (slows them ~3x; "
                         "disable the collector in the process to see functions' own costs)")
     parser.add_argument("--sort", default="tottime", help="profile order: tottime or cumulative")

@@ -156,8 +156,8 @@ class RequestObservation:
     """The trace id: the caller's, or the sampled trace's; 0 when there is none."""
     span_id: int
     """The request span's id when traced."""
-    batch: Any
-    """The span context of the batch this traced request joined (its request span links to it)."""
+    batch: tuple[int, int] | None
+    """The (trace id, span id) of the batch this traced request joined (its request span links to it)."""
 
     def __init__(self, protocol: str, parent: TraceParent | None) -> None:
         self.protocol = protocol

@@ -34,8 +34,8 @@ class CallSink(Protocol):
 
     def send_headers(self, stream_id: int, block: bytes, end_stream: bool = False) -> None: ...
     def send_data(self, stream_id: int, data: bytes) -> None: ...
-    def send_response(self, stream_id: int, message: bytes) -> None:
-        """Response headers, one message and OK trailers: a whole unary answer."""
+    def send_response(self, stream_id: int, message: bytes, trailers: bytes = OK_TRAILERS) -> None:
+        """Response headers, one message and OK trailers (`trailers`: with metadata): a whole unary answer."""
     def acknowledge(self, stream_id: int, size: int) -> None: ...
     def call_finished(self, call: Call) -> None: ...
     async def wait_writable(self, call: Call) -> None: ...
@@ -150,17 +150,16 @@ class Call:
             return
         if self.finished:
             return
-        if self.context.trailing_metadata():
-            self.headers_sent = True
-            self.sink.send_headers(self.stream_id, RESPONSE_HEADERS)
-            self.sink.send_data(self.stream_id, prefixed(body))
-            self.finish(grpc.StatusCode.OK, "")
-            return
+        trailing = self.context.trailing_metadata()
         self.finished = self.headers_sent = True
         self.context.mark_done()
         if self.timer is not None:
             self.timer.cancel()
-        self.sink.send_response(self.stream_id, prefixed(body))
+        if trailing:  # in the same write as the answer, as OK trailers are (a traced call's traceparent)
+            self.sink.send_response(self.stream_id, prefixed(body), error_headers(
+                grpc.StatusCode.OK, "", trailers_only=False, metadata=_encoded(trailing)))
+        else:
+            self.sink.send_response(self.stream_id, prefixed(body))
         self.sink.call_finished(self)
 
     async def _run_unary_stream(self, request: Any) -> None:
@@ -232,8 +231,7 @@ class Call:
         self.context.mark_done()
         if self.timer is not None:
             self.timer.cancel()
-        trailing = [(k.encode(), v if isinstance(v, bytes) else v.encode())
-                    for k, v in self.context.trailing_metadata()]
+        trailing = _encoded(self.context.trailing_metadata())
         if code is grpc.StatusCode.OK and self.headers_sent and not trailing:
             block = OK_TRAILERS
         else:
@@ -253,3 +251,7 @@ class Call:
             self.timer.cancel()
         if self.task is not None and not self.task.done():
             self.task.cancel()
+
+
+def _encoded(metadata: Any) -> list[tuple[bytes, bytes]]:
+    return [(k.encode(), v if isinstance(v, bytes) else v.encode()) for k, v in metadata]

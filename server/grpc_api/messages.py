@@ -6,6 +6,7 @@ Pure functions and one small reader; see grpc's doc/PROTOCOL-HTTP2.md for the wi
 from __future__ import annotations
 
 import base64
+import functools
 import zlib
 from typing import NamedTuple
 
@@ -14,7 +15,8 @@ import hpack
 
 __all__ = [
     "ACCEPT_ENCODING", "OK_TRAILERS", "RESPONSE_HEADERS", "MessageReader", "MessageTooLarge", "RequestHead",
-    "decompress", "encode_headers", "error_headers", "parse_timeout", "percent_encode", "prefixed", "request_head",
+    "decompress", "encode_headers", "encode_metadata", "error_headers", "parse_timeout", "percent_encode",
+    "prefixed", "request_head",
 ]
 
 ACCEPT_ENCODING = b"identity,deflate,gzip"
@@ -27,6 +29,18 @@ _encoder = hpack.Encoder()
 
 def encode_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
     return bytes(_encoder.encode([hpack.NeverIndexedHeaderTuple(k, v) for k, v in headers], huffman=False))
+
+
+def encode_metadata(metadata: list[tuple[bytes, bytes]]) -> bytes:
+    """Metadata as never-indexed literals with their names spelled out (RFC 7541 6.2.3), the form
+    `encode_headers` gives a name outside the static table, without the encoder's per-field work (~6 us
+    a block): a traced call's trailers carry a fresh `traceparent` every time."""
+    return b"".join(b"\x10%b%b%b%b" % (_length(len(name)), name, _length(len(value)), value)
+                    for name, value in metadata)
+
+
+def _length(n: int) -> bytes:
+    return bytes((n,)) if n < 127 else bytes(hpack.hpack.encode_integer(n, 7))
 
 
 RESPONSE_HEADERS = encode_headers([(b":status", b"200"), (b"content-type", b"application/grpc"),
@@ -102,11 +116,19 @@ def percent_encode(message: str) -> bytes:
 def error_headers(code: grpc.StatusCode, message: str, trailers_only: bool,
                   metadata: list[tuple[bytes, bytes]] | None = None) -> bytes:
     """Trailers for a status (with the response headers when nothing was sent: trailers-only)."""
-    fields = [(b":status", b"200"), (b"content-type", b"application/grpc")] if trailers_only else []
-    fields.append((b"grpc-status", str(code.value[0]).encode()))
     if message:
-        fields.append((b"grpc-message", percent_encode(message)))
-    return encode_headers(fields + (metadata or []))
+        fields = [(b":status", b"200"), (b"content-type", b"application/grpc")] if trailers_only else []
+        fields += [(b"grpc-status", str(code.value[0]).encode()), (b"grpc-message", percent_encode(message))]
+        block = encode_headers(fields)
+    else:
+        block = _status_block(code, trailers_only)
+    return block + encode_metadata(metadata) if metadata else block
+
+
+@functools.cache
+def _status_block(code: grpc.StatusCode, trailers_only: bool) -> bytes:
+    fields = [(b":status", b"200"), (b"content-type", b"application/grpc")] if trailers_only else []
+    return encode_headers([*fields, (b"grpc-status", str(code.value[0]).encode())])
 
 
 def decompress(data: bytes, encoding: bytes, limit: int) -> bytes:

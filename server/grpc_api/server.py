@@ -195,8 +195,8 @@ class GrpcProtocol(asyncio.Protocol):
         self._conn.send_data(stream_id, data)
         self._schedule_flush()
 
-    def send_response(self, stream_id: int, message: bytes) -> None:
-        self._conn.send_response(stream_id, RESPONSE_HEADERS, message, OK_TRAILERS)
+    def send_response(self, stream_id: int, message: bytes, trailers: bytes = OK_TRAILERS) -> None:
+        self._conn.send_response(stream_id, RESPONSE_HEADERS, message, trailers)
         self._schedule_flush()
 
     def acknowledge(self, stream_id: int, size: int) -> None:

@@ -5,9 +5,18 @@ from __future__ import annotations
 import gzip
 import zlib
 
+import grpc
+import hpack
 import pytest
 
-from server.grpc_api.messages import MessageReader, MessageTooLarge, decompress, parse_timeout, percent_encode
+from server.grpc_api.messages import (
+    MessageReader,
+    MessageTooLarge,
+    decompress,
+    error_headers,
+    parse_timeout,
+    percent_encode,
+)
 
 
 @pytest.mark.parametrize(("value", "seconds"), [
@@ -44,3 +53,18 @@ def test_gzip_and_deflate_inflate_and_a_zip_bomb_stops_at_the_limit() -> None:
         decompress(gzip.compress(bytes(100 << 20)), b"gzip", 1 << 20)
     with pytest.raises(ValueError, match="snappy"):
         decompress(body, b"snappy", 1 << 20)
+
+
+@pytest.mark.parametrize("trailers_only", [True, False])
+@pytest.mark.parametrize("message", ["", "bad (100%, é)"])
+def test_status_blocks_with_metadata_decode_to_the_fields_in_order(trailers_only: bool, message: str) -> None:
+    metadata = [(b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+                (b"x-long", b"v" * 300), (b"x-bin", bytes(range(256)))]  # 300 and 256: multi-byte lengths
+    for code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT):
+        expected = [(b":status", b"200"), (b"content-type", b"application/grpc")] if trailers_only else []
+        expected.append((b"grpc-status", str(code.value[0]).encode()))
+        if message:
+            expected.append((b"grpc-message", percent_encode(message)))
+        block = error_headers(code, message, trailers_only, metadata)
+        assert hpack.Decoder().decode(block, raw=True) == expected + metadata
+        assert hpack.Decoder().decode(error_headers(code, message, trailers_only), raw=True) == expected
