@@ -6,10 +6,12 @@ loads it. Sampling is decided here, before anything else: a caller's sampled fla
 draw: no ids, no span, no response header. A sampled request gets its ids when it starts; when it
 ends, the event loop hands one record of the times it measured to a BatchSpanProcessor (its own
 thread, OTEL_BSP_* honoured; each entry of its queue is one traced request, batch or shadow run, i.e.
-two or three spans). On that thread the records become the SDK's ReadableSpans, finished, rather
-than spans opened and closed through the SDK's Span (~100 us of locks, context and attribute checks
-per request), and go to the standard OTLP exporter, which reads the standard OTEL_EXPORTER_OTLP_*
-variables (endpoint, headers, timeout, compression, certificates).
+two or three spans), rather than opening and closing spans through the SDK's Span (~100 us of locks,
+context and attribute checks per request). On that thread the records become spans, finished, and
+go to the standard OTLP exporter, which reads the standard OTEL_EXPORTER_OTLP_* variables (endpoint,
+headers, timeout, compression, certificates): to the OTLP/HTTP exporter's client as the protobuf
+payload its own encoder would have made (`otlp_spans`, several times cheaper), to any other
+exporter (OTLP over gRPC, or one given) as the SDK's ReadableSpans through its `export`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+from . import otlp_spans
 from .observation import RequestObservation, TraceParent
 
 __all__ = ["Tracing", "otel_configured"]
@@ -38,48 +41,39 @@ def otel_configured(env: dict[str, str]) -> bool:
     return bool(env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
 
 
-class _Sdk:
-    """The OpenTelemetry names spans are built from, imported once by `Tracing.create`."""
+class _Span(NamedTuple):
+    """One finished span, as the records below describe it, before either sink turns it into what the
+    exporter takes."""
 
-    def __init__(self, resource: Any) -> None:
-        from opentelemetry import trace as api
-        from opentelemetry.sdk.trace import ReadableSpan
-        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-
-        self.api = api
-        self.readable_span = ReadableSpan
-        self.resource = resource
-        self.scope = InstrumentationScope("tessera")
-        self.sampled = api.TraceFlags(api.TraceFlags.SAMPLED)
-        self.server, self.internal = api.SpanKind.SERVER, api.SpanKind.INTERNAL
-        self.unset = api.Status(api.StatusCode.UNSET)
-        self.bits = random.Random().getrandbits  # the export thread's own: child span ids
-
-    def context(self, trace_id: int, span_id: int, trace_state: Any = None) -> Any:
-        return self.api.SpanContext(trace_id, span_id, False, self.sampled, trace_state)
-
-    def span(self, name: str, context: Any, parent: Any, kind: Any, start_ns: int, end_ns: int,
-             attributes: dict[str, Any], status: Any = None, links: Sequence[Any] = ()) -> Any:
-        return self.readable_span(name, context, parent, self.resource, kind=kind, status=status or self.unset,
-                                  links=links, start_time=start_ns, end_time=end_ns,
-                                  instrumentation_scope=self.scope, attributes=attributes)
-
-    def child(self, parent: Any, name: str, start_ns: int, end_ns: int) -> Any:
-        context = self.context(parent.trace_id, self.bits(64) or 1, parent.trace_state)
-        return self.span(name, context, parent, self.internal, start_ns, end_ns, {})
+    name: str
+    trace_id: int
+    span_id: int
+    parent_id: int
+    """0: a root span."""
+    remote_parent: bool
+    server: bool
+    """SpanKind SERVER (the request), else INTERNAL."""
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any]
+    links: tuple[tuple[int, int, dict[str, Any] | None], ...] = ()
+    error: str = ""
+    """The status description of a failed span; empty: status unset."""
+    trace_state: str = ""
 
 
 class _Traced:
-    """What the event loop hands the span processor for one traced request, batch or shadow copy: the
-    figures the request path measured, turned into the SDK's spans by `_SpanBuilder` on the processor's
-    thread. Building ReadableSpans on the loop cost it ~70 us per traced request and left some thirty
-    SDK objects per request waiting in the queue; this is one object."""
+    """What the event loop hands the span processor for one traced request, batch or shadow run: the
+    figures the request path measured, made into spans on the processor's thread (building them on
+    the loop cost it ~70 us per traced request and left some thirty SDK objects per request waiting
+    in the processor's queue; this is one object)."""
 
     __slots__ = ()
     context: Any = None
     """Read by BatchSpanProcessor.on_end, which queues only sampled spans: set to a sampled SpanContext."""
 
-    def build(self, sdk: _Sdk, offset_ns: int, out: list[Any]) -> None:
+    def spans(self, offset_ns: int, bits: Callable[[int], int], out: list[_Span]) -> None:
+        """Append this record's spans; `offset_ns` turns perf_counter times into Unix ns, `bits` draws ids."""
         raise NotImplementedError
 
 
@@ -91,29 +85,29 @@ class _TracedRequest(_Traced):
     def __init__(self, obs: RequestObservation, end_ns: int) -> None:
         self.obs, self.end_ns = obs, end_ns
 
-    def build(self, sdk: _Sdk, offset_ns: int, out: list[Any]) -> None:
-        api, obs = sdk.api, self.obs
+    def spans(self, offset_ns: int, bits: Callable[[int], int], out: list[_Span]) -> None:
+        obs = self.obs
         parent = obs.parent
-        remote = state = None
-        if parent is not None:
-            state = api.TraceState.from_header([parent.tracestate]) if parent.tracestate else None
-            remote = api.SpanContext(parent.trace_id, parent.span_id, True, sdk.sampled, state)
-        context = sdk.context(obs.trace_id, obs.span_id, state)
+        trace, span = obs.trace_id, obs.span_id
+        state = _trace_state(parent.tracestate) if parent is not None and parent.tracestate else ""
         if obs.dispatched_ns:  # the wait is the span's duration: no attribute repeats it
-            out.append(sdk.child(context, "queue", obs.enqueued_ns + offset_ns, obs.dispatched_ns + offset_ns))
+            out.append(_Span("queue", trace, bits(64) or 1, span, False, False, obs.enqueued_ns + offset_ns,
+                             obs.dispatched_ns + offset_ns, {}, trace_state=state))
         if obs.served_ns and obs.status < 400:
-            out.append(sdk.child(context, "encode", obs.served_ns + offset_ns, self.end_ns + offset_ns))
-        status = api.Status(api.StatusCode.ERROR, f"{obs.error}: {obs.reason}") if obs.status >= 400 else None
-        links = (api.Link(sdk.context(*obs.batch), {"tessera.link": "batch"}),) if obs.batch is not None else ()
+            out.append(_Span("encode", trace, bits(64) or 1, span, False, False, obs.served_ns + offset_ns,
+                             self.end_ns + offset_ns, {}, trace_state=state))
         # The batch's size lives on the batch span this one links to; a request id only when the
-        # client sent one. Every attribute is a protobuf message the exporter builds in Python.
+        # client sent one.
         attributes: dict[str, Any] = {
             "tessera.protocol": obs.protocol, "tessera.model": obs.model, "tessera.version": obs.version,
             "tessera.routing": obs.routing, "tessera.status": obs.status, "tessera.rows": obs.rows}
         if obs.request_id:
             attributes["tessera.request_id"] = obs.request_id
-        out.append(sdk.span("infer", context, remote, sdk.server, obs.start_ns + offset_ns, self.end_ns + offset_ns,
-                            attributes, status, links))
+        out.append(_Span(
+            "infer", trace, span, parent.span_id if parent is not None else 0, parent is not None, True,
+            obs.start_ns + offset_ns, self.end_ns + offset_ns, attributes,
+            ((*obs.batch, _BATCH_LINK),) if obs.batch is not None else (),
+            f"{obs.error}: {obs.reason}" if obs.status >= 400 else "", state))
 
 
 class _TracedBatch(_Traced):
@@ -126,14 +120,14 @@ class _TracedBatch(_Traced):
         self.ids, self.members, self.rows, self.requests = ids, members, rows, requests
         self.times, self.model, self.version = times, model, version
 
-    def build(self, sdk: _Sdk, offset_ns: int, out: list[Any]) -> None:
+    def spans(self, offset_ns: int, bits: Callable[[int], int], out: list[_Span]) -> None:
         dispatched, run_start, run_end, end = self.times
-        batch = sdk.context(*self.ids)
-        links = [sdk.api.Link(sdk.context(*member)) for member in self.members]
-        out.append(sdk.span("batch", batch, None, sdk.internal, dispatched + offset_ns, end + offset_ns, {
+        trace, span = self.ids
+        out.append(_Span("batch", trace, span, 0, False, False, dispatched + offset_ns, end + offset_ns, {
             "tessera.model": self.model, "tessera.version": self.version, "tessera.batch.rows": self.rows,
-            "tessera.batch.requests": self.requests}, links=links))
-        out.append(sdk.child(batch, "model_run", run_start + offset_ns, run_end + offset_ns))
+            "tessera.batch.requests": self.requests}, tuple((t, s, None) for t, s in self.members)))
+        out.append(_Span("model_run", trace, bits(64) or 1, span, False, False, run_start + offset_ns,
+                         run_end + offset_ns, {}))
 
 
 class _TracedShadow(_Traced):
@@ -147,15 +141,105 @@ class _TracedShadow(_Traced):
         self.copied, self.start_ns, self.end_ns = copied, start_ns, end_ns
         self.model, self.candidate, self.ok = model, candidate, ok
 
-    def build(self, sdk: _Sdk, offset_ns: int, out: list[Any]) -> None:
-        api = sdk.api
-        status = None if self.ok else api.Status(api.StatusCode.ERROR, "shadow copy failed")
+    def spans(self, offset_ns: int, bits: Callable[[int], int], out: list[_Span]) -> None:
         attributes = {"tessera.model": self.model, "tessera.version": str(self.candidate),
                       "tessera.routing": "shadow"}
-        for ids in self.copied:
-            context = sdk.context(sdk.bits(128) or 1, sdk.bits(64) or 1)
-            out.append(sdk.span("shadow", context, None, sdk.internal, self.start_ns + offset_ns,
-                                self.end_ns + offset_ns, attributes, status, (api.Link(sdk.context(*ids)),)))
+        for trace, span in self.copied:
+            out.append(_Span("shadow", bits(128) or 1, bits(64) or 1, 0, False, False, self.start_ns + offset_ns,
+                             self.end_ns + offset_ns, attributes, ((trace, span, None),),
+                             "" if self.ok else "shadow copy failed"))
+
+
+_BATCH_LINK = {"tessera.link": "batch"}
+
+
+def _trace_state(header: str) -> str:
+    """The caller's tracestate as the SDK keeps it (invalid entries dropped), in W3C form."""
+    from opentelemetry.trace import TraceState
+
+    return ",".join(f"{k}={v}" for k, v in TraceState.from_header([header]).items())
+
+
+class _WireSink:
+    """Spans as the OTLP/protobuf payload (`otlp_spans`), sent by the standard HTTP exporter's client."""
+
+    def __init__(self, resource: Any, send: Callable[[bytes], bool]) -> None:
+        self._encoder = otlp_spans.SpanEncoder(resource.attributes, "tessera", None, resource.schema_url or "")
+        self._names: dict[str, bytes] = {}
+        self._send = send
+
+    def export(self, spans: list[_Span]) -> bool:
+        encoder, names = self._encoder, self._names
+        attribute, unique, link_attribute = encoder.attribute, encoder.unique_attribute, encoder.link_attribute
+        parts = []
+        for span in spans:
+            name = names.get(span.name) or names.setdefault(span.name, encoder.name_field(span.name))
+            attributes = [unique(k, v) if k == "tessera.request_id" else attribute(k, v)
+                          for k, v in span.attributes.items()]
+            links = [encoder.link(t, s, b"".join(link_attribute(k, v) for k, v in (a or {}).items()))
+                     for t, s, a in span.links]
+            status = encoder.status(otlp_spans.STATUS_ERROR, span.error) if span.error else b"\x7a\x00"
+            parts.append(encoder.span(
+                name, span.trace_id, span.span_id, span.parent_id, span.remote_parent,
+                otlp_spans.KIND_SERVER if span.server else otlp_spans.KIND_INTERNAL, span.start_ns, span.end_ns,
+                attributes, links, status, span.trace_state))
+        return self._send(encoder.request(parts))
+
+
+class _SdkSink:
+    """Spans as the SDK's ReadableSpans, for any other exporter (OTLP over gRPC, or one given)."""
+
+    def __init__(self, resource: Any, exporter: Any) -> None:
+        from opentelemetry import trace as api
+        from opentelemetry.sdk.trace import ReadableSpan
+        from opentelemetry.sdk.trace.export import SpanExportResult
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+        self._api, self._readable, self._exporter = api, ReadableSpan, exporter
+        self._resource, self._scope = resource, InstrumentationScope("tessera")
+        self._sampled = api.TraceFlags(api.TraceFlags.SAMPLED)
+        self._unset = api.Status(api.StatusCode.UNSET)
+        self._success = SpanExportResult.SUCCESS
+
+    def export(self, spans: list[_Span]) -> bool:
+        api, sampled = self._api, self._sampled
+        built = []
+        for span in spans:
+            state = api.TraceState.from_header([span.trace_state]) if span.trace_state else None
+            context = api.SpanContext(span.trace_id, span.span_id, False, sampled, state)
+            parent = api.SpanContext(span.trace_id, span.parent_id, span.remote_parent, sampled, state) \
+                if span.parent_id else None
+            links = [api.Link(api.SpanContext(t, s, False, sampled), a) for t, s, a in span.links]
+            status = api.Status(api.StatusCode.ERROR, span.error) if span.error else self._unset
+            built.append(self._readable(
+                span.name, context, parent, self._resource, kind=api.SpanKind.SERVER if span.server else
+                api.SpanKind.INTERNAL, status=status, links=links, start_time=span.start_ns, end_time=span.end_ns,
+                instrumentation_scope=self._scope, attributes=span.attributes))
+        return bool(self._exporter.export(built) == self._success)
+
+
+def _http_client_send(exporter: Any) -> Callable[[bytes], bool] | None:
+    """How the standard OTLP/HTTP exporter sends a serialized payload (its client: retries, compression,
+    headers, TLS and timeout from the OTEL_EXPORTER_OTLP_* variables), when this exporter is that one
+    and has it; None otherwise, and spans then go through its public `export` as ReadableSpans."""
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError:  # pragma: no cover - depends on the environment
+        return None
+    client_export = getattr(getattr(exporter, "_client", None), "export", None)
+    if type(exporter) is not OTLPSpanExporter or not callable(client_export):
+        return None
+    limit = getattr(exporter, "_max_request_size", 64 << 20)
+
+    def send(data: bytes) -> bool:
+        if getattr(exporter, "_shutdown", False):
+            return False
+        if 0 < limit < len(data):
+            logger.warning("dropping %d bytes of spans: over the exporter's max_request_size (%d)", len(data), limit)
+            return False
+        return bool(client_export(data).success)
+
+    return send
 
 
 def _span_builder_class() -> Any:
@@ -163,21 +247,27 @@ def _span_builder_class() -> Any:
 
     class SpanBuilder(SpanExporter):
         """Between the BatchSpanProcessor and the OTLP exporter, on the processor's thread: turns each
-        batch of `_Traced` records into the SDK's ReadableSpans and hands them to the exporter."""
+        batch of `_Traced` records into spans and hands them to the exporter."""
 
-        def __init__(self, exporter: Any, sdk: _Sdk) -> None:
-            self._exporter, self._sdk = exporter, sdk
+        def __init__(self, exporter: Any, resource: Any) -> None:
+            self._exporter = exporter
+            send = _http_client_send(exporter)
+            self._sink: _WireSink | _SdkSink = _WireSink(resource, send) if send is not None \
+                else _SdkSink(resource, exporter)
+            self._bits = random.Random().getrandbits  # the export thread's own: child span ids
 
         def export(self, records: Sequence[Any]) -> Any:  # _Traced records, not the SDK's spans
             # Span times are Unix ns; the request path keeps perf_counter's, converted here in one go.
             offset_ns = time.time_ns() - time.perf_counter_ns()
-            spans: list[Any] = []
+            spans: list[_Span] = []
             for record in records:
                 try:
-                    record.build(self._sdk, offset_ns, spans)
+                    record.spans(offset_ns, self._bits, spans)
                 except Exception:  # one bad record must not cost the batch its other spans
                     logger.exception("could not build the spans of a traced request")
-            return self._exporter.export(spans) if spans else SpanExportResult.SUCCESS
+            if spans and not self._sink.export(spans):
+                return SpanExportResult.FAILURE
+            return SpanExportResult.SUCCESS
 
         def shutdown(self) -> None:
             self._exporter.shutdown()
@@ -193,11 +283,12 @@ class Tracing:
     built by `create`."""
 
     def __init__(self, exporter: Any, resource: Any, ratio: float, parent_based: bool) -> None:
+        from opentelemetry import trace as api
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        sdk = _Sdk(resource)
-        _Traced.context = sdk.context(1, 1)  # any sampled context: the processor checks the flag only
-        self._processor: Any = BatchSpanProcessor(_span_builder_class()(exporter, sdk))
+        # Any sampled context: the processor checks the flag only.
+        _Traced.context = api.SpanContext(1, 1, False, api.TraceFlags(api.TraceFlags.SAMPLED))
+        self._processor: Any = BatchSpanProcessor(_span_builder_class()(exporter, resource))
         self._emit: Callable[[Any], None] = self._processor.on_end  # takes our _Traced records
         self._ratio = max(0.0, min(1.0, ratio))
         self._bound = round(self._ratio * (_TRACE_ID_LIMIT + 1))
