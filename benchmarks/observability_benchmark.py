@@ -20,10 +20,11 @@ and the server process's CPU time per request (from /proc: all its threads, the 
 which the neighbours of a shared machine disturb far less than throughput.
 
 Then, in this process, the hooks alone: the CPU time per request of the observation calls a request
-makes (transport begin, dataplane, batch, finish) with each configuration, spans encoded by the real
-OTLP protobuf encoder on the BatchSpanProcessor's thread (no HTTP post), lines formatted and written
-to /dev/null by the request log's thread; divided by `off`'s CPU per request, that is the throughput
-share each configuration costs, free of the machine's noise.
+makes (transport begin, dataplane, batch, finish) with each configuration, spans made and sent as a
+server sends them (the standard OTLP/HTTP exporter, posting to an OTLP sink in this process: the
+sink's CPU is counted too), lines formatted and written to /dev/null by the request log's thread;
+divided by `off`'s CPU per request, that is the throughput share each configuration costs, free of
+the machine's noise.
 """
 
 from __future__ import annotations
@@ -111,23 +112,6 @@ class _Member:
         self.observation, self.enqueued_ns = obs, time.perf_counter_ns()
 
 
-class _EncodingExporter:
-    """Encodes spans with the OTLP exporter's own protobuf encoder and drops them (no HTTP post)."""
-
-    def export(self, spans: Any) -> Any:
-        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-        from opentelemetry.sdk.trace.export import SpanExportResult
-
-        encode_spans(spans).SerializeToString()
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
-
-
 class _Request:
     id, model_name = "", "tabular"
 
@@ -150,14 +134,19 @@ def _one_request(headers: list[tuple[bytes, bytes]]) -> None:
 
 def hook_cost_us(requests: int = 20_000) -> dict[str, float]:
     """CPU microseconds per request of the observation hooks alone, per configuration (this process)."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
     from server.request_log import RequestLog
     from server.tracing import Tracing
 
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{sink.server_address[1]}/v1/traces"
     costs: dict[str, float] = {}
     configs: dict[str, Any] = {
         "off": lambda: None,
-        "trace_0.01": lambda: Observability(tracing=Tracing.create(ratio=0.01, exporter=_EncodingExporter())),
-        "trace_1": lambda: Observability(tracing=Tracing.create(ratio=1.0, exporter=_EncodingExporter())),
+        "trace_0.01": lambda: Observability(tracing=Tracing.create(ratio=0.01, exporter=OTLPSpanExporter(endpoint))),
+        "trace_1": lambda: Observability(tracing=Tracing.create(ratio=1.0, exporter=OTLPSpanExporter(endpoint))),
         "logs": lambda: Observability(request_log=RequestLog(os.devnull)),
     }
     headers = [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/octet-stream"),
@@ -181,6 +170,7 @@ def hook_cost_us(requests: int = 20_000) -> dict[str, float]:
         observation.uninstall()
         if active is not None and active.tracing is not None:
             active.tracing.shutdown()
+    sink.shutdown()
     return costs
 
 
