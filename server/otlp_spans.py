@@ -15,10 +15,12 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["KIND_INTERNAL", "KIND_SERVER", "STATUS_ERROR", "STATUS_UNSET", "SpanEncoder"]
+__all__ = ["KIND_INTERNAL", "KIND_SERVER", "STATUS_ERROR", "UNSET_STATUS", "SpanEncoder"]
 
 KIND_INTERNAL, KIND_SERVER = 1, 2
-STATUS_UNSET, STATUS_ERROR = 0, 2
+STATUS_ERROR = 2
+UNSET_STATUS = b"\x7a\x00"
+"""Span.status with code UNSET and no message, as the standard encoder writes it (an empty Status)."""
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200  # SpanFlags: the parent's remoteness is known / it is remote
 _CACHE_LIMIT = 4096
 
@@ -83,8 +85,8 @@ class SpanEncoder:
 
     @staticmethod
     def link(trace_id: int, span_id: int, attributes: bytes = b"") -> bytes:
-        """Span.links' entry (a local span context); `attributes`: Link.attributes entries, each
-        encoded by `attribute` and re-tagged by `link_attribute`."""
+        """Span.links' entry (a local span context); `attributes`: Link.attributes entries made by
+        `link_attribute`."""
         body = b"\x0a\x10%b\x12\x08%b%b\x35%b" % (trace_id.to_bytes(16, "big"), span_id.to_bytes(8, "big"),
                                                    attributes, _HAS_IS_REMOTE.to_bytes(4, "little"))
         return _field(0x6A, body)
@@ -100,7 +102,7 @@ class SpanEncoder:
 
     def span(self, name: bytes, trace_id: int, span_id: int, parent_span_id: int, remote_parent: bool, kind: int,
              start_ns: int, end_ns: int, attributes: Iterable[bytes] = (), links: Iterable[bytes] = (),
-             status: bytes = b"\x7a\x00", trace_state: str = "") -> bytes:
+             status: bytes = UNSET_STATUS, trace_state: str = "") -> bytes:
         """One Span, as an entry of ScopeSpans.spans. `name` is the encoded Span.name field
         (`name_field`); a `parent_span_id` of 0 is a root span."""
         flags = _HAS_IS_REMOTE | _IS_REMOTE if remote_parent else _HAS_IS_REMOTE

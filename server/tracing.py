@@ -174,11 +174,12 @@ class _WireSink:
         parts = []
         for span in spans:
             name = names.get(span.name) or names.setdefault(span.name, encoder.name_field(span.name))
+            # A request id is new each time: caching it would only evict the values that repeat.
             attributes = [unique(k, v) if k == "tessera.request_id" else attribute(k, v)
                           for k, v in span.attributes.items()]
             links = [encoder.link(t, s, b"".join(link_attribute(k, v) for k, v in (a or {}).items()))
                      for t, s, a in span.links]
-            status = encoder.status(otlp_spans.STATUS_ERROR, span.error) if span.error else b"\x7a\x00"
+            status = encoder.status(otlp_spans.STATUS_ERROR, span.error) if span.error else otlp_spans.UNSET_STATUS
             parts.append(encoder.span(
                 name, span.trace_id, span.span_id, span.parent_id, span.remote_parent,
                 otlp_spans.KIND_SERVER if span.server else otlp_spans.KIND_INTERNAL, span.start_ns, span.end_ns,
@@ -306,7 +307,6 @@ class Tracing:
         """
         try:
             from opentelemetry.sdk.resources import Resource
-            from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: F401
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise RuntimeError("tracing needs the OpenTelemetry SDK: pip install 'tessera[otel]'") from exc
         if exporter is None:
