@@ -8,7 +8,7 @@ are awaited before the next. Figure: process CPU time (every thread: ONNX Runtim
 This is the part of the benchmark's "server CPU per request" that code changes here can move.
 
     taskset -c 0 python -m benchmarks.grpc_path_micro [--calls-per-read 32] [--reads 300] [--profile]
-        [--request-log /dev/null] [--trace-ratio 0.01]
+        [--request-log /dev/null] [--trace-ratio 0.01] [--profile-out FILE]
 
 With --trace-ratio, tracing is on (the real OTLP/HTTP exporter, posting to a sink in a child process
 on CPU 1 that discards what it receives), so the figure includes the span exporter's thread.
@@ -78,8 +78,8 @@ def _reads(count: int, per_read: int, message: bytes) -> list[bytes]:
     return reads
 
 
-async def measure(app: App, reads: list[bytes], per_read: int, profile: bool, sort: str = "tottime"
-                  ) -> tuple[float, float, float]:
+async def measure(app: App, reads: list[bytes], per_read: int, profile: bool, sort: str = "tottime",
+                  profile_out: str = "") -> tuple[float, float, float]:
     """(us of process CPU per call, of which the event loop's thread, us of wall time per call)."""
     assert app.grpc_server is not None
     protocol = GrpcProtocol(app.grpc_server)
@@ -114,34 +114,25 @@ async def measure(app: App, reads: list[bytes], per_read: int, profile: bool, so
         raise RuntimeError(f"{len(reads) * per_read - (stats.success.count - served_before)} calls failed")
     if profiler is not None:
         profiler.disable()
-        if os.environ.get("PROFILE_OUT"):
-            profiler.dump_stats(os.environ["PROFILE_OUT"])
+        if profile_out:
+            profiler.dump_stats(profile_out)
         pstats.Stats(profiler).sort_stats(sort).print_stats(70)
     calls = len(reads) * per_read
     return cpu / calls * 1e6, loop_cpu / calls * 1e6, wall / calls * 1e6
 
 
-_SINK = """
-import http.server, os, sys
-os.sched_setaffinity(0, {1})
-class Sink(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-    def log_message(self, *args):
-        pass
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
-print(server.server_address[1], flush=True)
-server.serve_forever()
-"""
+# The observability benchmark's OTLP sink, served from a child process pinned to CPU 1.
+_SINK = ("import os; from http.server import ThreadingHTTPServer; "
+         "from benchmarks.observability_benchmark import OtlpSink; os.sched_setaffinity(0, {1}); "
+         "server = ThreadingHTTPServer(('127.0.0.1', 0), OtlpSink); "
+         "print(server.server_address[1], flush=True); server.serve_forever()")
 
 
 @contextlib.contextmanager
 def _otlp_sink() -> Iterator[str]:
     """An OTLP/HTTP endpoint in a child process (on CPU 1, away from the measured one)."""
-    sink = subprocess.Popen([sys.executable, "-c", _SINK], stdout=subprocess.PIPE, text=True)
+    sink = subprocess.Popen([sys.executable, "-c", _SINK], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
     try:
         assert sink.stdout is not None
         yield f"http://127.0.0.1:{sink.stdout.readline().strip()}/v1/traces"
@@ -170,7 +161,7 @@ async def run(args: argparse.Namespace) -> None:
             figures = []
             for _ in range(args.repeat):
                 figures.append(await measure(app, _reads(args.reads, args.calls_per_read, message),
-                                             args.calls_per_read, args.profile, args.sort))
+                                             args.calls_per_read, args.profile, args.sort, args.profile_out))
             for cpu, loop_cpu, wall in figures:
                 print(f"{cpu:.1f} us of CPU per call ({loop_cpu:.1f} on the event loop's thread; {wall:.1f} us "
                       f"wall), {args.calls_per_read} calls per read")
@@ -195,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile the measured runs (slows them ~3x; "
                         "disable the collector in the process to see functions' own costs)")
     parser.add_argument("--sort", default="tottime", help="profile order: tottime or cumulative")
+    parser.add_argument("--profile-out", default="", help="also write the profile here (pstats), to diff two runs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     uvloop.run(run(args))

@@ -60,14 +60,14 @@ OPTIONAL_SERVERS = ("trace_0",)  # tracing on, nothing sampled: the unsampled pa
 PROTOCOLS = ("grpc", "http")
 
 
-class _Sink(BaseHTTPRequestHandler):
+class OtlpSink(BaseHTTPRequestHandler):
     """An OTLP/HTTP endpoint that accepts every export (and counts the bytes)."""
 
     received = 0
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        _Sink.received += len(body)
+        OtlpSink.received += len(body)
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
         self.send_header("Content-Length", "0")
@@ -139,7 +139,7 @@ def hook_cost_us(requests: int = 20_000) -> dict[str, float]:
     from server.request_log import RequestLog
     from server.tracing import Tracing
 
-    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), OtlpSink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{sink.server_address[1]}/v1/traces"
     costs: dict[str, float] = {}
@@ -180,7 +180,7 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev:
     if "off" not in servers:
         raise ValueError("`off` is what the others are compared with")
     workdir = Path(tempfile.mkdtemp(prefix="tessera-observability-"))
-    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), OtlpSink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{sink.server_address[1]}/v1/traces"
     loads: list[float] = []
@@ -254,7 +254,7 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev:
         "rounds": rounds, "duration_s": duration_s, "concurrency": concurrency, "before_rev": before_rev,
         "load_1min": {"min": min(loads), "median": statistics.median(loads), "max": max(loads)},
         "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
-        "otlp_bytes_received": _Sink.received, "request_log_lines": log_lines,
+        "otlp_bytes_received": OtlpSink.received, "request_log_lines": log_lines,
         "throughput_median": {p: {n: statistics.median(v) for n, v in by.items()} for p, by in results.items()},
         "ratio_to_off": {p: {n: ratio(p, n, "off") for n in servers if n != "off"} for p in PROTOCOLS},
         "servers": list(servers), "fresh_servers": fresh,
