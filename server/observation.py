@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -121,19 +121,19 @@ class RequestObservation:
     """What one inference request did, filled in as it goes; spans and log lines are made from it.
 
     Only traced requests get one unless request or payload logs are on: an unsampled request is then
-    not observed at all. Slots, not a dict: the record is written field by field on the request path
-    and read back by the log writer's thread after it has gone cold, and a slotted object is one
-    allocation whose fields sit together."""
+    not observed at all. Slots, not a dict: the record is written field by field on the request path,
+    and a slotted object is one allocation whose fields sit together."""
 
-    __slots__ = ("batch", "batch_run", "caller", "creds", "done", "end_ns", "enqueued_ns", "error", "model",
+    __slots__ = ("batch", "batch_run", "caller", "creds", "done", "enqueued_ns", "error", "model",
                  "parent", "protocol", "queue_ns", "reason", "request_id", "routing", "rows", "served_ns",
                  "span_id", "start_ns", "status", "trace_id", "traced", "version")
 
     request_id: str
     caller: str | None
-    """The authorized principal's name; before authorization, see `caller_name`."""
+    """The authorized principal's name; None before authorization."""
     creds: Any
-    """The credentials presented (auth.Credentials), kept to describe a caller refused before it had a name."""
+    """The credentials presented (auth.Credentials), kept to describe a caller refused before it had a name
+    (`describe()`, never a token; the request log's writer calls it, off the request path)."""
     model: str
     version: str
     routing: str
@@ -143,7 +143,6 @@ class RequestObservation:
     """When it joined the batcher's queue (set for traced requests: their queue span)."""
     served_ns: int
     """When the dataplane had its outputs (set for traced requests: their encode span)."""
-    end_ns: int
     batch_run: tuple[int, int, int, int] | None
     """(dispatched ns, compute ns, rows, requests) of the batch it ran in, shared by the batch's members."""
     status: int
@@ -166,7 +165,7 @@ class RequestObservation:
         self.trace_id = 0 if parent is None else parent.trace_id
         self.request_id = self.model = self.version = self.routing = self.error = self.reason = ""
         self.caller = self.creds = self.batch_run = self.batch = None
-        self.rows = self.queue_ns = self.enqueued_ns = self.served_ns = self.end_ns = self.span_id = 0
+        self.rows = self.queue_ns = self.enqueued_ns = self.served_ns = self.span_id = 0
         self.status = 200
         self.done = self.traced = False
 
@@ -219,13 +218,6 @@ class RequestObservation:
         active.tracing.end_request(self, now_ns)
         return {TRACEPARENT: format_traceparent(self.trace_id, self.span_id, True)}
 
-    def caller_name(self) -> str | None:
-        """Who asked: the principal's name once authorized, else what was presented (`describe()`: never
-        a token; hashed here, off the request path, as only a refused request needs it)."""
-        if self.caller is not None or self.creds is None:
-            return self.caller
-        return str(self.creds.describe())
-
     @property
     def trace_id_hex(self) -> str:
         return f"{self.trace_id:032x}" if self.trace_id else ""
@@ -247,29 +239,26 @@ def _begin(protocol: str, traceparent: str | None, tracestate: str | None) -> Re
     return obs
 
 
-def begin_http(raw_headers: Iterable[tuple[bytes, bytes]]) -> RequestObservation | None:
+def begin_http(raw_headers: Sequence[tuple[bytes, bytes]]) -> RequestObservation | None:
     """Start observing an HTTP request from its ASGI headers (lower-case byte names; call only when ACTIVE
-    is not None); None when it is not observed. A scan of the raw pairs: a Mapping's `get` of an absent
-    header raises and catches a KeyError, which costs more than the rest of an unsampled request."""
-    traceparent = tracestate = None
+    is not None); None when it is not observed. A scan of the raw pairs, one comparison each (`tracestate`
+    only matters beside a `traceparent`): a Mapping's `get` of an absent header raises and catches a
+    KeyError, which costs more than the rest of an unsampled request."""
     for key, value in raw_headers:
         if key == _TRACEPARENT_BYTES:
-            traceparent = value.decode("latin-1")
-        elif key == _TRACESTATE_BYTES:
-            tracestate = value.decode("latin-1")
-    return _begin("http", traceparent, tracestate)
+            state = next((v for k, v in raw_headers if k == _TRACESTATE_BYTES), None)
+            return _begin("http", value.decode("latin-1"), state.decode("latin-1") if state is not None else None)
+    return _begin("http", None, None)
 
 
-def begin_grpc(metadata: Iterable[tuple[str, Any]] | None) -> RequestObservation | None:
+def begin_grpc(metadata: Sequence[tuple[str, Any]] | None) -> RequestObservation | None:
     """Start observing a gRPC request from its invocation metadata (call only when ACTIVE is not None);
     None when it is not observed."""
-    traceparent = tracestate = None
     for key, value in metadata or ():
         if key == TRACEPARENT:
-            traceparent = str(value)
-        elif key == TRACESTATE:
-            tracestate = str(value)
-    return _begin("grpc", traceparent, tracestate)
+            state = next((v for k, v in metadata or () if k == TRACESTATE), None)
+            return _begin("grpc", str(value), str(state) if state is not None else None)
+    return _begin("grpc", None, None)
 
 
 def requested(request: Any, creds: Any = None) -> RequestObservation | None:
