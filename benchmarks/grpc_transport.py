@@ -10,6 +10,7 @@ tessera_batch_size on /metrics). Ratios are taken within a round, then the media
     PERF_ANALYZER_HOME=/tmp/pa python -m benchmarks.grpc_transport --rounds 3 --concurrency 1,8,32,64
     # the heavy model: --mlp 512,2048,2048,512 --concurrency 32 --targets ours,grpcio,http
     # requests of 64 rows each (figures then per row): --rows 64 --targets ours,http,grpcio
+    # a change against its base, both transports' paths: --before REV --targets ours,before,ours-stream,before-stream
     # --workers 2 against 1 on both cores (servers and load unpinned):
     PERF_ANALYZER_HOME=/tmp/pa python -m benchmarks.grpc_transport --targets ours,ours-w2 \
         --server-cpus 0,1 --client-cpus 0,1 --concurrency 32,64
@@ -31,14 +32,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks.compare_perf_analyzer import run_perf_analyzer
-from benchmarks.server_process import ServerProcess, free_port, http_ready, tcp_ready
+from benchmarks.server_process import ServerProcess, free_port, http_ready, source_tree, tcp_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "model_repository"))
 import make_models  # noqa: E402 - the sample models' builder lives beside them
 
 TARGETS = ("ours", "grpcio", "http", "bare", "ours-stream")
-OPTIONAL_TARGETS = ("ours-w2", "ours-pool")
+OPTIONAL_TARGETS = ("ours-w2", "ours-pool", "before", "before-stream")
+"""before, before-stream: our transport as it was at --before REV, unary and ModelStreamInfer."""
 """Name them in --targets: `--workers 2` over our transport; ours with every model run handed to the
 executor's pool (`--inline-run-us 0`, as before short runs were made on the event loop)."""
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -83,14 +85,14 @@ def _batch_counters(http_port: int, model: str) -> tuple[float, float]:
 
 
 def _tessera(repository: Path, grpc_server: str, cpus: str, out: Path, workers: int = 1, name: str = "",
-             extra: tuple[str, ...] = ()) -> tuple[ServerProcess, int, int]:
+             extra: tuple[str, ...] = (), cwd: Path = ROOT) -> tuple[ServerProcess, int, int]:
     http_port, grpc_port = free_port(), free_port()
     name = name or f"{grpc_server}-w{workers}"
     argv = [sys.executable, "-m", "server", "serve", "--model-repository", str(repository), "--host", "127.0.0.1",
             "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--grpc-server", grpc_server,
             "--state-dir", str(out / f"state-{name}"), "--workers", str(workers), *extra]
     server = ServerProcess(argv, ready=http_ready(f"http://127.0.0.1:{http_port}/v2/health/ready"),
-                           log=out / f"tessera-{name}.log", cpus=cpus, cwd=ROOT)
+                           log=out / f"tessera-{name}.log", cpus=cpus, cwd=cwd)
     return server, http_port, grpc_port
 
 
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
                         "Inferences/Second, and so req/s and CPU per request here, then count rows")
     parser.add_argument("--batching", default="", help="dynamic_batching fields of the served model's config, "
                         "e.g. 'preferred_batch_size: [ 32 ] max_queue_delay_microseconds: 2000'")
+    parser.add_argument("--before", default="", help="git revision the `before` targets serve (a change's "
+                        "base, measured in the same run)")
     parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "grpc_transport")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -146,13 +150,21 @@ def main(argv: list[str] | None = None) -> None:
     w2, w2_http, w2_grpc = _tessera(repository, "ours", args.server_cpus, args.out, workers=2)
     pool, pool_http, pool_grpc = _tessera(repository, "ours", args.server_cpus, args.out, name="ours-pool",
                                           extra=("--inline-run-us", "0"))
+    wants_before = any(t.startswith("before") for t in targets)
+    if wants_before and not args.before:
+        parser.error("the before targets need --before REV")
+    old, old_http, old_grpc = _tessera(repository, "ours", args.server_cpus, args.out, name="before",
+                                       cwd=source_tree(args.before, args.out / "trees") if wants_before else ROOT)
     runs: list[Run] = []
     with ours, grpcio, bare, (w2 if "ours-w2" in targets else contextlib.nullcontext()), \
-            (pool if "ours-pool" in targets else contextlib.nullcontext()):
+            (pool if "ours-pool" in targets else contextlib.nullcontext()), \
+            (old if wants_before else contextlib.nullcontext()):
         where = {"ours": (ours_grpc, ours.pid, ours_http), "grpcio": (grpcio_grpc, grpcio.pid, grpcio_http),
                  "ours-stream": (ours_grpc, ours.pid, ours_http),
                  "ours-w2": (w2_grpc, w2.pid if w2.proc else 0, w2_http),
                  "ours-pool": (pool_grpc, pool.pid if pool.proc else 0, pool_http),
+                 "before": (old_grpc, old.pid if old.proc else 0, old_http),
+                 "before-stream": (old_grpc, old.pid if old.proc else 0, old_http),
                  "http": (ours_http, ours.pid, ours_http), "bare": (bare_port, bare.pid, None)}
         for round_ in range(args.rounds):
             for concurrency in (int(c) for c in args.concurrency.split(",")):
@@ -182,7 +194,8 @@ def _report(runs: list[Run], targets: list[str]) -> None:
                   f"cpu/req {statistics.median(r.cpu_us_per_request for r in mine):6.0f} us  "
                   f"rows/batch {statistics.median(batch) if batch else float('nan'):5.1f}")
         for a, b in (("ours", "bare"), ("ours", "grpcio"), ("ours", "http"), ("ours-stream", "ours"),
-                     ("ours-w2", "ours"), ("ours", "ours-pool")):
+                     ("ours-w2", "ours"), ("ours", "ours-pool"), ("ours", "before"),
+                     ("ours-stream", "before-stream")):
             if a in targets and b in targets:
                 ratios = [by[(a, concurrency, n)].rps / by[(b, concurrency, n)].rps for n in rounds]
                 p99 = [by[(a, concurrency, n)].p99_ms / by[(b, concurrency, n)].p99_ms for n in rounds]

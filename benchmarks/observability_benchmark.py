@@ -51,7 +51,7 @@ from loadtests.spec import LoadSpec, Target
 from server import observation
 from server.observation import Observability
 
-from .server_process import ServerProcess, free_port, http_ready
+from .server_process import ServerProcess, free_port, http_ready, source_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,15 +75,6 @@ class OtlpSink(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
-
-
-def _before_tree(rev: str, workdir: Path) -> Path:
-    tree = workdir / "before"
-    tree.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "server"], check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    return tree
 
 
 def _serve(name: str, repo: Path, workdir: Path, cwd: Path, env: dict[str, str], extra: list[str]
@@ -192,7 +183,7 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev:
 
         repo = workdir / "repo"
         make_models.make_tabular(repo)
-        before = _before_tree(before_rev, workdir)
+        before = source_tree(before_rev, workdir)
         trace = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}
         setups: dict[str, tuple[Path, dict[str, str], list[str]]] = {
             "before": (before, {}, []), "off": (ROOT, {}, []), "off2": (ROOT, {}, []),

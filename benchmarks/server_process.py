@@ -19,6 +19,18 @@ from types import TracebackType
 __all__ = ["ServerProcess", "free_port", "http_ready", "tcp_ready"]
 
 
+def source_tree(rev: str, workdir: Path) -> Path:
+    """The server package as it was at git revision `rev`, extracted under `workdir` (run it with that cwd,
+    and this checkout's environment): a `before` to measure a change against, in the same run."""
+    tree = workdir / f"before-{rev}"
+    tree.mkdir(parents=True)
+    root = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "-C", str(root), "archive", rev, "server"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
 def free_port() -> int:
     """A port free on 127.0.0.1 right now (the server binds it a moment later)."""
     with socket.socket() as sock:

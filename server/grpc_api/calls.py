@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -24,7 +25,7 @@ from .messages import (
     error_headers,
     prefixed,
 )
-from .rpc import Rpc
+from .rpc import Rpc, StreamSession
 
 __all__ = ["Call", "CallSink"]
 
@@ -44,9 +45,10 @@ class CallSink(Protocol):
 class Call:
     """A call from its HEADERS to its trailers. Runs on the event loop."""
 
-    __slots__ = ("_held", "_requests", "_unacked", "blocked_on_peer", "context", "encoding", "finished",
-                 "headers_sent", "held_limit", "max_message_bytes", "messages", "reader", "rpc", "sink", "stream_id",
-                 "task", "timer")
+    __slots__ = ("_answering", "_ended", "_held", "_requests", "_session", "_unacked", "_unread", "blocked_on_peer",
+                 "context",
+                 "encoding", "finished", "headers_sent", "held_limit", "max_message_bytes", "messages", "reader", "rpc",
+                 "sink", "stream_id", "task", "timer")
 
     def __init__(self, sink: CallSink, stream_id: int, rpc: Rpc, context: CallContext, encoding: bytes,
                  max_message_bytes: int, held_limit: int) -> None:
@@ -67,6 +69,17 @@ class Call:
         self._requests: asyncio.Queue[bytes | None] | None = None
         self._held = 0  # request bytes queued for a streaming handler and not yet read
         self._unacked = 0
+        self._session: StreamSession | None = None
+        self._answering: set[asyncio.Task[None]] = set()  # a session's messages being answered
+        self._unread: deque[bytes] | None = None  # a session's messages waiting for a place
+        self._ended = False  # a session's last message has come
+
+    @property
+    def busy(self) -> bool:
+        """Computing, rather than waiting for the client's messages or window (an idle connection closes)."""
+        if self._session is not None:
+            return bool(self._answering) and not self.finished and not self.blocked_on_peer
+        return self.task is not None and not self.task.done() and not self.blocked_on_peer
 
     # -- requests in --------------------------------------------------------------------------------
     def on_data(self, data: bytes, end_stream: bool) -> None:
@@ -89,9 +102,12 @@ class Call:
             elif end_stream:
                 self._start_unary()
             return
-        for body in bodies:
-            self._held += len(body)
-            self._requests.put_nowait(body)
+        if self._session is not None:
+            self._take(bodies)
+        else:
+            for body in bodies:
+                self._held += len(body)
+                self._requests.put_nowait(body)
         if self._held <= self.held_limit:
             self.sink.acknowledge(self.stream_id, len(data) + self._unacked)
             self._unacked = 0
@@ -110,14 +126,89 @@ class Call:
     def _end_requests(self) -> None:
         if self.reader.partial:
             self.finish(grpc.StatusCode.INTERNAL, "the stream ended inside a message")
+        elif self._session is not None:
+            self._ended = True  # answered once every message is
+            self._answer_unread()
         elif self._requests is not None:
             self._requests.put_nowait(None)
 
     # -- running the handler --------------------------------------------------------------------------
     def start_streaming(self) -> None:
-        """stream_stream: the handler starts at HEADERS and reads messages as they come."""
+        """stream_stream: the handler starts at HEADERS and reads messages as they come; or, for a method
+        with a session, each message is answered by its own task from the read that completed it."""
+        if self.rpc.session is not None:
+            self._session = self.rpc.session(self.context)
+            self._requests = asyncio.Queue()  # unused: marks the call as streaming
+            return
         self._requests = asyncio.Queue()
         self.task = asyncio.get_running_loop().create_task(self._run_stream())
+
+    # -- a session's messages ------------------------------------------------------------------------
+    def _take(self, bodies: list[bytes]) -> None:
+        """Start answering each message while there is a place; hold the rest, unread, in order."""
+        for body in bodies:
+            if self._unread or len(self._answering) >= self._in_flight:
+                self._unread = self._unread if self._unread is not None else deque()
+                self._unread.append(body)
+                self._held += len(body)
+            else:
+                self._answer(body)
+
+    @property
+    def _in_flight(self) -> int:
+        assert self._session is not None
+        return self._session.in_flight
+
+    def _answer(self, body: bytes) -> None:
+        assert self._session is not None
+        if self.finished:
+            return
+        try:
+            message = self.rpc.parse(body)
+        except Exception as exc:
+            self._fail(exc)
+            return
+        task = asyncio.get_running_loop().create_task(self._session.answer(message))
+        self._answering.add(task)
+        task.add_done_callback(self._answered)
+
+    def _answered(self, task: asyncio.Task[None]) -> None:
+        self._answering.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._fail(exc)
+            return
+        self._answer_unread()
+
+    def _answer_unread(self) -> None:
+        """Start the messages held for lack of a place; once the last has come and all are answered, the
+        call ends OK."""
+        unread = self._unread
+        while unread and len(self._answering) < self._in_flight and not self.finished:
+            body = unread.popleft()
+            self._held -= len(body)
+            self._answer(body)
+        if self.finished:
+            return
+        if self._ended and not unread and not self._answering:
+            self.finish(grpc.StatusCode.OK, "")
+        elif self._unacked and self._held <= self.held_limit:
+            self.sink.acknowledge(self.stream_id, self._unacked)
+            self._unacked = 0
+
+    def _fail(self, exc: BaseException) -> None:
+        """A message's task failed outside its own error answer (a write to a reset stream, a parse): the
+        call ends, its other messages are dropped."""
+        for other in list(self._answering):
+            other.cancel()
+        self._answering.clear()
+        if self._unread is not None:
+            self._unread.clear()
+        if isinstance(exc, asyncio.CancelledError):
+            return
+        if isinstance(exc, AbortError):
+            self.finish(exc.code, exc.details)
+        else:
+            self.finish(*failure(exc, self.context))
 
     def _start_unary(self) -> None:
         if self.reader.partial or not self.messages:
@@ -251,6 +342,11 @@ class Call:
             self.timer.cancel()
         if self.task is not None and not self.task.done():
             self.task.cancel()
+        for task in list(self._answering):
+            task.cancel()
+        self._answering.clear()
+        if self._unread is not None:
+            self._unread.clear()
 
 
 def _encoded(metadata: Any) -> list[tuple[bytes, bytes]]:

@@ -2,27 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import grpc
 
 from .errors import guarded
 
-__all__ = ["Rpc", "RpcTable", "generic_handler", "route_table"]
+__all__ = ["Rpc", "RpcTable", "StreamSession", "generic_handler", "route_table"]
 
 RpcKind = Literal["unary_unary", "unary_stream", "stream_stream"]
+
+
+class StreamSession(Protocol):
+    """A stream_stream method whose messages are answered independently (each writes its own answers
+    through the context), as our server runs it: every message's `answer` is its own task, started from
+    the socket read that completed the message, as a unary call is; at most `in_flight` at once, and
+    the messages beyond them wait unread (flow control holds the client back)."""
+
+    in_flight: int
+
+    def answer(self, message: Any) -> Coroutine[Any, Any, None]: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Rpc:
     """One method: its kind, its `(request, context)` handler and the protobuf class of its requests;
-    `request` None hands the handler each message's bytes, for it to parse inside its error mapping."""
+    `request` None hands the handler each message's bytes, for it to parse inside its error mapping.
+    A stream_stream method may also give `session` (context -> StreamSession): our server then answers
+    its messages through it rather than through `handler` (grpcio's server always runs `handler`)."""
 
     kind: RpcKind
     handler: Callable[..., Any]
     request: Any | None
+    session: Callable[[Any], StreamSession] | None = None
 
     def parse(self, body: bytes) -> Any:
         """What the handler takes for one message: the bytes, or the parsed message."""

@@ -278,7 +278,7 @@ class GrpcProtocol(asyncio.Protocol):
                 self._server.counters["handshake_timeout_s"] += 1
                 self.close(f.NO_ERROR, "no HTTP/2 preface in time")
             return
-        busy = any(c.task is not None and not c.task.done() and not c.blocked_on_peer for c in self._calls.values())
+        busy = any(call.busy for call in self._calls.values())
         if not busy and now - self._conn.last_frame_at > limits.idle_timeout_s:
             self._server.counters["idle_timeout_s"] += 1
             self.close(f.NO_ERROR, "idle")

@@ -17,7 +17,7 @@ from .. import observation
 from .._generated import grpc_service_pb2 as pb
 from ..admission import Admission
 from ..auth import Credentials, Scope
-from ..batching import QueueShare
+from ..batching import QueueShare, current_share
 from ..dataplane import DataPlane
 from ..protocol.grpc_codec import decode_infer_request, encode_infer_response, encode_statistics, parse_message
 from ..protocol.limits import DEFAULT_LIMITS, DecodeLimits, response_bytes
@@ -26,7 +26,7 @@ from .credentials import credentials_from_context as _creds
 from .errors import abort_status
 from .rpc import Rpc, RpcTable, generic_handler
 
-__all__ = ["ROUTING_KEY_METADATA", "SERVICE_NAME", "InferenceService"]
+__all__ = ["ROUTING_KEY_METADATA", "SERVICE_NAME", "InferStream", "InferenceService"]
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = "inference.GRPCInferenceService"
@@ -70,6 +70,45 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+class InferStream:
+    """One ModelStreamInfer stream: the caller, routing key and queue share its messages have in common,
+    and the answer to each message, written by the message's own task as it finishes."""
+
+    in_flight = STREAM_IN_FLIGHT
+
+    def __init__(self, infer: Callable[[bytes, Credentials, str | None, list[str]], Awaitable[pb.ModelInferResponse]],
+                 queue_share: float, context: Ctx) -> None:
+        self._infer = infer
+        self._context = context
+        self._key = _routing_key(context)
+        self._creds = _creds(context)
+        self._share = QueueShare(queue_share)
+        self._metadata = context.invocation_metadata() if observation.ACTIVE is not None else None
+        self._writing = asyncio.Lock()  # grpc.aio's context takes one write at a time; ours waits for the peer
+
+    async def answer(self, raw: bytes) -> None:
+        """Infer one message and write its answer (or its error: the stream goes on)."""
+        observed = observation.begin_grpc(self._metadata) if observation.ACTIVE is not None else None
+        ids: list[str] = []
+        message: pb.ModelStreamInferResponse | bytes
+        # This task is this message's alone (both servers start one per message): its context ends with
+        # it, so the share is set without the reset that `QueueShare.applied` pays for.
+        current_share.set(self._share)
+        try:
+            response = await self._infer(raw, self._creds, self._key, ids)
+            if observed is not None:
+                observed.finish()
+            message = _stream_response(response)
+        except Exception as exc:
+            if observed is not None:
+                observed.failed(exc)
+            _, text = abort_status(exc)
+            message = pb.ModelStreamInferResponse(
+                error_message=text, infer_response=pb.ModelInferResponse(id=ids[0] if ids else ""))
+        async with self._writing:
+            await self._context.write(message)
 
 
 class InferenceService:
@@ -151,33 +190,13 @@ class InferenceService:
         QueueShare: beyond its part of a model's queue they are answered RESOURCE_EXHAUSTED, so one
         stream cannot fill the queue for everyone else. Each answer is written by its own request as it
         finishes (completion order), one write at a time: no queue and no second task per message.
-        """
-        key = _routing_key(context)
-        creds = _creds(context)
-        share = QueueShare(self._stream_queue_share)
-        metadata = context.invocation_metadata() if observation.ACTIVE is not None else None
-        window = asyncio.Semaphore(STREAM_IN_FLIGHT)
-        writing = asyncio.Lock()  # grpc.aio's context takes one write at a time; ours waits for the peer
-        tasks: set[asyncio.Task[None]] = set()
 
-        async def one(raw: bytes) -> None:
-            observed = observation.begin_grpc(metadata) if observation.ACTIVE is not None else None
-            ids: list[str] = []
-            message: pb.ModelStreamInferResponse | bytes
-            try:
-                with share.applied():
-                    response = await self._infer(raw, creds, key, ids)
-                if observed is not None:
-                    observed.finish()
-                message = _stream_response(response)
-            except Exception as exc:
-                if observed is not None:
-                    observed.failed(exc)
-                _, text = abort_status(exc)
-                message = pb.ModelStreamInferResponse(
-                    error_message=text, infer_response=pb.ModelInferResponse(id=ids[0] if ids else ""))
-            async with writing:
-                await context.write(message)
+        This is the handler grpcio's server runs; ours starts each message's `InferStream.answer` from
+        the socket read instead (`stream_session`), as it starts unary calls.
+        """
+        stream = self.stream_session(context)
+        window = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        tasks: set[asyncio.Task[None]] = set()
 
         def done(task: asyncio.Task[None]) -> None:
             tasks.discard(task)
@@ -188,7 +207,7 @@ class InferenceService:
                 # A full window reads no further message: flow control then holds the client back,
                 # instead of its excess being refused by the share below.
                 await window.acquire()
-                task = asyncio.create_task(one(request))
+                task = asyncio.create_task(stream.answer(request))
                 tasks.add(task)
                 task.add_done_callback(done)
             if tasks:
@@ -196,6 +215,10 @@ class InferenceService:
         finally:  # the stream ended early (reset, a failed write): its requests are dropped too
             for task in list(tasks):
                 task.cancel()
+
+    def stream_session(self, context: Ctx) -> InferStream:
+        """One ModelStreamInfer stream's state: what each of its messages is answered with."""
+        return InferStream(self._infer, self._stream_queue_share, context)
 
     async def model_statistics(self, request: pb.ModelStatisticsRequest, context: Ctx
                                ) -> pb.ModelStatisticsResponse:
@@ -241,7 +264,7 @@ class InferenceService:
         }
         table = {name: Rpc("unary_unary", _parsed(fn, message), None) for name, (fn, message) in unary.items()}
         table["ModelInfer"] = Rpc("unary_unary", self.model_infer, None)
-        table["ModelStreamInfer"] = Rpc("stream_stream", self.model_stream_infer, None)
+        table["ModelStreamInfer"] = Rpc("stream_stream", self.model_stream_infer, None, self.stream_session)
         return table
 
     def handler(self) -> grpc.GenericRpcHandler:

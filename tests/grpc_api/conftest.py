@@ -44,6 +44,35 @@ class EchoState:
     cancelled: int = 0
     big: int = 0
     metadata: list[Any] = field(default_factory=list)
+    answering: int = 0  # an `Each` stream's messages being answered now
+    most_answering: int = 0
+    answers_cancelled: int = 0
+
+
+class EachStream:
+    """A StreamSession: each message answered by its own task, at most two at once. `sleep:S` answers after
+    S seconds, `boom` raises outside any answer; anything else is answered at once."""
+
+    in_flight = 2
+
+    def __init__(self, state: EchoState, context: CallContext) -> None:
+        self.state, self.context = state, context
+
+    async def answer(self, message: Raw) -> None:
+        state = self.state
+        state.answering += 1
+        state.most_answering = max(state.most_answering, state.answering)
+        try:
+            if message.data == b"boom":
+                raise RuntimeError("boom")
+            if message.data.startswith(b"sleep:"):
+                await asyncio.sleep(float(message.data[6:]))
+            await self.context.write(message)
+        except asyncio.CancelledError:
+            state.answers_cancelled += 1
+            raise
+        finally:
+            state.answering -= 1
 
 
 def echo_routes(state: EchoState) -> dict[bytes, Rpc]:
@@ -93,6 +122,7 @@ def echo_routes(state: EchoState) -> dict[bytes, Rpc]:
         "Fail": Rpc("unary_unary", fail, Raw), "Chat": Rpc("stream_stream", chat, Raw),
         "Count": Rpc("unary_stream", count, Raw), "Sleep": Rpc("unary_unary", sleep, Raw),
         "Stall": Rpc("stream_stream", stall, Raw),
+        "Each": Rpc("stream_stream", chat, Raw, lambda context: EachStream(state, context)),
     }
     return route_table({"test.Echo": table})
 
