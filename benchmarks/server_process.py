@@ -23,6 +23,7 @@ def source_tree(rev: str, workdir: Path) -> Path:
     """The server package as it was at git revision `rev`, extracted under `workdir` (run it with that cwd,
     and this checkout's environment): a `before` to measure a change against, in the same run."""
     tree = workdir / f"before-{rev}"
+    shutil.rmtree(tree, ignore_errors=True)
     tree.mkdir(parents=True)
     root = Path(__file__).resolve().parents[1]
     archive = subprocess.run(["git", "-C", str(root), "archive", rev, "server"], check=True,

@@ -242,23 +242,30 @@ def _begin(protocol: str, traceparent: str | None, tracestate: str | None) -> Re
 def begin_http(raw_headers: Sequence[tuple[bytes, bytes]]) -> RequestObservation | None:
     """Start observing an HTTP request from its ASGI headers (lower-case byte names; call only when ACTIVE
     is not None); None when it is not observed. A scan of the raw pairs, one comparison each (`tracestate`
-    only matters beside a `traceparent`): a Mapping's `get` of an absent header raises and catches a
-    KeyError, which costs more than the rest of an unsampled request."""
+    is looked for only beside a `traceparent`): a Mapping's `get` of an absent header raises and catches
+    a KeyError, which costs more than the rest of an unsampled request."""
+    traceparent = None
     for key, value in raw_headers:
         if key == _TRACEPARENT_BYTES:
-            state = next((v for k, v in raw_headers if k == _TRACESTATE_BYTES), None)
-            return _begin("http", value.decode("latin-1"), state.decode("latin-1") if state is not None else None)
-    return _begin("http", None, None)
+            traceparent = value
+    if traceparent is None:
+        return _begin("http", None, None)
+    # W3C: several tracestate fields are one list, in order.
+    state = ",".join(v.decode("latin-1") for k, v in raw_headers if k == _TRACESTATE_BYTES)
+    return _begin("http", traceparent.decode("latin-1"), state or None)
 
 
 def begin_grpc(metadata: Sequence[tuple[str, Any]] | None) -> RequestObservation | None:
     """Start observing a gRPC request from its invocation metadata (call only when ACTIVE is not None);
     None when it is not observed."""
+    traceparent = None
     for key, value in metadata or ():
         if key == TRACEPARENT:
-            state = next((v for k, v in metadata or () if k == TRACESTATE), None)
-            return _begin("grpc", str(value), str(state) if state is not None else None)
-    return _begin("grpc", None, None)
+            traceparent = value
+    if traceparent is None:
+        return _begin("grpc", None, None)
+    state = ",".join(str(v) for k, v in metadata or () if k == TRACESTATE)
+    return _begin("grpc", str(traceparent), state or None)
 
 
 def requested(request: Any, creds: Any = None) -> RequestObservation | None:

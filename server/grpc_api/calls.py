@@ -137,8 +137,11 @@ class Call:
         """stream_stream: the handler starts at HEADERS and reads messages as they come; or, for a method
         with a session, each message is answered by its own task from the read that completed it."""
         if self.rpc.session is not None:
-            self._session = self.rpc.session(self.context)
             self._requests = asyncio.Queue()  # unused: marks the call as streaming
+            try:
+                self._session = self.rpc.session(self.context)
+            except Exception as exc:  # one call fails, not the connection reading it
+                self.finish(*failure(exc, self.context))
             return
         self._requests = asyncio.Queue()
         self.task = asyncio.get_running_loop().create_task(self._run_stream())
@@ -198,11 +201,7 @@ class Call:
     def _fail(self, exc: BaseException) -> None:
         """A message's task failed outside its own error answer (a write to a reset stream, a parse): the
         call ends, its other messages are dropped."""
-        for other in list(self._answering):
-            other.cancel()
-        self._answering.clear()
-        if self._unread is not None:
-            self._unread.clear()
+        self._stop_answering()
         if isinstance(exc, asyncio.CancelledError):
             return
         if isinstance(exc, AbortError):
@@ -322,6 +321,7 @@ class Call:
         self.context.mark_done()
         if self.timer is not None:
             self.timer.cancel()
+        self._stop_answering()  # answered (an error, or a limit): no message of it computes on
         trailing = _encoded(self.context.trailing_metadata())
         if code is grpc.StatusCode.OK and self.headers_sent and not trailing:
             block = OK_TRAILERS
@@ -342,11 +342,21 @@ class Call:
             self.timer.cancel()
         if self.task is not None and not self.task.done():
             self.task.cancel()
+        self._stop_answering()
+
+    def _stop_answering(self) -> None:
+        """Cancel a session's messages in flight, drop the unread ones, and give the connection back the
+        window their withheld bytes took: it is shared by every stream, and a closed stream's bytes
+        would otherwise be lost to it for good."""
         for task in list(self._answering):
             task.cancel()
         self._answering.clear()
         if self._unread is not None:
             self._unread.clear()
+        self._held = 0
+        if self._unacked:
+            self.sink.acknowledge(self.stream_id, self._unacked)
+            self._unacked = 0
 
 
 def _encoded(metadata: Any) -> list[tuple[bytes, bytes]]:

