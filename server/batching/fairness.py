@@ -1,9 +1,10 @@
 """Fair shares of a model's queue: one gRPC stream (or any other owner) may hold only part of it.
 
 The transport marks the requests of one stream with a `QueueShare` for as long as they run
-(`with share.applied(): ...`, a context variable, so the DataPlane between them needs no
-argument); every DynamicBatcher counts each share's requests and refuses the excess with
-Overloaded, so one stream's flood cannot fill a queue that other clients need.
+(`with share.applied(): ...`, or `current_share.set(share)` in a task that is the request's alone: a
+context variable, so the DataPlane between them needs no argument); every DynamicBatcher counts each
+share's requests and refuses the excess with Overloaded, so one stream's flood cannot fill a queue that
+other clients need.
 """
 
 from __future__ import annotations

@@ -46,9 +46,8 @@ class Call:
     """A call from its HEADERS to its trailers. Runs on the event loop."""
 
     __slots__ = ("_answering", "_ended", "_held", "_requests", "_session", "_unacked", "_unread", "blocked_on_peer",
-                 "context",
-                 "encoding", "finished", "headers_sent", "held_limit", "max_message_bytes", "messages", "reader", "rpc",
-                 "sink", "stream_id", "task", "timer")
+                 "context", "encoding", "finished", "headers_sent", "held_limit", "max_message_bytes", "messages",
+                 "reader", "rpc", "sink", "stream_id", "task", "timer")
 
     def __init__(self, sink: CallSink, stream_id: int, rpc: Rpc, context: CallContext, encoding: bytes,
                  max_message_bytes: int, held_limit: int) -> None:
@@ -94,7 +93,7 @@ class Call:
             self.sink.acknowledge(self.stream_id, len(data))
             self.finish(grpc.StatusCode.INTERNAL, str(exc))
             return
-        if self._requests is None:  # unary request: held until the stream ends, bounded by the limit
+        if self.rpc.kind != "stream_stream":  # one request: held until the stream ends, bounded by the limit
             self.sink.acknowledge(self.stream_id, len(data))
             self.messages.extend(bodies)
             if len(self.messages) > 1:
@@ -104,7 +103,7 @@ class Call:
             return
         if self._session is not None:
             self._take(bodies)
-        else:
+        elif self._requests is not None:  # None only when the call could not start (it is answered)
             for body in bodies:
                 self._held += len(body)
                 self._requests.put_nowait(body)
@@ -137,7 +136,6 @@ class Call:
         """stream_stream: the handler starts at HEADERS and reads messages as they come; or, for a method
         with a session, each message is answered by its own task from the read that completed it."""
         if self.rpc.session is not None:
-            self._requests = asyncio.Queue()  # unused: marks the call as streaming
             try:
                 self._session = self.rpc.session(self.context)
             except Exception as exc:  # one call fails, not the connection reading it
@@ -151,7 +149,8 @@ class Call:
         """Start answering each message while there is a place; hold the rest, unread, in order."""
         for body in bodies:
             if self._unread or len(self._answering) >= self._in_flight:
-                self._unread = self._unread if self._unread is not None else deque()
+                if self._unread is None:
+                    self._unread = deque()
                 self._unread.append(body)
                 self._held += len(body)
             else:

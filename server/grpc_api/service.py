@@ -195,7 +195,7 @@ class InferenceService:
         the socket read instead (`stream_session`), as it starts unary calls.
         """
         stream = self.stream_session(context)
-        window = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        window = asyncio.Semaphore(stream.in_flight)
         tasks: set[asyncio.Task[None]] = set()
 
         def done(task: asyncio.Task[None]) -> None:
