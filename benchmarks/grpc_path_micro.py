@@ -51,11 +51,11 @@ import make_models  # the sample models' builder lives beside them
 PATH = "/inference.GRPCInferenceService/ModelInfer"
 
 
-def _message(sizes: list[int]) -> bytes:
+def _message(sizes: list[int], rows: int = 1) -> bytes:
     request = pb.ModelInferRequest(model_name="mlp")
-    tensor = request.inputs.add(name="input", datatype="FP32", shape=[1, sizes[0]])
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=[rows, sizes[0]])
     del tensor  # perf_analyzer sends raw_input_contents, no contents in the tensor
-    request.raw_input_contents.append(np.random.default_rng(0).random(sizes[0], dtype=np.float32).tobytes())
+    request.raw_input_contents.append(np.random.default_rng(0).random(rows * sizes[0], dtype=np.float32).tobytes())
     body = request.SerializeToString()
     return b"\x00" + len(body).to_bytes(4, "big") + body
 
@@ -156,7 +156,7 @@ async def run(args: argparse.Namespace) -> None:
         await app.start()
         settle_heap()  # as `tessera serve` does after start-up
         try:
-            message = _message(sizes)
+            message = _message(sizes, args.rows)
             await measure(app, _reads(50, args.calls_per_read, message), args.calls_per_read, False)  # warm up
             figures = []
             for _ in range(args.repeat):
@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reads", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--mlp", default="64,256,256,10")
+    parser.add_argument("--rows", type=int, default=1, help="rows per call (perf_analyzer -b)")
     parser.add_argument("--no-drift", action="store_true")
     parser.add_argument("--request-log", default="", help="request log destination (e.g. /dev/null): what the "
                         "lines cost, the writer thread's formatting included")

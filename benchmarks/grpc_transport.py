@@ -10,6 +10,7 @@ tessera_batch_size on /metrics). Ratios are taken within a round, then the media
     PERF_ANALYZER_HOME=/tmp/pa python -m benchmarks.grpc_transport --rounds 3 --concurrency 1,8,32,64
     # the heavy model: --mlp 512,2048,2048,512 --concurrency 32 --targets ours,grpcio,http
     # requests of 64 rows each (figures then per row): --rows 64 --targets ours,http,grpcio
+    # against the bare-bones HTTP/2 server with the model inline: --targets ours,bare,h2-inline
     # a change against its base, both transports' paths: --before REV --targets ours,before,ours-stream,before-stream
     # --workers 2 against 1 on both cores (servers and load unpinned):
     PERF_ANALYZER_HOME=/tmp/pa python -m benchmarks.grpc_transport --targets ours,ours-w2 \
@@ -39,8 +40,10 @@ sys.path.insert(0, str(ROOT / "model_repository"))
 import make_models  # noqa: E402 - the sample models' builder lives beside them
 
 TARGETS = ("ours", "grpcio", "http", "bare", "ours-stream")
-OPTIONAL_TARGETS = ("ours-w2", "ours-pool", "before", "before-stream")
-"""before, before-stream: our transport as it was at --before REV, unary and ModelStreamInfer."""
+OPTIONAL_TARGETS = ("ours-w2", "ours-pool", "before", "before-stream", "h2-inline")
+"""before, before-stream: our transport as it was at --before REV, unary and ModelStreamInfer.
+h2-inline: benchmarks.h2_inline_server, the bare-bones HTTP/2 server running the model inline per
+request, which issue 13 states its 3x-echo and 64-row targets against."""
 """Name them in --targets: `--workers 2` over our transport; ours with every model run handed to the
 executor's pool (`--inline-run-us 0`, as before short runs were made on the event loop)."""
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -147,6 +150,10 @@ def main(argv: list[str] | None = None) -> None:
     bare = ServerProcess([sys.executable, "-m", "benchmarks.bare_server", "--model-repository", str(repository),
                           "--port", str(bare_port)], ready=tcp_ready(bare_port), log=args.out / "bare.log",
                          cpus=args.server_cpus, cwd=ROOT)
+    inline_port = free_port()
+    inline = ServerProcess([sys.executable, "-m", "benchmarks.h2_inline_server", "--model-repository",
+                            str(repository), "--port", str(inline_port)], ready=tcp_ready(inline_port),
+                           log=args.out / "h2-inline.log", cpus=args.server_cpus, cwd=ROOT)
     w2, w2_http, w2_grpc = _tessera(repository, "ours", args.server_cpus, args.out, workers=2)
     pool, pool_http, pool_grpc = _tessera(repository, "ours", args.server_cpus, args.out, name="ours-pool",
                                           extra=("--inline-run-us", "0"))
@@ -158,14 +165,16 @@ def main(argv: list[str] | None = None) -> None:
     runs: list[Run] = []
     with ours, grpcio, bare, (w2 if "ours-w2" in targets else contextlib.nullcontext()), \
             (pool if "ours-pool" in targets else contextlib.nullcontext()), \
-            (old if wants_before else contextlib.nullcontext()):
+            (old if wants_before else contextlib.nullcontext()), \
+            (inline if "h2-inline" in targets else contextlib.nullcontext()):
         where = {"ours": (ours_grpc, ours.pid, ours_http), "grpcio": (grpcio_grpc, grpcio.pid, grpcio_http),
                  "ours-stream": (ours_grpc, ours.pid, ours_http),
                  "ours-w2": (w2_grpc, w2.pid if w2.proc else 0, w2_http),
                  "ours-pool": (pool_grpc, pool.pid if pool.proc else 0, pool_http),
                  "before": (old_grpc, old.pid if old.proc else 0, old_http),
                  "before-stream": (old_grpc, old.pid if old.proc else 0, old_http),
-                 "http": (ours_http, ours.pid, ours_http), "bare": (bare_port, bare.pid, None)}
+                 "http": (ours_http, ours.pid, ours_http), "bare": (bare_port, bare.pid, None),
+                 "h2-inline": (inline_port, inline.pid if inline.proc else 0, None)}
         for round_ in range(args.rounds):
             for concurrency in (int(c) for c in args.concurrency.split(",")):
                 order = targets[round_ % len(targets):] + targets[:round_ % len(targets)]
@@ -193,7 +202,8 @@ def _report(runs: list[Run], targets: list[str]) -> None:
                   f"p99 {statistics.median(r.p99_ms for r in mine):6.2f} ms  "
                   f"cpu/req {statistics.median(r.cpu_us_per_request for r in mine):6.0f} us  "
                   f"rows/batch {statistics.median(batch) if batch else float('nan'):5.1f}")
-        for a, b in (("ours", "bare"), ("ours", "grpcio"), ("ours", "http"), ("ours-stream", "ours"),
+        for a, b in (("ours", "bare"), ("ours", "h2-inline"), ("h2-inline", "bare"), ("ours", "grpcio"),
+                     ("ours", "http"), ("ours-stream", "ours"),
                      ("ours-w2", "ours"), ("ours", "ours-pool"), ("ours", "before"),
                      ("ours-stream", "before-stream")):
             if a in targets and b in targets:
