@@ -75,10 +75,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="ONNX Runtime intra-op threads per session (models may override)")
     p.add_argument("--allow-spinning", type=parse_bool, default=parse_bool(env("allow-spinning", "false") or "false"),
                    help="let ONNX Runtime's intra-op threads spin-wait between runs (true/false; burns cores)")
-    p.add_argument("--inline-run-us", type=int, default=int(env("inline-run-us", "20") or 0),
+    inline_run_us = env("inline-run-us")
+    p.add_argument("--inline-run-us", type=int, default=int(inline_run_us) if inline_run_us else None,
                    help="make a model run on the event loop when runs of its batch size recently took less CPU "
-                        "than this (microseconds): the hand-off to ONNX Runtime's thread costs ~25 us; 0: never "
-                        "(models may override with the inline_run_us parameter)")
+                        "than this (microseconds), not on ONNX Runtime's thread pool; 0: never. Default: 100 when "
+                        "the process can use one CPU (affinity or container quota), else 20 (models may override "
+                        "with the inline_run_us parameter)")
     p.add_argument("--drain-timeout-s", type=float, default=float(env("drain-timeout-s", "30") or 30),
                    help="seconds SIGTERM waits for in-flight requests before exiting")
     p.add_argument("--redis-url", default=env("redis-url"),

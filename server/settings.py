@@ -68,9 +68,10 @@ class ServerSettings:
     allow_spinning: bool = False
     """Let ONNX Runtime's intra-op pool spin-wait between runs (burns cores; see BENCHMARKS.md)."""
 
-    inline_run_us: int = 20
+    inline_run_us: int | None = None
     """Runs of a batch size that recently took less CPU than this many microseconds are made on the event
-    loop rather than handed to the executor's pool (the hand-off costs more); 0: always the pool."""
+    loop rather than handed to the executor's pool (the hand-off costs more); 0: always the pool; None:
+    100 when the process can use one CPU, else 20 (executor/runner.py says why)."""
 
     drain_timeout_s: float = 30.0
     """Seconds SIGTERM waits for in-flight requests before exiting."""

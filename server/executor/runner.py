@@ -3,13 +3,21 @@
 ORT's `run` releases the GIL, so one thread per session instance gives real parallelism.
 
 Except for runs too short to be worth the trip. Handing a run to the pool and its result back costs
-the event loop ~25 us of CPU (executor future, self-pipe wake-up, callbacks; measured on this
-project's 2-core machine, BENCHMARKS.md), while a 4-row batch of a small MLP computes in ~7 us. A run
-whose batch size has recently computed in under `inline_run_us` of CPU is made on the loop's thread
-instead: it holds the loop for less time than the hand-off would have taken from it. Each run's CPU
-time is measured where it runs, per batch-size bucket (powers of two), so a bucket whose runs grow
-slower goes back to the pool at once, and one never measured always goes there first. Only
-single-threaded CPU sessions qualify: the calling thread's CPU time is then the run's whole cost.
+CPU (executor future, thread wake-up, self-pipe wake-up of the loop, callbacks) that the loop pays
+whenever the two share a core: on this project's 2-core machine, ~25 us per batch in a hot loop and
+50-110 us in a server pinned to one core (BENCHMARKS.md), while a 4-row batch of a small MLP computes
+in ~7 us. A run whose batch size has recently computed in under `inline_run_us` of CPU is made on the
+loop's thread instead. Each run's CPU time is measured where it runs, per batch-size bucket (powers of
+two), so a bucket whose runs grow slower goes back to the pool at once, and one never measured always
+goes there first. Only single-threaded CPU sessions qualify: the calling thread's CPU time is then the
+run's whole cost.
+
+The default limit depends on what the pool can buy. With several CPUs a pooled run overlaps the
+loop's own work, so only runs shorter than the hand-off stay on the loop (20 us). A process that can
+use one CPU (`usable_cpus`: its affinity, or a container's quota) gets no overlap: the pooled run
+takes the same core from the loop and the hand-off comes on top, so runs up to 100 us stay on the loop,
+long enough for a 64-row batch of a small model and short enough that a run never delays the loop's
+other connections by more than a tenth of a millisecond.
 """
 
 from __future__ import annotations
@@ -28,11 +36,19 @@ import onnxruntime as ort
 from ..errors import ExecutionFailed
 from ..spec import ModelSpec
 from ..tensors import Tensor
+from .cpus import usable_cpus
 from .session import create_sessions
 
-__all__ = ["OrtRunner"]
+__all__ = ["INLINE_RUN_US_MANY_CPUS", "INLINE_RUN_US_ONE_CPU", "OrtRunner", "default_inline_run_us"]
 
 _SMOOTHING = 0.25  # weight of the newest run in a bucket's moving average
+INLINE_RUN_US_MANY_CPUS = 20
+INLINE_RUN_US_ONE_CPU = 100
+
+
+def default_inline_run_us(cpus: float | None = None) -> int:
+    """The inline limit when neither the server nor the model sets one: see the module's note."""
+    return INLINE_RUN_US_ONE_CPU if (usable_cpus() if cpus is None else cpus) <= 1 else INLINE_RUN_US_MANY_CPUS
 
 
 def _yield_to_event_loop() -> None:
@@ -50,7 +66,7 @@ class OrtRunner:
     """Owns the sessions of one model version and the thread pool they run on."""
 
     def __init__(self, spec: ModelSpec, sessions: list[ort.InferenceSession], *, yield_to_loop: bool = True,
-                 inline_run_us: int = 0) -> None:
+                 inline_run_us: int | None = 0) -> None:
         self._spec = spec
         self._idle = list(sessions)
         self._count = len(sessions)
@@ -58,7 +74,9 @@ class OrtRunner:
         self._bf16_inputs = {t.name for t in spec.inputs if t.datatype == "BF16"}
         self._pool = ThreadPoolExecutor(max_workers=self._count, thread_name_prefix=f"ort-{spec.name}",
                                         initializer=_yield_to_event_loop if yield_to_loop else None)
-        limit = max(spec.inline_run_us if spec.inline_run_us is not None else inline_run_us, 0)
+        if spec.inline_run_us is not None:
+            inline_run_us = spec.inline_run_us
+        limit = max(default_inline_run_us() if inline_run_us is None else inline_run_us, 0)
         single_threaded_cpu = spec.intra_op_threads == 1 and spec.inter_op_threads <= 1 and all(
             s.get_providers() == ["CPUExecutionProvider"] for s in sessions)
         self._inline_limit_ns = limit * 1000 if single_threaded_cpu else 0
@@ -66,12 +84,13 @@ class OrtRunner:
         """Moving average of a run's CPU ns per batch-size bucket (rows.bit_length())."""
 
     @classmethod
-    def create(cls, spec: ModelSpec, *, yield_to_loop: bool = True, inline_run_us: int = 0) -> OrtRunner:
+    def create(cls, spec: ModelSpec, *, yield_to_loop: bool = True, inline_run_us: int | None = 0) -> OrtRunner:
         """Build every session of the spec. Blocking: call through asyncio.to_thread.
 
         `yield_to_loop=False` keeps the ORT threads at normal priority: for offline scoring
         (`tessera batch`), where no request waits on the event loop and compute is the job.
-        `inline_run_us` (the model's `inline_run_us` parameter overrides it): see the module's note.
+        `inline_run_us` (the model's `inline_run_us` parameter overrides it; None: `default_inline_run_us`):
+        see the module's note.
         """
         return cls(spec, create_sessions(spec), yield_to_loop=yield_to_loop, inline_run_us=inline_run_us)
 

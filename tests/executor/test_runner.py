@@ -78,7 +78,7 @@ class _ThreadRecorder:
         return list(self._session.get_providers())
 
 
-def _recorded_runner(spec: ModelSpec, inline_run_us: int) -> tuple[OrtRunner, _ThreadRecorder]:
+def _recorded_runner(spec: ModelSpec, inline_run_us: int | None) -> tuple[OrtRunner, _ThreadRecorder]:
     from server.executor.session import create_sessions
 
     recorder = _ThreadRecorder(create_sessions(spec)[0])
@@ -134,3 +134,20 @@ async def test_a_model_parameter_overrides_the_server_and_multithreaded_sessions
 def test_a_bad_inline_parameter_is_a_load_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="inline_run_us"):
         _spec(tmp_path, "mlp", 'parameters { key: "inline_run_us" value: { string_value: "soon" } }\n')
+
+
+def test_without_a_limit_the_runner_takes_the_default_for_the_cpus_it_can_use(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import server.executor.runner as runner_module
+
+    spec = _spec(tmp_path, "mlp")
+    for cpus, expected in ((1.0, 100), (0.5, 100), (2.0, 20), (1.5, 20)):
+        monkeypatch.setattr(runner_module, "usable_cpus", lambda cpus=cpus: cpus)
+        runner, _ = _recorded_runner(spec, inline_run_us=None)
+        try:
+            assert runner.inline_limit_us == expected
+        finally:
+            runner.close()
+    runner, _ = _recorded_runner(spec, inline_run_us=7)  # a server's own limit is kept
+    assert runner.inline_limit_us == 7
+    runner.close()
