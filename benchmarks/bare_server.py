@@ -23,7 +23,7 @@ from google.protobuf import text_format
 from server._generated import grpc_service_pb2 as pb
 from server._generated import model_config_pb2 as mc
 
-__all__ = ["BareModel", "BareService", "load_models", "main"]
+__all__ = ["BareModel", "BareService", "load_models", "main", "server_arguments"]
 
 SERVICE_NAME = "inference.GRPCInferenceService"  # the protocol's name, as server/grpc_api registers it
 # ORT type string -> (config TYPE_*, V2 datatype, bytes per element)
@@ -175,12 +175,17 @@ async def serve(models: dict[str, BareModel], host: str, port: int) -> None:
     await server.wait_for_termination()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def server_arguments(description: str | None, argv: list[str] | None) -> argparse.Namespace:
+    """--model-repository, --host and --port: what a reference server of these benchmarks takes."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-repository", type=Path, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = server_arguments(__doc__, argv)
     models = load_models(args.model_repository)
     try:
         import uvloop  # the same loop Tessera runs on

@@ -2,30 +2,31 @@
 
     python -m benchmarks.h2_inline_server --model-repository DIR --port 8001 [--host 127.0.0.1]
 
-The reference issue 13 states two of its targets against: "a 150-line HTTP/2 server on an asyncio
-protocol (uvloop, header blocks through the `hpack` library, no limits, no flow-control accounting)"
-running "the small model inline per request with ONNX Runtime". It is what a gRPC path costs when it
-does nothing a production server must: no deadline, size or stream limits, no cancellation, no
-sending window kept (answers are assumed to fit the client's), no errors beyond a 404-like status,
-no batching, no metrics, no drift statistics. One ONNX Runtime session per model, one thread, run on
-the event loop for every ModelInfer. The other RPCs perf_analyzer calls answer what
-`benchmarks.bare_server` answers (metadata and config from the graph).
+Issue 13 states two of its targets against "a 150-line HTTP/2 server on an asyncio protocol (uvloop,
+header blocks through the `hpack` library, no limits, no flow-control accounting)" running "the small
+model inline per request with ONNX Runtime". This is that server: what a gRPC path costs when it does
+nothing a production server must. No deadline, size or stream limits, no cancellation, no sending
+window kept (answers go out in 16 KiB DATA frames, assumed to fit the client's window), no batching,
+no metrics, no drift statistics; an unknown method is answered UNIMPLEMENTED and any failure INTERNAL.
+One ONNX Runtime session per model, one thread, run on the event loop for every ModelInfer. The other
+RPCs perf_analyzer calls answer what `benchmarks.bare_server` answers (metadata and config from the
+graph).
 
 It is a measuring stick, not a server: never expose it.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import struct
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import hpack
 import numpy as np
 
-from benchmarks.bare_server import SERVICE_NAME, BareModel, load_models
+from benchmarks.bare_server import SERVICE_NAME, BareModel, load_models, server_arguments
 from server._generated import grpc_service_pb2 as pb
 
 __all__ = ["H2InlineProtocol", "main"]
@@ -35,6 +36,7 @@ _DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PING, _GOAWAY, _WINDOW_UPDATE, _CONTIN
 _END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
 _FRAME = struct.Struct(">HBBBI")  # length (24 bits: high 16, low 8), type, flags, stream id
 _BIG_WINDOW = (1 << 31) - 1
+_DATA_FRAME = 16_384  # the smallest MAX_FRAME_SIZE a peer may set: always legal
 _NUMPY = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32,
           "UINT8": np.uint8, "INT8": np.int8, "BOOL": np.bool_}
 
@@ -166,12 +168,18 @@ class H2InlineProtocol(asyncio.Protocol):
     def _answer(self, stream: int) -> bytes:
         path, body = self._streams.pop(stream)
         service, _, method = path.lstrip("/").partition("/")
-        answer = self._call(method, bytes(body[5:])) if service == SERVICE_NAME else None
+        try:
+            answer = self._call(method, bytes(body[5:])) if service == SERVICE_NAME else None
+        except Exception as exc:  # one call's failure, not the connection's
+            failed = _headers_block([(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "13"),
+                                     ("grpc-message", quote(f"{type(exc).__name__}: {exc}"))])
+            return _frame(_HEADERS, _END_HEADERS | _END_STREAM, stream, failed)
         if answer is None:
             return _frame(_HEADERS, _END_HEADERS | _END_STREAM, stream, _UNIMPLEMENTED)
         message = b"\x00" + struct.pack(">I", len(answer)) + answer
-        return (_frame(_HEADERS, _END_HEADERS, stream, _RESPONSE_HEADERS) + _frame(_DATA, 0, stream, message)
-                + _frame(_HEADERS, _END_HEADERS | _END_STREAM, stream, _OK_TRAILERS))
+        data = [_frame(_DATA, 0, stream, message[i:i + _DATA_FRAME]) for i in range(0, len(message), _DATA_FRAME)]
+        return b"".join((_frame(_HEADERS, _END_HEADERS, stream, _RESPONSE_HEADERS), *data,
+                         _frame(_HEADERS, _END_HEADERS | _END_STREAM, stream, _OK_TRAILERS)))
 
     def _call(self, method: str, message: bytes) -> bytes | None:
         if method == "ModelInfer":
@@ -201,11 +209,7 @@ async def serve(models: dict[str, InlineModel], host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-repository", type=Path, required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8001)
-    args = parser.parse_args(argv)
+    args = server_arguments(__doc__, argv)
     bare = load_models(args.model_repository)
     models = {name: InlineModel(args.model_repository / name / "1" / "model.onnx", model)
               for name, model in bare.items()}

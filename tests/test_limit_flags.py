@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from server.cli import build_parser, serve_settings
 from server.settings import ServerSettings
 
@@ -38,6 +40,13 @@ def test_limit_flags_become_settings() -> None:
     assert (settings.rate_limit_rps, settings.rate_limit_burst, settings.stream_queue_share) == (20.0, 40, 0.5)
 
 
-def test_the_inline_run_flag_becomes_a_setting_and_defaults_to_the_settings_default() -> None:
-    assert _settings().inline_run_us == ServerSettings(model_repository="models").inline_run_us == 20
+def test_the_inline_run_flag_becomes_a_setting_and_defaults_to_the_cpus_default(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # None: the executor picks by the CPUs the process can use (executor/runner.py default_inline_run_us)
+    assert _settings().inline_run_us is None
+    assert ServerSettings(model_repository="models").inline_run_us is None
     assert _settings("--inline-run-us", "0").inline_run_us == 0
+    monkeypatch.setenv("TESSERA_INLINE_RUN_US", "0")
+    assert _settings().inline_run_us == 0
+    monkeypatch.setenv("TESSERA_INLINE_RUN_US", "")
+    assert _settings().inline_run_us is None

@@ -14,10 +14,11 @@ run's whole cost.
 
 The default limit depends on what the pool can buy. With several CPUs a pooled run overlaps the
 loop's own work, so only runs shorter than the hand-off stay on the loop (20 us). A process that can
-use one CPU (`usable_cpus`: its affinity, or a container's quota) gets no overlap: the pooled run
-takes the same core from the loop and the hand-off comes on top, so runs up to 100 us stay on the loop,
-long enough for a 64-row batch of a small model and short enough that a run never delays the loop's
-other connections by more than a tenth of a millisecond.
+use one CPU (`usable_cpus`: its affinity, or a container's quota; under `--workers N` each worker's
+share) gets no overlap: the pooled run takes the same core from the loop and the hand-off comes on
+top, so runs up to 100 us stay on the loop: long enough for a 64-row batch of a small model, short
+enough that a run typically delays the loop's other connections by a tenth of a millisecond at most
+(the limit applies to a batch size's moving average, so one run can take longer).
 """
 
 from __future__ import annotations

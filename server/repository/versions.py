@@ -18,7 +18,8 @@ from functools import partial
 from .._generated import model_config_pb2 as mc
 from ..batching.batcher import DynamicBatcher
 from ..errors import InvalidInput, ModelLoadError
-from ..executor.runner import OrtRunner
+from ..executor.cpus import usable_cpus
+from ..executor.runner import OrtRunner, default_inline_run_us
 from ..executor.session import graph_tensors
 from ..executor.warmup import warm_up
 from ..metrics import Labels, Metrics
@@ -150,14 +151,18 @@ async def build_version(source: ModelSource, number: int, settings: ServerSettin
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
     spec = await _spec(source, number, settings, gpu, loader)
-    runner = await loop.run_in_executor(loader, partial(OrtRunner.create, spec, inline_run_us=settings.inline_run_us))
+    inline_run_us = settings.inline_run_us
+    if inline_run_us is None:  # each of --workers N event loops has its share of the CPUs to overlap runs with
+        inline_run_us = default_inline_run_us(usable_cpus() / max(settings.workers, 1))
+    runner = await loop.run_in_executor(loader, partial(OrtRunner.create, spec, inline_run_us=inline_run_us))
     try:
         runs = await warm_up(spec, runner)
     except BaseException:  # failed warmup, or a reload cancelled at shutdown: free the sessions
         await asyncio.shield(loop.run_in_executor(loader, _release_memory, runner))
         raise
-    logger.info("model %s version %d warmed up: %d runs, loaded in %.0f ms", source.name, number, runs,
-                (time.perf_counter() - started) * 1000)
+    logger.info("model %s version %d warmed up: %d runs, loaded in %.0f ms; runs under %d us are made on the "
+                "event loop", source.name, number, runs, (time.perf_counter() - started) * 1000,
+                runner.inline_limit_us)
     labels = (source.name, str(number))
     metrics.warmup_runs.labels(*labels).inc(runs)
     stats = ModelStatistics(source.name, str(number))

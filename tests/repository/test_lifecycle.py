@@ -272,3 +272,21 @@ def test_rss_after_20_load_unload_cycles_stays_within_10_percent_of_the_first() 
                           text=True, timeout=120, check=False)
     print(done.stdout)  # the figures, for the record (pytest -s)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(("workers", "limit"), [(1, 20), (2, 100)])
+async def test_each_worker_gets_the_inline_limit_of_its_share_of_the_cpus(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int, limit: int) -> None:
+    import server.repository.versions as versions
+
+    monkeypatch.setattr(versions, "usable_cpus", lambda: 2.0)  # two CPUs, split between the workers
+    root = tmp_path / "repository"
+    make_model(root)
+    settings = ServerSettings(model_repository=str(root), workers=workers,
+                              repository_cache_dir=tmp_path / "cache")
+    manager = ModelManager(root, settings, Metrics())
+    await manager.load_all()
+    try:
+        assert manager.get("m").runner.inline_limit_us == limit
+    finally:
+        await manager.stop()
