@@ -52,6 +52,9 @@ def _headers_block(pairs: list[tuple[str, str]]) -> bytes:
 
 _RESPONSE_HEADERS = _headers_block([(":status", "200"), ("content-type", "application/grpc")])
 _OK_TRAILERS = _headers_block([("grpc-status", "0")])
+_CONSTANT_ANSWERS = {method: message.SerializeToString() for method, message in (
+    ("ServerLive", pb.ServerLiveResponse(live=True)), ("ServerReady", pb.ServerReadyResponse(ready=True)),
+    ("ModelReady", pb.ModelReadyResponse(ready=True)), ("ServerMetadata", pb.ServerMetadataResponse(name="h2-inline")))}
 _UNIMPLEMENTED = _headers_block([(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "12")])
 
 
@@ -194,10 +197,7 @@ class H2InlineProtocol(asyncio.Protocol):
             return pb.ModelStatisticsResponse(model_stats=[
                 pb.ModelStatistics(name=n, version="1") for n in ([name] if name else self._models)
             ]).SerializeToString()
-        constant = {"ServerLive": pb.ServerLiveResponse(live=True), "ServerReady": pb.ServerReadyResponse(ready=True),
-                    "ModelReady": pb.ModelReadyResponse(ready=True),
-                    "ServerMetadata": pb.ServerMetadataResponse(name="h2-inline")}.get(method)
-        return None if constant is None else constant.SerializeToString()
+        return _CONSTANT_ANSWERS.get(method)
 
 
 async def serve(models: dict[str, InlineModel], host: str, port: int) -> None:

@@ -37,7 +37,6 @@ import onnxruntime as ort
 from ..errors import ExecutionFailed
 from ..spec import ModelSpec
 from ..tensors import Tensor
-from .cpus import usable_cpus
 from .session import create_sessions
 
 __all__ = ["INLINE_RUN_US_MANY_CPUS", "INLINE_RUN_US_ONE_CPU", "OrtRunner", "default_inline_run_us"]
@@ -47,9 +46,10 @@ INLINE_RUN_US_MANY_CPUS = 20
 INLINE_RUN_US_ONE_CPU = 100
 
 
-def default_inline_run_us(cpus: float | None = None) -> int:
-    """The inline limit when neither the server nor the model sets one: see the module's note."""
-    return INLINE_RUN_US_ONE_CPU if (usable_cpus() if cpus is None else cpus) <= 1 else INLINE_RUN_US_MANY_CPUS
+def default_inline_run_us(cpus: float) -> int:
+    """The inline limit for an event loop with `cpus` to overlap runs with (`usable_cpus`, or a worker's
+    share of them), when neither the server nor the model sets one: see the module's note."""
+    return INLINE_RUN_US_ONE_CPU if cpus <= 1 else INLINE_RUN_US_MANY_CPUS
 
 
 def _yield_to_event_loop() -> None:
@@ -67,7 +67,7 @@ class OrtRunner:
     """Owns the sessions of one model version and the thread pool they run on."""
 
     def __init__(self, spec: ModelSpec, sessions: list[ort.InferenceSession], *, yield_to_loop: bool = True,
-                 inline_run_us: int | None = 0) -> None:
+                 inline_run_us: int = 0) -> None:
         self._spec = spec
         self._idle = list(sessions)
         self._count = len(sessions)
@@ -75,9 +75,7 @@ class OrtRunner:
         self._bf16_inputs = {t.name for t in spec.inputs if t.datatype == "BF16"}
         self._pool = ThreadPoolExecutor(max_workers=self._count, thread_name_prefix=f"ort-{spec.name}",
                                         initializer=_yield_to_event_loop if yield_to_loop else None)
-        if spec.inline_run_us is not None:
-            inline_run_us = spec.inline_run_us
-        limit = max(default_inline_run_us() if inline_run_us is None else inline_run_us, 0)
+        limit = max(spec.inline_run_us if spec.inline_run_us is not None else inline_run_us, 0)
         single_threaded_cpu = spec.intra_op_threads == 1 and spec.inter_op_threads <= 1 and all(
             s.get_providers() == ["CPUExecutionProvider"] for s in sessions)
         self._inline_limit_ns = limit * 1000 if single_threaded_cpu else 0
@@ -85,13 +83,12 @@ class OrtRunner:
         """Moving average of a run's CPU ns per batch-size bucket (rows.bit_length())."""
 
     @classmethod
-    def create(cls, spec: ModelSpec, *, yield_to_loop: bool = True, inline_run_us: int | None = 0) -> OrtRunner:
+    def create(cls, spec: ModelSpec, *, yield_to_loop: bool = True, inline_run_us: int = 0) -> OrtRunner:
         """Build every session of the spec. Blocking: call through asyncio.to_thread.
 
         `yield_to_loop=False` keeps the ORT threads at normal priority: for offline scoring
         (`tessera batch`), where no request waits on the event loop and compute is the job.
-        `inline_run_us` (the model's `inline_run_us` parameter overrides it; None: `default_inline_run_us`):
-        see the module's note.
+        `inline_run_us` (the model's `inline_run_us` parameter overrides it): see the module's note.
         """
         return cls(spec, create_sessions(spec), yield_to_loop=yield_to_loop, inline_run_us=inline_run_us)
 

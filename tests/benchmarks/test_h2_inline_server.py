@@ -50,6 +50,7 @@ async def test_answers_model_infer_with_the_models_outputs(tmp_path: Path) -> No
     finally:
         await client.close()
         server.close()
+        await server.wait_closed()
 
 
 class _Transport:

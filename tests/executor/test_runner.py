@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from server.errors import ModelLoadError
-from server.executor.runner import OrtRunner
+from server.executor.runner import OrtRunner, default_inline_run_us
 from server.executor.session import gpu_available, graph_tensors
 from server.executor.warmup import warm_up
 from server.repository.config import build_spec, complete_config, read_config
@@ -78,7 +78,7 @@ class _ThreadRecorder:
         return list(self._session.get_providers())
 
 
-def _recorded_runner(spec: ModelSpec, inline_run_us: int | None) -> tuple[OrtRunner, _ThreadRecorder]:
+def _recorded_runner(spec: ModelSpec, inline_run_us: int) -> tuple[OrtRunner, _ThreadRecorder]:
     from server.executor.session import create_sessions
 
     recorder = _ThreadRecorder(create_sessions(spec)[0])
@@ -136,18 +136,11 @@ def test_a_bad_inline_parameter_is_a_load_error(tmp_path: Path) -> None:
         _spec(tmp_path, "mlp", 'parameters { key: "inline_run_us" value: { string_value: "soon" } }\n')
 
 
-def test_without_a_limit_the_runner_takes_the_default_for_the_cpus_it_can_use(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import server.executor.runner as runner_module
-
-    spec = _spec(tmp_path, "mlp")
+def test_the_default_limit_follows_the_cpus_and_a_servers_own_limit_is_kept(tmp_path: Path) -> None:
     for cpus, expected in ((1.0, 100), (0.5, 100), (2.0, 20), (1.5, 20)):
-        monkeypatch.setattr(runner_module, "usable_cpus", lambda cpus=cpus: cpus)
-        runner, _ = _recorded_runner(spec, inline_run_us=None)
-        try:
-            assert runner.inline_limit_us == expected
-        finally:
-            runner.close()
-    runner, _ = _recorded_runner(spec, inline_run_us=7)  # a server's own limit is kept
-    assert runner.inline_limit_us == 7
-    runner.close()
+        assert default_inline_run_us(cpus) == expected
+    runner, _ = _recorded_runner(_spec(tmp_path, "mlp"), inline_run_us=7)
+    try:
+        assert runner.inline_limit_us == 7
+    finally:
+        runner.close()
