@@ -19,7 +19,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from .admission import Admission
 from .audit import AuditLog
 from .auth import Authorizer
-from .background import cancel_remaining
+from .background import cancel_remaining, spawn
 from .dataplane import DataPlane
 from .drift import DriftSidePath, TapConfig, spec_feature_names
 from .grpc_api.credentials import server_credentials
@@ -45,6 +45,9 @@ from .tls import FileWatcher, ServerTlsContext, TlsFiles
 __all__ = ["App"]
 
 logger = logging.getLogger(__name__)
+
+METRICS_FLUSH_INTERVAL_S = 1.0
+"""Under `--workers N`, how stale another worker's request figures may be in a scrape."""
 
 
 def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -139,6 +142,8 @@ class App:
         if self.drift is not None:
             await self.drift.start()
         self.observability.start()
+        if s.metrics_multiprocess_dir is not None:  # sibling workers' scrapes read this process's files
+            spawn(self.metrics.flush_every(METRICS_FLUSH_INTERVAL_S), "metrics-flush")
         await self._start_grpc()
         await self._start_http()
         self.file_watcher.start()
@@ -250,4 +255,5 @@ class App:
         await self.manager.stop()
         await self.audit.flush()
         await cancel_remaining()  # whatever a stopped part left running
+        self.metrics.flush()  # the last requests' figures, for a scrape after this worker ends
         logger.info("tessera stopped")

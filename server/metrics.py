@@ -6,13 +6,20 @@ cardinality stays bounded. Histograms, unlike Triton's counters, aggregate acros
 Under `--workers N` the workers share one scrape: prometheus-client's multiprocess mode (each process
 writes its values to memory-mapped files in one directory; `render` merges them on every scrape), so
 any worker's `/metrics` shows the process group, counters summed, gauges by their `multiprocess_mode`.
+
+The per-request and per-batch families are tallied in plain numbers on the request path and moved into
+their Prometheus children by `Metrics.flush` (see `VersionMetrics`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
-from collections.abc import Mapping
+import threading
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -38,7 +45,11 @@ class Metrics:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self._multiprocess_dir = multiprocess_dir
         self._versions: dict[Labels, VersionMetrics] = {}
+        self._flushing = threading.Lock()
         r = self.registry
+        # Registered before the families, so every collection of this registry (a scrape, a test's
+        # get_sample_value) moves the request path's tallies into them first.
+        r.register(_FlushFirst(self))
         mv = ("model", "version")
         self.request_success = Counter("tessera_request_success", "Successful inference requests.", mv,
                                        registry=r)
@@ -104,8 +115,23 @@ class Metrics:
                 self._grpc_reported[limit] = count
         self.grpc_connections.set(connections)
 
+    def flush(self) -> None:
+        """Move what the request path tallied since the last flush into the Prometheus children (from any
+        thread: the tallies are only read here)."""
+        with self._flushing:
+            for version in list(self._versions.values()):
+                version.flush()
+
+    async def flush_every(self, interval_s: float) -> None:
+        """Flush on a timer: under `--workers N` a scrape served by a sibling worker reads this process's
+        values from the shared files, so they lag by at most `interval_s`."""
+        while True:
+            await asyncio.sleep(interval_s)
+            self.flush()
+
     def render(self) -> bytes:
         """The exposition; under `--workers N`, of every worker of the process group (see module doc)."""
+        self.flush()
         if self._multiprocess_dir is None:
             return generate_latest(self.registry)
         merged = CollectorRegistry()
@@ -132,21 +158,73 @@ def mark_worker_dead(directory: Path, pid: int) -> None:
     multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
 
 
+class _FlushFirst:
+    """A collector with no metrics of its own: collecting it flushes the tallies."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Any]:
+        self._metrics.flush()
+        return ()
+
+
+class _HistogramTally:
+    """Observations of one histogram child since start, as plain numbers: bucket counts (not cumulative;
+    +Inf last) and their sum. Only the event loop's thread writes them."""
+
+    __slots__ = ("_bounds", "_child", "_flushed", "_flushed_sum", "counts", "sum")
+
+    def __init__(self, child: Any, bounds: tuple[float, ...]) -> None:
+        self._child = child
+        self._bounds = (*bounds, float("inf"))
+        self.counts = [0] * len(self._bounds)
+        self.sum = 0.0
+        self._flushed = [0] * len(self._bounds)
+        self._flushed_sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # The bucket prometheus-client picks: the first upper bound >= value.
+        self.counts[bisect_left(self._bounds, value)] += 1
+        self.sum += value
+
+    def flush(self) -> None:
+        counts, total = self.counts[:], self.sum
+        # prometheus-client's Histogram child keeps one value per bucket and one for the sum (`_buckets`,
+        # `_sum`: in-process or multiprocess values, both with `inc`); `observe` would add one observation
+        # at a time. tests/test_metrics.py checks that a flush exposes what direct observations would.
+        for index, (count, flushed) in enumerate(zip(counts, self._flushed, strict=True)):
+            if count != flushed:
+                self._child._buckets[index].inc(count - flushed)
+        if total != self._flushed_sum:
+            self._child._sum.inc(total - self._flushed_sum)
+        self._flushed, self._flushed_sum = counts, total
+
+
 class VersionMetrics:
-    """One model version's metric children, bound once so the hot path does no label lookups."""
+    """One model version's per-request and per-batch figures.
+
+    The request path adds to plain numbers here; `flush` moves what was added since the last flush into
+    the version's Prometheus children (bound once, so no label lookups). A prometheus-client update takes
+    a lock and a few calls each: the five to eleven of one request were 6-7% of a small request's CPU
+    (BENCHMARKS.md, issue 13). Flushes run before every collection of the registry, before every render
+    and, under `--workers N`, once a second. Failures, rare, go to their child directly.
+    """
 
     def __init__(self, metrics: Metrics, labels: Labels) -> None:
         self._metrics, self._labels = metrics, labels
-        self._success = metrics.request_success.labels(*labels)
-        self._duration = metrics.request_duration.labels(*labels)
-        self._queue = metrics.queue_duration.labels(*labels)
-        self._executions = metrics.execution_count.labels(*labels)
-        self._inferences = metrics.inference_count.labels(*labels)
-        self._batch = metrics.batch_size.labels(*labels)
-        self._compute = metrics.compute_duration.labels(*labels)
+        self._success_child = metrics.request_success.labels(*labels)
+        self._executions_child = metrics.execution_count.labels(*labels)
+        self._inferences_child = metrics.inference_count.labels(*labels)
+        self._duration = _HistogramTally(metrics.request_duration.labels(*labels), _LATENCY_BUCKETS)
+        self._queue = _HistogramTally(metrics.queue_duration.labels(*labels), _LATENCY_BUCKETS)
+        self._batch = _HistogramTally(metrics.batch_size.labels(*labels), _BATCH_BUCKETS)
+        self._compute = _HistogramTally(metrics.compute_duration.labels(*labels), _LATENCY_BUCKETS)
+        self._success = self._executions = self._inferences = 0
+        self._flushed = (0, 0, 0)
 
     def record_success(self, elapsed_ns: int) -> None:
-        self._success.inc()
+        self._success += 1
         self._duration.observe(elapsed_ns / 1e9)
 
     def record_failure(self, error: BaseException) -> None:
@@ -154,10 +232,21 @@ class VersionMetrics:
         self._metrics.request_failure.labels(*self._labels, reason).inc()
 
     def record_batch(self, rows: int, compute_ns: int) -> None:
-        self._executions.inc()
-        self._inferences.inc(rows)
+        self._executions += 1
+        self._inferences += rows
         self._batch.observe(rows)
         self._compute.observe(compute_ns / 1e9)
 
     def record_queue(self, queue_ns: int) -> None:
         self._queue.observe(queue_ns / 1e9)
+
+    def flush(self) -> None:
+        """(Metrics.flush, under its lock.)"""
+        counts = (self._success, self._executions, self._inferences)
+        for child, count, flushed in zip((self._success_child, self._executions_child, self._inferences_child),
+                                         counts, self._flushed, strict=True):
+            if count != flushed:
+                child.inc(count - flushed)
+        self._flushed = counts
+        for tally in (self._duration, self._queue, self._batch, self._compute):
+            tally.flush()

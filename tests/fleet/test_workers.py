@@ -70,7 +70,13 @@ def test_one_scrape_of_any_worker_counts_every_workers_requests(tmp_path):
             conn.request("POST", "/v2/models/tabular/infer", body=body)
             assert conn.getresponse().status == 200
             conn.close()
-        per_worker = [_served_by(path) for path in metrics_dir.glob("counter_*.db")]
+        # Each worker moves its request figures into its file once a second (METRICS_FLUSH_INTERVAL_S).
+        deadline = time.monotonic() + 5
+        while True:
+            per_worker = [_served_by(path) for path in metrics_dir.glob("counter_*.db")]
+            if sum(per_worker) == sent or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert len(per_worker) == 2 and all(per_worker), per_worker  # both served; the stale file went
         assert sum(per_worker) == sent
         for _ in range(6):  # whichever worker answers the scrape
