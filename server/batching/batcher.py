@@ -305,11 +305,11 @@ class DynamicBatcher:
                 return
             dispatched = time.perf_counter_ns()
             rows = [p.rows for p in batch]
-            t0 = time.perf_counter_ns()
+            total = sum(rows)
             feeds = stack_inputs([p.feeds for p in batch])
             t1 = time.perf_counter_ns()
             try:
-                outputs = await self._compute(feeds, sum(rows))
+                outputs = await self._compute(feeds, total)
             except Exception as exc:
                 for p in batch:
                     if p.live:
@@ -318,10 +318,10 @@ class DynamicBatcher:
             t2 = time.perf_counter_ns()
             pieces = split_outputs(outputs, rows) if self._merge else [outputs]
             t3 = time.perf_counter_ns()
-            self._stats.record_execution(sum(rows), len(batch), t1 - t0, t2 - t1, t3 - t2)
-            self._metrics.record_batch(sum(rows), t2 - t1)
+            self._stats.record_execution(total, len(batch), t1 - dispatched, t2 - t1, t3 - t2)
+            self._metrics.record_batch(total, t2 - t1)
             if _observation.ACTIVE is not None:
-                _observation.batch_executed(batch, sum(rows), dispatched, t1, t2, t3, *self._labels)
+                _observation.batch_executed(batch, total, dispatched, t1, t2, t3, *self._labels)
             for p, piece in zip(batch, pieces, strict=True):
                 queue_ns = dispatched - p.enqueued_ns
                 self._metrics.record_queue(queue_ns)
