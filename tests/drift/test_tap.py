@@ -13,6 +13,7 @@ from server.drift.sidepath import DriftSidePath
 from server.drift.stats import WindowSummary
 from server.drift.tap import DriftTap, TapConfig
 
+from ..polling import async_wait_until
 from .data import StepClock, assert_summary_matches, requests, stacked
 
 
@@ -142,7 +143,8 @@ async def test_a_wide_input_is_folded_a_block_of_columns_at_a_time(registry: Col
     other = asyncio.create_task(ticker())
     await tap.start()
     tap.observe("m", "1", {"x": wide}, {})
-    await asyncio.sleep(0.05)
+    # The turn has ended once its CPU is on the books (a fixed sleep raced a slow machine).
+    await async_wait_until(lambda: _value(registry, "tessera_drift_loop_cpu_seconds_total") > 0, timeout_s=10)
     other.cancel()
     await tap.stop()
     assert set(range(16, 512, 16)) <= seen  # the ticker ran between every two blocks of 16 columns
