@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import threading
+import weakref
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from .errors import TesseraError
 
-__all__ = ["CONTENT_TYPE_LATEST", "Labels", "Metrics", "VersionMetrics", "mark_worker_dead",
-           "prepare_multiprocess_dir"]
+__all__ = ["CONTENT_TYPE_LATEST", "Labels", "Metrics", "VersionMetrics", "flush_before_collection",
+           "flush_tallies", "mark_worker_dead", "prepare_multiprocess_dir"]
 
 Labels = tuple[str, str]
 
@@ -36,6 +37,23 @@ Labels = tuple[str, str]
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                     0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = tuple(float(2**i) for i in range(11))  # 1 .. 1024 rows
+
+
+_flushers: weakref.WeakKeyDictionary[CollectorRegistry, list[Callable[[], None]]] = weakref.WeakKeyDictionary()
+
+
+def flush_before_collection(registry: CollectorRegistry, flush: Callable[[], None]) -> None:
+    """Have `flush` move a part's tallies (plain numbers its hot path adds to) into its metrics at the start
+    of every collection of `registry` (a scrape, a test's get_sample_value) and at every `flush_tallies`.
+    Call it before registering the metrics it feeds: a registry collects in registration order."""
+    _flushers.setdefault(registry, []).append(flush)
+    registry.register(_FlushFirst(flush))
+
+
+def flush_tallies(registry: CollectorRegistry) -> None:
+    """Run every flush registered on `registry` (before a multiprocess render, and on a timer)."""
+    for flush in _flushers.get(registry, ()):
+        flush()
 
 
 class Metrics:
@@ -47,9 +65,7 @@ class Metrics:
         self._versions: dict[Labels, VersionMetrics] = {}
         self._flushing = threading.Lock()
         r = self.registry
-        # Registered before the families, so every collection of this registry (a scrape, a test's
-        # get_sample_value) moves the request path's tallies into them first.
-        r.register(_FlushFirst(self))
+        flush_before_collection(r, self._flush_versions)
         mv = ("model", "version")
         self.request_success = Counter("tessera_request_success", "Successful inference requests.", mv,
                                        registry=r)
@@ -116,8 +132,11 @@ class Metrics:
         self.grpc_connections.set(connections)
 
     def flush(self) -> None:
-        """Move what the request path tallied since the last flush into the Prometheus children (from any
-        thread: the tallies are only read here)."""
+        """Move what hot paths tallied since the last flush into their Prometheus children: these families'
+        and every other part's on this registry (from any thread: the tallies are only read here)."""
+        flush_tallies(self.registry)
+
+    def _flush_versions(self) -> None:
         with self._flushing:
             for version in list(self._versions.values()):
                 version.flush()
@@ -159,13 +178,13 @@ def mark_worker_dead(directory: Path, pid: int) -> None:
 
 
 class _FlushFirst:
-    """A collector with no metrics of its own: collecting it flushes the tallies."""
+    """A collector with no metrics of its own: collecting it runs a flush."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self._flush = flush
 
     def collect(self) -> Iterable[Any]:
-        self._metrics.flush()
+        self._flush()
         return ()
 
 
@@ -241,7 +260,7 @@ class VersionMetrics:
         self._queue.observe(queue_ns / 1e9)
 
     def flush(self) -> None:
-        """(Metrics.flush, under its lock.)"""
+        """(Metrics' flush, under its lock.)"""
         counts = (self._success, self._executions, self._inferences)
         for child, count, flushed in zip((self._success_child, self._executions_child, self._inferences_child),
                                          counts, self._flushed, strict=True):

@@ -7,7 +7,7 @@ import random
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from server.errors import Overloaded
-from server.metrics import _BATCH_BUCKETS, _LATENCY_BUCKETS, Metrics
+from server.metrics import _BATCH_BUCKETS, _LATENCY_BUCKETS, Metrics, flush_before_collection, flush_tallies
 
 LABELS = {"model": "m", "version": "1"}
 
@@ -74,3 +74,23 @@ def test_failures_count_by_reason_at_once():
     metrics = Metrics()
     metrics.for_version(("m", "1")).record_failure(Overloaded("queue full"))
     assert b'reason="overloaded"' in generate_latest(metrics.registry)
+
+
+def test_a_part_tallies_of_its_own_reach_its_counter_at_collection_and_on_flush():
+    registry = CollectorRegistry()
+    tally = {"n": 0}
+    flushed: list[int] = []
+
+    def flush() -> None:
+        if tally["n"] != sum(flushed):
+            flushed.append(tally["n"] - sum(flushed))
+            counter.inc(flushed[-1])
+
+    flush_before_collection(registry, flush)  # before the counter: collected first
+    counter = Counter("part_events", "", registry=registry)
+    tally["n"] = 3
+    assert registry.get_sample_value("part_events_total") == 3
+    tally["n"] = 5
+    flush_tallies(registry)  # what a multiprocess render and the timer call
+    assert flushed == [3, 2]
+    assert registry.get_sample_value("part_events_total") == 5

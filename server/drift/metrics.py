@@ -6,7 +6,11 @@ whatever evaluates drift (the drift service, or the embedded monitor of `tessera
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from ..metrics import flush_before_collection
 
 __all__ = ["STATE_VALUES", "MonitorMetrics", "TapMetrics"]
 
@@ -19,6 +23,12 @@ class TapMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
+        self.dropped_counts: dict[str, int] = {}
+        """Observations dropped, per model: the tap adds here, on the event loop (under load most requests
+        are dropped, and a Counter's inc takes a lock); `dropped` gets them at each collection."""
+        self._dropped_reported: dict[str, int] = {}
+        self._flushing = threading.Lock()
+        flush_before_collection(r, self._flush_dropped)
         self.dropped = Counter("tessera_drift_dropped", "Inference observations dropped because the drift "
                                "queue was full.", ("model",), registry=r)
         self.skipped_inputs = Counter("tessera_drift_skipped_inputs", "Input tensors not summarised because "
@@ -42,6 +52,14 @@ class TapMetrics:
                                       "to Redis.", registry=r)
         self.reconnects = Counter("tessera_drift_publisher_reconnects", "Times the drift publisher "
                                   "reached Redis again after losing it.", registry=r)
+
+    def _flush_dropped(self) -> None:
+        with self._flushing:
+            for model, count in dict(self.dropped_counts).items():
+                reported = self._dropped_reported.get(model, 0)
+                if count != reported:
+                    self.dropped.labels(model).inc(count - reported)
+                    self._dropped_reported[model] = count
 
 
 class MonitorMetrics:

@@ -123,8 +123,12 @@ class DriftTap:
         self._names = names
         self._clock = clock
         self.producer = producer or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._queue: asyncio.Queue[tuple[str, str, Arrays, Arrays]] = asyncio.Queue(self._config.queue_size)
-        self._dropped: dict[str, Any] = {}  # model -> its label child of `dropped`, bound once
+        # A deque and a future rather than an asyncio.Queue: under load nearly every request meets a full
+        # queue, and this way that costs a length check and a dict update.
+        self._queue: deque[tuple[str, str, Arrays, Arrays]] = deque()
+        self._queue_size = self._config.queue_size
+        self._arrived: asyncio.Future[None] | None = None  # set while the task waits for a first observation
+        self._dropped = metrics.dropped_counts
         self._recent: dict[str, deque[WindowSummary]] = {}
         self._open: dict[str, _Open] = {}
         self._seq = 0
@@ -147,13 +151,13 @@ class DriftTap:
 
     def _put(self, model: str, version: str, inputs: dict[str, npt.NDArray[Any]],
              outputs: dict[str, npt.NDArray[Any]]) -> None:
-        if self._queue.full():  # under load, the usual case once the CPU budget is spent
-            dropped = self._dropped.get(model)
-            if dropped is None:
-                dropped = self._dropped[model] = self._metrics.dropped.labels(model)
-            dropped.inc()
+        if len(self._queue) >= self._queue_size:  # under load, the usual case once the CPU budget is spent
+            self._dropped[model] = self._dropped.get(model, 0) + 1
             return
-        self._queue.put_nowait((model, version, inputs, outputs))
+        self._queue.append((model, version, inputs, outputs))
+        arrived = self._arrived
+        if arrived is not None and not arrived.done():
+            arrived.set_result(None)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -173,8 +177,8 @@ class DriftTap:
             for _ in self._folding:
                 pass
             self._folding = None
-        while not self._queue.empty():
-            for _ in self._fold_queued(None):
+        while self._queue:
+            for _ in self._fold_queued():
                 pass
         self._close_due(close_all)
 
@@ -187,15 +191,18 @@ class DriftTap:
     async def _run(self) -> None:
         budget = self._config.cpu_budget
         while True:
-            first: tuple[str, str, Arrays, Arrays] | None = None
-            try:
-                async with asyncio.timeout(self._seconds_to_deadline()):
-                    first = await self._queue.get()
-            except TimeoutError:
-                pass
+            if not self._queue:
+                self._arrived = asyncio.get_running_loop().create_future()
+                try:
+                    async with asyncio.timeout(self._seconds_to_deadline()):
+                        await self._arrived
+                except TimeoutError:
+                    pass
+                finally:
+                    self._arrived = None
             spent = 0.0
             try:
-                self._folding = self._fold_queued(first)
+                self._folding = self._fold_queued()
                 _, spent = await run_steps(self._folding)
                 self._metrics.loop_cpu.inc(spent)
                 self._folding = None
@@ -204,7 +211,7 @@ class DriftTap:
                 self._folding = None
                 logger.exception("drift statistics: folding failed")
             pause = spent * (1 - budget) / budget
-            if self._queue.qsize() < self._config.max_drain:  # no backlog: let requests gather
+            if len(self._queue) < self._config.max_drain:  # no backlog: let requests gather
                 pause = max(pause, self._config.fold_interval_s)
             await asyncio.sleep(pause)
 
@@ -212,19 +219,15 @@ class DriftTap:
         deadlines = [w.deadline for w in self._open.values() if w.deadline != math.inf]
         return max(0.0, min(deadlines) - self._clock()) if deadlines else None
 
-    def _fold_queued(self, first: tuple[str, str, Arrays, Arrays] | None) -> Generator[None, None, None]:
-        """Fold up to max_drain queued observations; yields between blocks of work."""
+    def _fold_queued(self) -> Generator[None, None, None]:
+        """Fold up to max_drain + 1 queued observations; yields between blocks of work."""
         batch: dict[str, list[Arrays]] = {}
         outputs = self._config.outputs
+        queue = self._queue
         for _ in range(self._config.max_drain + 1):
-            if first is not None:
-                item, first = first, None
-            else:
-                try:
-                    item = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-            model, version, inputs, produced = item
+            if not queue:
+                break
+            model, version, inputs, produced = queue.popleft()
             if inputs:
                 batch.setdefault(model, []).append(inputs)
             if outputs and produced:
