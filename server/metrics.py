@@ -39,21 +39,27 @@ _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 _BATCH_BUCKETS = tuple(float(2**i) for i in range(11))  # 1 .. 1024 rows
 
 
-_flushers: weakref.WeakKeyDictionary[CollectorRegistry, list[Callable[[], None]]] = weakref.WeakKeyDictionary()
+# The registry holds its flush collectors; this holds only weak references to them, so a registry (and
+# whatever its flushes reach) goes when its owner drops it.
+_flushers: weakref.WeakKeyDictionary[CollectorRegistry, list[weakref.ref[_FlushFirst]]] = \
+    weakref.WeakKeyDictionary()
 
 
 def flush_before_collection(registry: CollectorRegistry, flush: Callable[[], None]) -> None:
     """Have `flush` move a part's tallies (plain numbers its hot path adds to) into its metrics at the start
     of every collection of `registry` (a scrape, a test's get_sample_value) and at every `flush_tallies`.
     Call it before registering the metrics it feeds: a registry collects in registration order."""
-    _flushers.setdefault(registry, []).append(flush)
-    registry.register(_FlushFirst(flush))
+    collector = _FlushFirst(flush)
+    registry.register(collector)
+    _flushers.setdefault(registry, []).append(weakref.ref(collector))
 
 
 def flush_tallies(registry: CollectorRegistry) -> None:
     """Run every flush registered on `registry` (before a multiprocess render, and on a timer)."""
-    for flush in _flushers.get(registry, ()):
-        flush()
+    for ref in _flushers.get(registry, ()):
+        collector = ref()
+        if collector is not None:
+            collector.collect()
 
 
 class Metrics:

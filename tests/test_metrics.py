@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import random
+import weakref
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
@@ -94,3 +96,11 @@ def test_a_part_tallies_of_its_own_reach_its_counter_at_collection_and_on_flush(
     flush_tallies(registry)  # what a multiprocess render and the timer call
     assert flushed == [3, 2]
     assert registry.get_sample_value("part_events_total") == 5
+
+
+def test_a_dropped_registry_is_freed_with_what_its_flushes_reach():
+    metrics = Metrics()
+    gone = weakref.ref(metrics.registry)
+    del metrics
+    gc.collect()
+    assert gone() is None
