@@ -112,13 +112,11 @@ def _one_request(headers: list[tuple[bytes, bytes]]) -> None:
     active = observation.ACTIVE is not None
     obs = observation.begin_http(headers) if active else None
     observed = observation.requested(_Request()) if observation.ACTIVE is not None else None
-    if observed is not None:
-        observed.routed("1", "pinned", "anonymous")
     if observation.ACTIVE is not None:
         now = time.perf_counter_ns()
         observation.batch_executed([_Member(observed)], 1, now, now, now + 1000, now + 2000, "tabular", "1")
     if observed is not None:
-        observed.served(1, 1000)
+        observed.served(1, 1000, "1", "pinned", "anonymous")
     if obs is not None:
         obs.finish()
 

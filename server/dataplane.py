@@ -178,14 +178,14 @@ class DataPlane:
         else:
             model, rollout, arm = self._manager.get(request.model_name, request.model_version or None), None, ""
         labels = model.labels
-        if observed is not None:
-            observed.routed(model.version, arm, principal.name)
         version_metrics = self._metrics.for_version(labels)
         try:
             feeds, rows = prepare_inputs(model.spec, request)
             outputs, queue_ns = await model.batcher.submit(feeds, rows, request.timeout_us, observed)
             selected = select_outputs(model.spec, request, outputs)
         except Exception as exc:
+            if observed is not None:
+                observed.routed(model.version, arm, principal.name)
             elapsed = time.perf_counter_ns() - start
             model.stats.record_failure(elapsed)
             version_metrics.record_failure(exc)
@@ -193,14 +193,14 @@ class DataPlane:
                 rollout.observe(arm, False, elapsed / 1e9)
             raise
         elapsed = time.perf_counter_ns() - start
+        if observed is not None:  # before the observers: a payload record names the version it ran on
+            observed.served(rows, queue_ns, model.version, arm, principal.name)
         model.stats.record_success(rows, elapsed, queue_ns)
         version_metrics.record_success(elapsed)
         if rollout is not None:
             rollout.observe(arm, True, elapsed / 1e9, feeds, rows, outputs)
         for observer in self._observers:
             observer.observe(model.spec.name, model.version, feeds, outputs)
-        if observed is not None:
-            observed.served(rows, queue_ns)
         return InferResponse(
             model_name=model.spec.name,
             model_version=model.version,

@@ -69,21 +69,29 @@ ACTIVE: Observability | None = None
 _EVERY_REQUEST = False
 """ACTIVE.every_request, read once per request."""
 
+_UNTRACED_EVERY_REQUEST = False
+"""Every request is observed and none is traced (request or payload logs, no tracing): begin's short way."""
+
+_REQUEST_LOG: LineLog | None = None
+"""ACTIVE.request_log, read once per request."""
+
 _current: ContextVar[RequestObservation | None] = ContextVar("tessera_observation", default=None)
 _ids = random.Random()
 
 
 def install(observability: Observability) -> None:
     """Switch the hooks on for this process (App.start); `uninstall` switches them off again."""
-    global ACTIVE, _EVERY_REQUEST
+    global ACTIVE, _EVERY_REQUEST, _UNTRACED_EVERY_REQUEST, _REQUEST_LOG
     ACTIVE = observability if (observability.tracing or observability.request_log
                                or observability.payload_log) else None
     _EVERY_REQUEST = observability.every_request
+    _UNTRACED_EVERY_REQUEST = _EVERY_REQUEST and observability.tracing is None
+    _REQUEST_LOG = observability.request_log if ACTIVE is not None else None
 
 
 def uninstall() -> None:
-    global ACTIVE, _EVERY_REQUEST
-    ACTIVE, _EVERY_REQUEST = None, False
+    global ACTIVE, _EVERY_REQUEST, _UNTRACED_EVERY_REQUEST, _REQUEST_LOG
+    ACTIVE, _EVERY_REQUEST, _UNTRACED_EVERY_REQUEST, _REQUEST_LOG = None, False, False, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,12 +180,12 @@ class RequestObservation:
     # -- filled in by the dataplane and the batcher --------------------------------------------
     def routed(self, version: str, routing: str, caller: str) -> None:
         """The dataplane authorized `caller` (the principal's name) and resolved the model version
-        (`routing`: stable, candidate or pinned)."""
+        (`routing`: stable, candidate or pinned), and the request then failed."""
         self.version, self.routing, self.caller = version, routing, caller
 
-    def served(self, rows: int, queue_ns: int) -> None:
-        """The dataplane has the outputs; what follows is the transport's encode."""
-        self.rows, self.queue_ns = rows, queue_ns
+    def served(self, rows: int, queue_ns: int, version: str, routing: str, caller: str) -> None:
+        """The dataplane has the outputs (and what `routed` notes); what follows is the transport's encode."""
+        self.rows, self.queue_ns, self.version, self.routing, self.caller = rows, queue_ns, version, routing, caller
         if self.traced:
             self.served_ns = time.perf_counter_ns()
 
@@ -189,11 +197,13 @@ class RequestObservation:
     def finish(self) -> dict[str, str]:
         """The response is encoded: end the spans, log. Returns the response's trace headers
         (a `traceparent` naming the request span when the request was traced, else none)."""
-        active = ACTIVE
-        if not self.traced and (active is None or active.request_log is None):  # no span, no line to end
+        if self.traced:
+            return self._end(time.perf_counter_ns())
+        if not self.done:  # no span to end: at most a line to queue
             self.done = True
-            return {}
-        return self._end(time.perf_counter_ns())
+            if _REQUEST_LOG is not None:
+                _REQUEST_LOG.record(self, time.perf_counter_ns())
+        return {}
 
     def failed(self, error: BaseException) -> dict[str, str]:
         """The request failed with `error` (as the transport maps it). Returns the trace headers."""
@@ -249,6 +259,10 @@ def begin_http(raw_headers: Sequence[tuple[bytes, bytes]]) -> RequestObservation
         if key == _TRACEPARENT_BYTES:
             traceparent = value
     if traceparent is None:
+        if _UNTRACED_EVERY_REQUEST:  # logs on, tracing off: nothing to draw
+            obs = RequestObservation("http", None)
+            _current.set(obs)
+            return obs
         return _begin("http", None, None)
     # W3C: several tracestate fields are one list, in order.
     state = ",".join(v.decode("latin-1") for k, v in raw_headers if k == _TRACESTATE_BYTES)
@@ -263,6 +277,10 @@ def begin_grpc(metadata: Sequence[tuple[str, Any]] | None) -> RequestObservation
         if key == TRACEPARENT:
             traceparent = value
     if traceparent is None:
+        if _UNTRACED_EVERY_REQUEST:  # logs on, tracing off: nothing to draw
+            obs = RequestObservation("grpc", None)
+            _current.set(obs)
+            return obs
         return _begin("grpc", None, None)
     state = ",".join(str(v) for k, v in metadata or () if k == TRACESTATE)
     return _begin("grpc", str(traceparent), state or None)
