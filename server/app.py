@@ -50,6 +50,14 @@ METRICS_FLUSH_INTERVAL_S = 1.0
 """Under `--workers N`, how stale another worker's request figures may be in a scrape."""
 
 
+def tap_config(settings: ServerSettings) -> TapConfig:
+    """The drift tap's settings; raises ValueError for values it cannot work with."""
+    return TapConfig(window_s=settings.drift_window_s, window_rows=settings.drift_window_rows,
+                     queue_size=settings.drift_queue_size, max_features=settings.drift_max_features,
+                     cpu_budget=settings.drift_cpu_budget, models=frozenset(settings.drift_models) or None,
+                     outputs=settings.drift_outputs)
+
+
 def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -96,12 +104,7 @@ class App:
             self.drift = DriftSidePath.create(
                 registry=self.metrics.registry, repository=self.manager.repository,
                 redis_url=settings.redis_url,
-                tap_config=TapConfig(window_s=settings.drift_window_s, window_rows=settings.drift_window_rows,
-                                     queue_size=settings.drift_queue_size,
-                                     max_features=settings.drift_max_features,
-                                     cpu_budget=settings.drift_cpu_budget,
-                                     models=frozenset(settings.drift_models) or None,
-                                     outputs=settings.drift_outputs),
+                tap_config=tap_config(settings),
                 stream_maxlen=settings.drift_stream_maxlen, buffer_windows=settings.drift_buffer_windows,
                 names=lambda model: spec_feature_names(self.manager.get(model).spec))
             self.dataplane.add_observer(self.drift.tap)
@@ -233,27 +236,29 @@ class App:
 
     async def stop(self) -> None:
         """Graceful drain: stop taking requests, finish the accepted ones, release the models."""
-        self.dataplane.accepting = False
-        for service in ("", SERVICE_NAME):
-            await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        if self._http is not None and self._http_task is not None:
-            self._http.should_exit = True
-            await self._http_task
-        if self._grpc is not None:
-            await self._grpc.stop(self.settings.drain_timeout_s)
-        if self.grpc_server is not None:
-            await self.grpc_server.stop(self.settings.drain_timeout_s)
-        if self._watcher is not None:
-            await self._watcher.stop()
-        await self.file_watcher.stop()
-        if self.fleet_admin is not None:
-            await self.fleet_admin.stop()
-        await self.rollouts.stop()
-        if self.drift is not None:
-            await self.drift.stop()
-        await self.observability.stop()
-        await self.manager.stop()
-        await self.audit.flush()
-        await cancel_remaining()  # whatever a stopped part left running
-        self.metrics.flush()  # the last requests' figures, for a scrape after this worker ends
+        try:
+            self.dataplane.accepting = False
+            for service in ("", SERVICE_NAME):
+                await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+            if self._http is not None and self._http_task is not None:
+                self._http.should_exit = True
+                await self._http_task
+            if self._grpc is not None:
+                await self._grpc.stop(self.settings.drain_timeout_s)
+            if self.grpc_server is not None:
+                await self.grpc_server.stop(self.settings.drain_timeout_s)
+            if self._watcher is not None:
+                await self._watcher.stop()
+            await self.file_watcher.stop()
+            if self.fleet_admin is not None:
+                await self.fleet_admin.stop()
+            await self.rollouts.stop()
+            if self.drift is not None:
+                await self.drift.stop()
+            await self.observability.stop()
+            await self.manager.stop()
+            await self.audit.flush()
+            await cancel_remaining()  # whatever a stopped part left running
+        finally:
+            self.metrics.flush()  # the last requests' figures, for a scrape after this worker ends
         logger.info("tessera stopped")

@@ -313,11 +313,16 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
     problem = settings.exposure_problem()
     if problem is not None:
         raise SystemExit(f"tessera serve: {problem}")
-    try:  # unreadable or malformed TLS and auth files stop the start with a message, not a traceback
+    try:  # unreadable or malformed TLS and auth files, or drift settings out of range, stop the start with a
+        # message, not a traceback
         files = TlsFiles.from_settings(settings)
         if files is not None:
             files.read()
         Authorizer(settings.auth_tokens_file, settings.auth_cert_identities_file)
+        if settings.drift_enabled:
+            from .app import tap_config
+
+            tap_config(settings)
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         raise SystemExit(f"tessera serve: {exc}") from None
     return settings

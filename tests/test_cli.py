@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from server.cli import build_parser, main
+from server.cli import build_parser, main, serve_settings
 
 
 def test_help_lists_every_subcommand_including_the_load_harness() -> None:
@@ -50,3 +50,14 @@ def test_every_flag_of_every_subcommand_has_help_and_shows_its_default(command: 
     text = " ".join(sub.format_help().split())  # line wrapping aside
     if command == "serve":
         assert "(default: 8001)" in text and "(default: 127.0.0.1)" in text
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--drift-queue-size", "0", "drift queue_size must be at least 1"),
+    ("--drift-cpu-budget", "3", "drift cpu_budget must be in (0, 1]"),
+])
+def test_drift_settings_out_of_range_stop_serve_with_a_message(flag: str, value: str, message: str) -> None:
+    args = build_parser().parse_args(["serve", "--model-repository", "r", flag, value])
+    with pytest.raises(SystemExit, match=message.replace("(", r"\(").replace("]", r"\]")) as exited:
+        serve_settings(args)
+    assert str(exited.value) == f"tessera serve: {message}"

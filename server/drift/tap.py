@@ -96,6 +96,8 @@ class TapConfig:
             raise ValueError("drift windows need window_s > 0 or window_rows > 0")
         if not 0 < self.cpu_budget <= 1:
             raise ValueError("drift cpu_budget must be in (0, 1]")
+        if self.queue_size < 1:  # the queue is what bounds the observations held; 0 would fold nothing
+            raise ValueError("drift queue_size must be at least 1")
 
 
 @dataclass(slots=True)

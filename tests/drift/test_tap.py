@@ -4,6 +4,7 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry
 
 from server.drift.codec import write_profile_file
@@ -211,3 +212,8 @@ async def test_the_embedded_monitor_evaluates_off_the_event_loop_thread(tmp_path
     await side.stop()
     assert len(threads) == 3 and all(name.startswith("drift-monitor") for name in threads)
     assert _value(registry, "tessera_drift_windows_published_total", model="m") == 3
+
+
+def test_a_queue_of_no_places_is_refused() -> None:
+    with pytest.raises(ValueError, match="queue_size must be at least 1"):
+        TapConfig(queue_size=0)
