@@ -28,7 +28,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from .errors import TesseraError
 
-__all__ = ["CONTENT_TYPE_LATEST", "Labels", "Metrics", "VersionMetrics", "flush_before_collection",
+__all__ = ["CONTENT_TYPE_LATEST", "Labels", "Metrics", "VersionMetrics", "add_new_counts", "flush_before_collection",
            "flush_tallies", "mark_worker_dead", "prepare_multiprocess_dir"]
 
 Labels = tuple[str, str]
@@ -60,6 +60,16 @@ def flush_tallies(registry: CollectorRegistry) -> None:
         collector = ref()
         if collector is not None:
             collector.collect()
+
+
+def add_new_counts(counter: Counter, counts: Mapping[str, int], reported: dict[str, int]) -> None:
+    """Add to each label's child of `counter` what its running count in `counts` (a tally kept in plain ints)
+    gained since `reported`, and note the counts now reported."""
+    for label, count in dict(counts).items():  # a copy: the tally's owner may add a label meanwhile
+        delta = count - reported.get(label, 0)
+        if delta > 0:
+            counter.labels(label).inc(delta)
+            reported[label] = count
 
 
 class Metrics:
@@ -130,11 +140,7 @@ class Metrics:
     def report_grpc_transport(self, crossed: Mapping[str, int], connections: int) -> None:
         """Export the gRPC transport's own tallies (plain ints on its paths, which must stay cheap
         under attack); called about once a second, so what a scrape shows lags by at most that."""
-        for limit, count in crossed.items():
-            delta = count - self._grpc_reported.get(limit, 0)
-            if delta > 0:
-                self.grpc_limits_crossed.labels(limit).inc(delta)
-                self._grpc_reported[limit] = count
+        add_new_counts(self.grpc_limits_crossed, crossed, self._grpc_reported)
         self.grpc_connections.set(connections)
 
     def flush(self) -> None:
@@ -156,9 +162,9 @@ class Metrics:
 
     def render(self) -> bytes:
         """The exposition; under `--workers N`, of every worker of the process group (see module doc)."""
-        self.flush()
         if self._multiprocess_dir is None:
-            return generate_latest(self.registry)
+            return generate_latest(self.registry)  # collecting the registry flushes the tallies first
+        self.flush()
         merged = CollectorRegistry()
         MultiProcessCollector(merged, str(self._multiprocess_dir))  # type: ignore[no-untyped-call]
         return generate_latest(merged)
@@ -188,6 +194,9 @@ class _FlushFirst:
 
     def __init__(self, flush: Callable[[], None]) -> None:
         self._flush = flush
+
+    def describe(self) -> Iterable[Any]:
+        return ()  # no names; and registering it runs no flush (the registry would otherwise collect it)
 
     def collect(self) -> Iterable[Any]:
         self._flush()

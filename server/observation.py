@@ -69,9 +69,6 @@ ACTIVE: Observability | None = None
 _EVERY_REQUEST = False
 """ACTIVE.every_request, read once per request."""
 
-_UNTRACED_EVERY_REQUEST = False
-"""Every request is observed and none is traced (request or payload logs, no tracing): begin's short way."""
-
 _REQUEST_LOG: LineLog | None = None
 """ACTIVE.request_log, read once per request."""
 
@@ -81,17 +78,16 @@ _ids = random.Random()
 
 def install(observability: Observability) -> None:
     """Switch the hooks on for this process (App.start); `uninstall` switches them off again."""
-    global ACTIVE, _EVERY_REQUEST, _UNTRACED_EVERY_REQUEST, _REQUEST_LOG
+    global ACTIVE, _EVERY_REQUEST, _REQUEST_LOG
     ACTIVE = observability if (observability.tracing or observability.request_log
                                or observability.payload_log) else None
     _EVERY_REQUEST = observability.every_request
-    _UNTRACED_EVERY_REQUEST = _EVERY_REQUEST and observability.tracing is None
     _REQUEST_LOG = observability.request_log if ACTIVE is not None else None
 
 
 def uninstall() -> None:
-    global ACTIVE, _EVERY_REQUEST, _UNTRACED_EVERY_REQUEST, _REQUEST_LOG
-    ACTIVE, _EVERY_REQUEST, _UNTRACED_EVERY_REQUEST, _REQUEST_LOG = None, False, False, None
+    global ACTIVE, _EVERY_REQUEST, _REQUEST_LOG
+    ACTIVE, _EVERY_REQUEST, _REQUEST_LOG = None, False, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,10 +255,6 @@ def begin_http(raw_headers: Sequence[tuple[bytes, bytes]]) -> RequestObservation
         if key == _TRACEPARENT_BYTES:
             traceparent = value
     if traceparent is None:
-        if _UNTRACED_EVERY_REQUEST:  # logs on, tracing off: nothing to draw
-            obs = RequestObservation("http", None)
-            _current.set(obs)
-            return obs
         return _begin("http", None, None)
     # W3C: several tracestate fields are one list, in order.
     state = ",".join(v.decode("latin-1") for k, v in raw_headers if k == _TRACESTATE_BYTES)
@@ -277,10 +269,6 @@ def begin_grpc(metadata: Sequence[tuple[str, Any]] | None) -> RequestObservation
         if key == TRACEPARENT:
             traceparent = value
     if traceparent is None:
-        if _UNTRACED_EVERY_REQUEST:  # logs on, tracing off: nothing to draw
-            obs = RequestObservation("grpc", None)
-            _current.set(obs)
-            return obs
         return _begin("grpc", None, None)
     state = ",".join(str(v) for k, v in metadata or () if k == TRACESTATE)
     return _begin("grpc", str(traceparent), state or None)

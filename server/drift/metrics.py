@@ -10,7 +10,7 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from ..metrics import flush_before_collection
+from ..metrics import add_new_counts, flush_before_collection
 
 __all__ = ["STATE_VALUES", "MonitorMetrics", "TapMetrics"]
 
@@ -55,11 +55,7 @@ class TapMetrics:
 
     def _flush_dropped(self) -> None:
         with self._flushing:
-            for model, count in dict(self.dropped_counts).items():
-                reported = self._dropped_reported.get(model, 0)
-                if count != reported:
-                    self.dropped.labels(model).inc(count - reported)
-                    self._dropped_reported[model] = count
+            add_new_counts(self.dropped, self.dropped_counts, self._dropped_reported)
 
 
 class MonitorMetrics:
