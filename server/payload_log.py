@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -28,6 +27,7 @@ import pyarrow.parquet as pq
 from prometheus_client import CollectorRegistry, Counter
 
 from . import observation
+from .writer_thread import WriterThread, hand_over
 
 __all__ = ["STREAM_PREFIX", "ParquetSink", "PayloadLog", "PayloadPolicy", "PayloadSink", "RedisSink",
            "policy_from_parameters", "records_table"]
@@ -119,12 +119,10 @@ class PayloadLog:
         self._policy_of = policy_of
         self._policies: dict[tuple[str, str], tuple[PayloadPolicy | None, _Sampler | None]] = {}
         self._limit = queue_size
-        self._interval = flush_interval_s
         self._per_write = max_records_per_write
         self._queue: deque[_Record] = deque()
         self._random = random.Random()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._writer = WriterThread("payload-log", self.drain, flush_interval_s)
         self._failing = False
         self.sampled = Counter("tessera_payload_log_sampled", "Requests sampled for payload logging.", ("model",),
                                registry=registry)
@@ -165,25 +163,16 @@ class PayloadLog:
 
     # -- writer thread ---------------------------------------------------------------------------
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="payload-log", daemon=True)
-            self._thread.start()
+        self._writer.start()
 
     def stop(self) -> None:
         """Write what is queued, then close the sink (blocking: call it off the event loop)."""
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
+        self._writer.stop()
         self._sink.close()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.drain()
-        self.drain()
-
     def drain(self) -> None:
-        """Write every queued record (the writer thread's loop; tests may call it directly)."""
+        """Write every queued record (the writer thread's work; tests may call it directly), handing the
+        GIL to the event loop between writes."""
         while self._queue:
             records: list[_Record] = []
             while self._queue and len(records) < self._per_write:
@@ -193,6 +182,8 @@ class PayloadLog:
                 by_model.setdefault(record.model, []).append(record)
             for model, group in by_model.items():
                 self._write(model, group)
+            if self._queue:
+                hand_over()
 
     def _write(self, model: str, records: list[_Record]) -> None:
         try:

@@ -197,3 +197,25 @@ def test_a_line_is_valid_json_whatever_the_strings_hold(tmp_path: Path) -> None:
     assert (line["request_id"], line["model"], line["caller"]) == ('id "quoted"\n\\', "mödel", "cert:CN=\u2603")
     assert (line["status"], line["error"], line["reason"]) == (400, "InvalidInput", "input 'x': \"bad\"\tvalue\x01")
     assert line["trace_id"] == "" and line["e2e_ms"] >= 0 and line["time"].endswith("Z")
+
+
+def test_the_writer_hands_the_gil_back_between_slices_of_lines_and_keeps_their_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A drain of a whole queue in one go held the GIL for milliseconds while the event loop waited for it
+    # (BENCHMARKS.md, "Request logs that never hold the loop up"); the writer formats a slice at a time.
+    from server import request_log
+
+    handed: list[int] = []
+    path = tmp_path / "requests.jsonl"
+    log = RequestLog(str(path))
+    monkeypatch.setattr(request_log, "hand_over", lambda: handed.append(len(log._lines)))
+    count = request_log._LINES_PER_SLICE * 3 + 5
+    for i in range(count):
+        obs = _observation()
+        obs.request_id = f"r{i}"
+        log.record(obs, time.perf_counter_ns())
+    log.start()
+    log.stop()
+    lines = [orjson.loads(line) for line in path.read_text().splitlines()]
+    assert [line["request_id"] for line in lines] == [f"r{i}" for i in range(count)]
+    assert handed == [count - request_log._LINES_PER_SLICE * k for k in (1, 2, 3)]  # between slices, not after
