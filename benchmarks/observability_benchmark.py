@@ -56,7 +56,9 @@ from .server_process import ServerProcess, free_port, http_ready, source_tree
 ROOT = Path(__file__).resolve().parents[1]
 
 SERVERS = ("before", "off", "off2", "trace_0.01", "trace_1", "logs")
-OPTIONAL_SERVERS = ("trace_0",)  # tracing on, nothing sampled: the unsampled path alone
+OPTIONAL_SERVERS = ("trace_0", "logs_before", "trace_1_before")
+"""`trace_0`: tracing on, nothing sampled (the unsampled path alone); `logs_before`, `trace_1_before`:
+`logs` and `trace_1` on the code at --before (a change to their cost, side by side)."""
 PROTOCOLS = ("grpc", "http")
 
 
@@ -175,6 +177,7 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev:
     loads: list[float] = []
     results: dict[str, dict[str, list[float]]] = {p: {s: [] for s in servers} for p in PROTOCOLS}
     cpu: dict[str, dict[str, list[float]]] = {p: {s: [] for s in servers} for p in PROTOCOLS}
+    tails: dict[str, dict[str, list[tuple[float, float]]]] = {p: {s: [] for s in servers} for p in PROTOCOLS}
     started = time.time()
     try:
         from .sample_models import make_models
@@ -189,6 +192,8 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev:
             "trace_1": (ROOT, {**trace, "OTEL_TRACES_SAMPLER_ARG": "1"}, []),
             "trace_0": (ROOT, {**trace, "OTEL_TRACES_SAMPLER_ARG": "0"}, []),
             "logs": (ROOT, {}, ["--request-log", str(workdir / "requests.jsonl")]),
+            "logs_before": (before, {}, ["--request-log", str(workdir / "requests-before.jsonl")]),
+            "trace_1_before": (before, {**trace, "OTEL_TRACES_SAMPLER_ARG": "1"}, []),
         }
         spec = LoadSpec(mode="closed", concurrency=concurrency, duration_s=duration_s, warmup_s=1.0, cpus=(1,))
         stack = ExitStack()
@@ -220,6 +225,7 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev:
                         cpu_us = (_cpu_seconds(processes[name]) - cpu_before) / served * 1e6
                         results[protocol][name].append(step.throughput_rps)
                         cpu[protocol][name].append(cpu_us)
+                        tails[protocol][name].append((step.latency.p99_ms, step.latency.p999_ms))
                         print(f"round {round_index + 1} {protocol:4} {name:10} {step.throughput_rps:8.0f} infer/s "
                               f"{cpu_us:7.0f} us CPU/request (load {loads[-1]:.2f})", flush=True)
         finally:
@@ -254,7 +260,10 @@ def run(rounds: int, duration_s: float, concurrency: int, out: Path, before_rev:
         "hook_cpu_us": hooks,
         "hook_share_of_off_cpu": {p: {n: (hooks[n] - hooks["off"]) / off_cpu[p] for n in hooks if n != "off"}
                                   for p in PROTOCOLS},
-        "raw": results, "raw_cpu_us": cpu,
+        "latency_ms_median": {p: {n: {"p99": statistics.median(t[0] for t in v),
+                                      "p999": statistics.median(t[1] for t in v)} for n, v in by.items()}
+                              for p, by in tails.items()},
+        "raw": results, "raw_cpu_us": cpu, "raw_latency_ms": tails,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2))
@@ -274,6 +283,11 @@ def markdown(report: dict[str, Any]) -> str:
             cells.append(f"{report['cpu_us_per_request_median'][protocol][name]:,.0f}")
             cells.append("1" if name == "off" else f"{report['cpu_ratio_to_off'][protocol][name]:.3f}")
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    rows += ["", "Latency, ms (the median over rounds of each step's p99 and p99.9):", "",
+             "| server | gRPC p99 | gRPC p99.9 | HTTP p99 | HTTP p99.9 |", "|---|---:|---:|---:|---:|"]
+    for name in report["servers"]:
+        tail = [report["latency_ms_median"][p][name] for p in PROTOCOLS]
+        rows.append(f"| {name} | " + " | ".join(f"{t['p99']:.3f} | {t['p999']:.3f}" for t in tail) + " |")
     hooks = report["hook_cpu_us"]
     rows += ["", "Hooks alone (this process, CPU us per request; share = (config - off) / `off` server's CPU per "
              "request):", "", "| config | CPU us/request | share of a gRPC request | share of an HTTP request |",
