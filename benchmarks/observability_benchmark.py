@@ -14,10 +14,14 @@ OTLP/HTTP receiver, which takes the exported spans and discards them:
 - `trace_1`: the same, every request traced (request, queue, batch, model run, encode spans);
 - `logs`: a JSON request line for every request, written to a file.
 
+Optional: `logs_before` and `trace_1_before`, `logs` and `trace_1` on the code at --before, to compare
+a change to their cost side by side; `trace_0`, tracing on with nothing sampled.
+
 Each round visits the servers in turn (the order reversed every other round) over gRPC and HTTP; the
 figures are medians over rounds of within-round ratios to `off` (and of `off` to `before`): throughput,
 and the server process's CPU time per request (from /proc: all its threads, the span exporter's too),
-which the neighbours of a shared machine disturb far less than throughput.
+which the neighbours of a shared machine disturb far less than throughput; and the median over rounds
+of each step's p99 and p99.9 latency (what a side path's thread holding the GIL shows first).
 
 Then, in this process, the hooks alone: the CPU time per request of the observation calls a request
 makes (transport begin, dataplane, batch, finish) with each configuration, spans made and sent as a
