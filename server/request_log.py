@@ -2,9 +2,9 @@
 
 The request path appends the finished request's figures, one tuple, to a bounded deque (when full the
 line is dropped and counted); a writer thread formats the lines and writes them to stdout, stderr or a
-file a batch at a time, so neither formatting nor I/O runs on the event loop, and it formats them a
-slice at a time, handing the GIL back to the loop in between (server.writer_thread says why). The observation itself
-is not queued: it is freed as its request ends, with the credentials and batch figures it holds,
+file a batch at a time, so neither formatting nor I/O runs on the event loop; it formats a slice of
+lines at a time and hands the GIL back to the loop in between (server.writer_thread says why). The
+observation itself is not queued: it is freed as its request ends, with the credentials and batch figures it holds,
 rather than kept alive until a drain (~1,000 of them at 10k requests/s). A server pinned to one core pays
 for the writer's CPU all the same, so a line is one f-string over pre-escaped pieces (the
 model/version/routing/protocol/caller fragment and the batch's fragment are cached, the time's date

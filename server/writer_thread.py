@@ -1,19 +1,19 @@
 """The thread that writes a side path's records (request log lines, payload records), and the manners
 that keep it from slowing the event loop beside it.
 
-A writer shares the process, and the GIL, with the loop. Even with CPU to spare it would delay requests
-in two ways, both measured (BENCHMARKS.md, "Request logs that never hold the loop up"):
+A writer shares the process, and the GIL, with the loop. Even with CPU to spare it delays requests:
 - the GIL: a writer that formats for milliseconds keeps the loop, woken by its socket, waiting for the
-  GIL until the interpreter's switch interval (5 ms) runs out; a drain of 1,200 request lines took
-  ~2.5 ms, and the loop's p99.9 latency went from ~1.8 ms to ~3.4 ms;
-- the scheduler: on the loop's core, a writer in the middle of its time slice is not always preempted
-  when the loop's thread wakes.
-So the thread runs at a lower scheduling priority (niceness +10: it still gets its share of a saturated
-core, about a tenth, far more than it needs), and its work comes in slices: between two slices `hand_over`
-sleeps briefly, which releases the GIL to a loop that waits for it. The loop then waits at most one
-slice (~0.3 ms of work). Smaller slices cost more than they save: at ~0.1 ms the hand-overs added
-~0.8 us of CPU per request line and the throughput fell 1-2%; a sys.setswitchinterval of 0.5 ms instead
-of slices did not bound the loop's p99 at all.
+  GIL until the writer is done or the interpreter's switch interval (5 ms) runs out. A drain of ~1,200
+  request lines takes ~2.5 ms, and with it the loop's p99.9 was ~3.1 ms against ~1.8 ms without a log;
+- the scheduler: on the loop's core, a writer in the middle of its time slice need not be preempted
+  at once when the loop's thread wakes.
+So the thread runs at a lower scheduling priority (niceness +10: on a saturated core it still gets
+about a tenth of it, far more than it needs), and its work comes in slices: between two slices
+`hand_over` sleeps briefly, which releases the GIL to a loop that waits for it. The loop then waits
+about one slice (~0.3 ms of work) at most; the p99.9 went back to within ~0.1-0.3 ms of a server
+without a log. Smaller slices cost more than they save: at ~0.1 ms the hand-overs added ~0.8 us of CPU
+per line and HTTP throughput fell ~1.5%; a `sys.setswitchinterval` of 0.5 ms instead of slices did not
+lower the loop's p99 at all (BENCHMARKS.md, "Eighth session: side-path threads that hand the GIL back").
 """
 
 from __future__ import annotations

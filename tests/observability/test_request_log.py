@@ -202,7 +202,7 @@ def test_a_line_is_valid_json_whatever_the_strings_hold(tmp_path: Path) -> None:
 def test_the_writer_hands_the_gil_back_between_slices_of_lines_and_keeps_their_order(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A drain of a whole queue in one go held the GIL for milliseconds while the event loop waited for it
-    # (BENCHMARKS.md, "Request logs that never hold the loop up"); the writer formats a slice at a time.
+    # (BENCHMARKS.md, "Eighth session: side-path threads that hand the GIL back"); the writer formats a slice at a time.
     from server import request_log
 
     handed: list[int] = []
