@@ -56,12 +56,14 @@ def test_same_distribution_scores_low_and_a_shift_scores_high() -> None:
     reference = _summary(rng.standard_normal(50_000).astype(np.float32))
     same = numeric_measures(reference, _summary(rng.standard_normal(5_000).astype(np.float32)), bins=10)
     shifted = numeric_measures(reference, _summary((rng.standard_normal(5_000) + 0.5).astype(np.float32)), 10)
-    # KLL sketches compact at random: seen over 60 runs, same-distribution Wasserstein reached 0.065.
+    # KLL sketches compact at random (their own generator, not this seed): seen over 60 runs,
+    # same-distribution Wasserstein reached 0.065; over 150 more, the shifted Wasserstein ranged
+    # 0.448-0.577 and the shifted mean 0.460-0.541 (a CI run saw 0.442), hence the tolerances.
     assert same["psi"] < 0.02 and same["ks_pvalue"] > 0.2 and same["wasserstein"] < 0.1
     assert same["mean_shift"] < 0.05 and same["js_distance"] < 0.05
     assert shifted["psi"] > 0.15 and shifted["ks_pvalue"] < 1e-6
-    assert shifted["wasserstein"] == pytest.approx(0.5, abs=0.05)
-    assert shifted["mean_shift"] == pytest.approx(0.5, abs=0.05)
+    assert shifted["wasserstein"] == pytest.approx(0.5, abs=0.1)
+    assert shifted["mean_shift"] == pytest.approx(0.5, abs=0.08)
 
 
 def test_categorical_measures_catch_a_moved_share_and_unseen_values() -> None:
