@@ -28,7 +28,7 @@ from typing import IO, Any
 from prometheus_client import CollectorRegistry, Counter
 
 from .observation import RequestObservation
-from .writer_thread import WriterThread, hand_over
+from .writer_thread import WriterThread, in_slices
 
 __all__ = ["FIELDS", "LineFormatter", "RequestLog"]
 
@@ -106,15 +106,8 @@ class RequestLog:
         # The wall clock of a perf_counter time, taken once a drain (every flush interval).
         offset_ns = time.time_ns() - time.perf_counter_ns()
         line = self._formatter.line
-        parts = []
-        remaining = len(lines)  # what is queued now: lines queued meanwhile wait for the next drain
-        while remaining:
-            take = min(remaining, _LINES_PER_SLICE)
-            remaining -= take
-            for _ in range(take):
-                parts.append(line(lines.popleft(), offset_ns))
-            if remaining:
-                hand_over()
+        # What is queued now: lines queued meanwhile wait for the next drain.
+        parts = [line(lines.popleft(), offset_ns) for _ in in_slices(range(len(lines)), _LINES_PER_SLICE)]
         try:
             out.write("".join(parts).encode())
             out.flush()

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from . import otlp_spans
 from .observation import RequestObservation, TraceParent
-from .writer_thread import hand_over
+from .writer_thread import in_slices
 
 __all__ = ["Tracing", "otel_configured"]
 
@@ -181,9 +181,7 @@ class _WireSink:
         encoder, names = self._encoder, self._names
         attribute, unique, link_attribute = encoder.attribute, encoder.unique_attribute, encoder.link_attribute
         parts = []
-        for index, span in enumerate(spans, 1):
-            if index % _SPANS_PER_SLICE == 0:
-                hand_over()  # the loop waits for the GIL at most one slice (server.writer_thread)
+        for span in in_slices(spans, _SPANS_PER_SLICE):  # the loop waits for the GIL one slice at most
             name = names.get(span.name) or names.setdefault(span.name, encoder.name_field(span.name))
             # A request id is new each time: caching it would only evict the values that repeat.
             attributes = [unique(k, v) if k == "tessera.request_id" else attribute(k, v)
@@ -272,13 +270,11 @@ def _span_builder_class() -> Any:
             # Span times are Unix ns; the request path keeps perf_counter's, converted here in one go.
             offset_ns = time.time_ns() - time.perf_counter_ns()
             spans: list[_Span] = []
-            for index, record in enumerate(records, 1):
+            for record in in_slices(records, _RECORDS_PER_SLICE):
                 try:
                     record.spans(offset_ns, self._bits, spans)
                 except Exception:  # one bad record must not cost the batch its other spans
                     logger.exception("could not build the spans of a traced request")
-                if index % _RECORDS_PER_SLICE == 0:
-                    hand_over()  # a batch of 512 records held the loop's GIL for milliseconds
             if spans and not self._sink.export(spans):
                 return SpanExportResult.FAILURE
             return SpanExportResult.SUCCESS

@@ -22,9 +22,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
-__all__ = ["HANDOFF_S", "WRITER_NICENESS", "WriterThread", "hand_over"]
+__all__ = ["HANDOFF_S", "WRITER_NICENESS", "WriterThread", "hand_over", "in_slices"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,14 @@ kernel's timer slack makes it ~60 us."""
 def hand_over() -> None:
     """Let a thread waiting for the GIL (the event loop) run before this one goes on."""
     time.sleep(HANDOFF_S)
+
+
+def in_slices(items: Iterable[T], per_slice: int) -> Iterator[T]:
+    """`items`, handing the GIL over (`hand_over`) after every `per_slice` of them, but not after the last."""
+    for index, item in enumerate(items):
+        if index and index % per_slice == 0:
+            hand_over()
+        yield item
 
 
 def lower_priority(increment: int = WRITER_NICENESS) -> None:

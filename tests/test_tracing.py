@@ -10,7 +10,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from server import tracing
+from server import tracing, writer_thread
 
 from .test_otlp_spans import _Capture, _records
 
@@ -18,7 +18,7 @@ from .test_otlp_spans import _Capture, _records
 def test_spans_are_built_a_slice_of_records_at_a_time_and_every_one_reaches_the_exporter(
         monkeypatch: pytest.MonkeyPatch) -> None:
     handed: list[int] = []
-    monkeypatch.setattr(tracing, "hand_over", lambda: handed.append(len(captured.spans)))
+    monkeypatch.setattr(writer_thread, "hand_over", lambda: handed.append(len(captured.spans)))
     captured = _Capture()
     builder = tracing._span_builder_class()(captured, Resource.create({"service.name": "t"}))
     records = _records() * (tracing._RECORDS_PER_SLICE + 3)  # four records: eight spans
@@ -30,7 +30,7 @@ def test_spans_are_built_a_slice_of_records_at_a_time_and_every_one_reaches_the_
 def test_the_payload_is_encoded_a_slice_of_spans_at_a_time_and_holds_every_span(
         monkeypatch: pytest.MonkeyPatch) -> None:
     handed: list[int] = []
-    monkeypatch.setattr(tracing, "hand_over", lambda: handed.append(1))
+    monkeypatch.setattr(writer_thread, "hand_over", lambda: handed.append(1))
     spans: list[Any] = []
     ids = iter(range(1, 10**6))
     for record in _records() * 40:

@@ -203,12 +203,12 @@ def test_the_writer_hands_the_gil_back_between_slices_of_lines_and_keeps_their_o
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A drain of a whole queue in one go held the GIL for milliseconds while the event loop waited for it
     # (BENCHMARKS.md, "Eighth session: side-path threads that hand the GIL back"); the writer formats a slice at a time.
-    from server import request_log
+    from server import request_log, writer_thread
 
     handed: list[int] = []
     path = tmp_path / "requests.jsonl"
     log = RequestLog(str(path))
-    monkeypatch.setattr(request_log, "hand_over", lambda: handed.append(len(log._lines)))
+    monkeypatch.setattr(writer_thread, "hand_over", lambda: handed.append(len(log._lines)))
     count = request_log._LINES_PER_SLICE * 3 + 5
     for i in range(count):
         obs = _observation()
