@@ -54,6 +54,7 @@ from loadtests.runner import run_step
 from loadtests.spec import LoadSpec, Target
 from server import observation
 from server.observation import Observability
+from server.tensors import InferResponse
 
 from .server_process import ServerProcess, free_port, http_ready, source_tree
 
@@ -113,18 +114,24 @@ class _Request:
     id, model_name = "", "tabular"
 
 
-def _one_request(headers: list[tuple[bytes, bytes]]) -> None:
-    """The observation calls one request makes, in order, as the transports, dataplane and batcher make them."""
-    active = observation.ACTIVE is not None
-    obs = observation.begin_http(headers) if active else None
+def _one_request(headers: list[tuple[bytes, bytes]], response: InferResponse) -> None:
+    """The observation and request-log calls one request makes, in order, as the transports, dataplane and
+    batcher make them."""
+    log = observation.REQUEST_LOG
+    start = time.perf_counter_ns() if log is not None else 0
+    obs = observation.begin_http(headers) if observation.ACTIVE is not None else None
     observed = observation.requested(_Request()) if observation.ACTIVE is not None else None
     if observation.ACTIVE is not None:
         now = time.perf_counter_ns()
-        observation.batch_executed([_Member(observed)], 1, now, now, now + 1000, now + 2000, "tabular", "1")
+        observation.batch_executed([_Member(observed)], (now, 1000, 1, 1), now, now + 1000, now + 2000, "tabular",
+                                   "1")
     if observed is not None:
-        observed.served(1, 1000, "1", "pinned", "anonymous")
+        observed.served(1, "1", "pinned")
     if obs is not None:
         obs.finish()
+    if log is not None:
+        log.served(start, "", observation.http_traceparent(headers) if obs is None else obs.trace_id, response,
+                   "http")
 
 
 def hook_cost_us(requests: int = 20_000) -> dict[str, float]:
@@ -146,6 +153,8 @@ def hook_cost_us(requests: int = 20_000) -> dict[str, float]:
     }
     headers = [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/octet-stream"),
                (b"inference-header-content-length", b"120"), (b"content-length", b"152")]
+    now = time.perf_counter_ns()
+    response = InferResponse("tabular", "1", {}, {}, served=(1, 1000, "pinned", "anonymous", (now, 1000, 1, 1)))
     for name, build in configs.items():
         active = build()
         if active is not None:
@@ -153,10 +162,10 @@ def hook_cost_us(requests: int = 20_000) -> dict[str, float]:
                 active.request_log.start()
             observation.install(active)
         for _ in range(2000):
-            _one_request(headers)
+            _one_request(headers, response)
         start = time.process_time()
         for _ in range(requests):
-            _one_request(headers)
+            _one_request(headers, response)
         if active is not None and active.tracing is not None:
             active.tracing.force_flush()
         if active is not None and active.request_log is not None:

@@ -168,7 +168,7 @@ class DataPlane:
         ModelNotReady / InvalidInput / Overloaded / DeadlineExceeded /
         ExecutionFailed; every failure after model resolution is counted against the model.
         """
-        observed = observation.requested(request, creds) if observation.ACTIVE is not None else None
+        observed = observation.requested(request) if observation.ACTIVE is not None else None
         if principal is None:
             principal = self.authorize(creds, Scope.INFER, "infer", request.model_name)
         start = time.perf_counter_ns()
@@ -181,11 +181,15 @@ class DataPlane:
         version_metrics = self._metrics.for_version(labels)
         try:
             feeds, rows = prepare_inputs(model.spec, request)
-            outputs, queue_ns = await model.batcher.submit(feeds, rows, request.timeout_us, observed)
+            outputs, queue_ns, run = await model.batcher.submit(feeds, rows, request.timeout_us, observed)
             selected = select_outputs(model.spec, request, outputs)
         except Exception as exc:
+            if isinstance(exc, TesseraError):
+                # The request log names where it failed. Several requests may share one error (a failed
+                # batch): each transport reads it before anything else runs, so the last write is its own.
+                exc.route = (model.version, arm)
             if observed is not None:
-                observed.routed(model.version, arm, principal.name)
+                observed.routed(model.version, arm)
             elapsed = time.perf_counter_ns() - start
             model.stats.record_failure(elapsed)
             version_metrics.record_failure(exc)
@@ -194,7 +198,7 @@ class DataPlane:
             raise
         elapsed = time.perf_counter_ns() - start
         if observed is not None:  # before the observers: a payload record names the version it ran on
-            observed.served(rows, queue_ns, model.version, arm, principal.name)
+            observed.served(rows, model.version, arm)
         model.stats.record_success(rows, elapsed, queue_ns)
         version_metrics.record_success(elapsed)
         if rollout is not None:
@@ -207,6 +211,7 @@ class DataPlane:
             outputs=selected,
             datatypes=model.output_datatypes,
             id=request.id,
+            served=(rows, queue_ns, arm, principal.name, run),
         )
 
     # -- statistics and repository -------------------------------------------------------------

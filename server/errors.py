@@ -43,6 +43,10 @@ __all__ = [
 class TesseraError(Exception):
     """Base of every error Tessera reports to a client; the message is shown to the client as is."""
 
+    route: tuple[str, str] | None = None
+    """(version, routing label) of the model version the dataplane had routed the request to when this was
+    raised; None when it failed before that. Never shown to the client: the request log names them."""
+
     @property
     def message(self) -> str:
         return str(self.args[0]) if self.args else self.__class__.__name__

@@ -1,10 +1,15 @@
-"""Per-request observation: the hooks the transports, the dataplane and the batcher call for traces,
-request logs and payload logs.
+"""Per-request observation: the hooks the transports, the dataplane and the batcher call for traces and
+payload logs, and the request log the transports write a line to.
 
-`ACTIVE` is None unless one of them is configured; every hook on the request path sits behind an
-`if observation.ACTIVE is not None` check, so a server without them pays one global lookup per hook
-and imports nothing of OpenTelemetry. The current request's `RequestObservation` lives in a
-ContextVar of the request's task (each transport runs a request in its own task).
+`ACTIVE` is None unless tracing or payload logging is configured; every observation hook on the request
+path sits behind an `if observation.ACTIVE is not None` check, so a server without them pays one global
+lookup per hook and imports nothing of OpenTelemetry. The current request's `RequestObservation` lives in
+a ContextVar of the request's task (each transport runs a request in its own task).
+
+`REQUEST_LOG` is None unless request logs are on. A line is made from what a request returns (the
+response's `served` record, or the error with its `route`), not from an observation: a server logging
+every request but tracing none makes no observation at all. That is what keeps the log's cost on the loop
+to a timestamp and one tuple (BENCHMARKS.md, "Ninth session").
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import TesseraError, status_for
+from .tensors import BatchRun, InferResponse
 
-__all__ = ["ACTIVE", "LineLog", "Observability", "RequestObservation", "TraceParent", "Tracer", "batch_executed",
-           "begin_grpc", "begin_http", "current", "fail", "install", "parse_traceparent", "requested", "shadow_ran",
+__all__ = ["ACTIVE", "REQUEST_LOG", "LineLog", "LoggedTrace", "Observability", "RequestObservation", "TraceParent",
+           "Tracer", "batch_executed", "begin_grpc", "begin_http", "current", "fail", "failure_fields",
+           "grpc_traceparent", "http_traceparent", "install", "parse_traceparent", "requested", "shadow_ran",
            "uninstall"]
 
 TRACEPARENT = "traceparent"
@@ -41,10 +48,19 @@ class Tracer(Protocol):
                       candidate: int, ok: bool) -> None: ...
 
 
-class LineLog(Protocol):
-    """server.request_log.RequestLog, as the hooks use it."""
+LoggedTrace = int | str | bytes | None
+"""What a request log line's trace id is made from: the trace id of an observed request, else the
+`traceparent` value the caller sent, if any (parsed by the log's writer, off the loop)."""
 
-    def record(self, obs: RequestObservation, now_ns: int) -> None: ...
+
+class LineLog(Protocol):
+    """server.request_log.RequestLog, as the transports use it."""
+
+    def served(self, start_ns: int, request_id: str, trace: LoggedTrace, response: InferResponse,
+               protocol: str) -> None: ...
+
+    def failed(self, start_ns: int, request_id: str, trace: LoggedTrace, model: str, error: BaseException,
+               caller: str | None, creds: Any, protocol: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -54,23 +70,18 @@ class Observability:
     tracing: Tracer | None = None
     request_log: LineLog | None = None
     payload_log: bool = False
-    """Payload logging reads the request id and trace id of the current observation."""
-
-    @property
-    def every_request(self) -> bool:
-        """Whether every request needs its observation (a log line or a payload record may be made of it),
-        or only the traced ones."""
-        return self.request_log is not None or self.payload_log
+    """Payload logging reads the request id and trace id of the current observation: with it on, every
+    request is observed; otherwise only the traced ones are."""
 
 
 ACTIVE: Observability | None = None
-"""None when nothing is configured: the one check every hook makes first."""
+"""None unless tracing or payload logging is on: the one check every observation hook makes first."""
+
+REQUEST_LOG: LineLog | None = None
+"""The request log, None when off: the check the transports make."""
 
 _EVERY_REQUEST = False
-"""ACTIVE.every_request, read once per request."""
-
-_REQUEST_LOG: LineLog | None = None
-"""ACTIVE.request_log, read once per request."""
+"""ACTIVE.payload_log, read once per request."""
 
 _current: ContextVar[RequestObservation | None] = ContextVar("tessera_observation", default=None)
 _ids = random.Random()
@@ -78,16 +89,15 @@ _ids = random.Random()
 
 def install(observability: Observability) -> None:
     """Switch the hooks on for this process (App.start); `uninstall` switches them off again."""
-    global ACTIVE, _EVERY_REQUEST, _REQUEST_LOG
-    ACTIVE = observability if (observability.tracing or observability.request_log
-                               or observability.payload_log) else None
-    _EVERY_REQUEST = observability.every_request
-    _REQUEST_LOG = observability.request_log if ACTIVE is not None else None
+    global ACTIVE, _EVERY_REQUEST, REQUEST_LOG
+    ACTIVE = observability if observability.tracing or observability.payload_log else None
+    _EVERY_REQUEST = observability.payload_log
+    REQUEST_LOG = observability.request_log
 
 
 def uninstall() -> None:
-    global ACTIVE, _EVERY_REQUEST, _REQUEST_LOG
-    ACTIVE, _EVERY_REQUEST, _REQUEST_LOG = None, False, None
+    global ACTIVE, _EVERY_REQUEST, REQUEST_LOG
+    ACTIVE, _EVERY_REQUEST, REQUEST_LOG = None, False, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,34 +131,36 @@ def format_traceparent(trace_id: int, span_id: int, sampled: bool) -> str:
     return f"00-{trace_id:032x}-{span_id:016x}-{'01' if sampled else '00'}"
 
 
+def failure_fields(error: BaseException) -> tuple[int, str, str]:
+    """(HTTP status, error class, reason) of a failed request, as spans and log lines name it; an error
+    that is not Tessera's is an internal error, its text never shown."""
+    if isinstance(error, TesseraError):
+        return int(status_for(error)[1]), type(error).__name__, error.message
+    return 500, "InternalError", "internal error"
+
+
 class RequestObservation:
-    """What one inference request did, filled in as it goes; spans and log lines are made from it.
+    """What one traced request did (or, with payload logging on, any request), filled in as it goes; its
+    spans are made from it, and a payload record takes its request id and trace id.
 
-    Only traced requests get one unless request or payload logs are on: an unsampled request is then
-    not observed at all. Slots, not a dict: the record is written field by field on the request path,
-    and a slotted object is one allocation whose fields sit together."""
+    Slots, not a dict: the record is written field by field on the request path, and a slotted object is
+    one allocation whose fields sit together."""
 
-    __slots__ = ("batch", "batch_run", "caller", "creds", "done", "enqueued_ns", "error", "model",
-                 "parent", "protocol", "queue_ns", "reason", "request_id", "routing", "rows", "served_ns",
-                 "span_id", "start_ns", "status", "trace_id", "traced", "version")
+    __slots__ = ("batch", "batch_run", "done", "enqueued_ns", "error", "model", "parent", "protocol",
+                 "reason", "request_id", "routing", "rows", "served_ns", "span_id", "start_ns", "status",
+                 "trace_id", "traced", "version")
 
     request_id: str
-    caller: str | None
-    """The authorized principal's name; None before authorization."""
-    creds: Any
-    """The credentials presented (auth.Credentials), kept to describe a caller refused before it had a name
-    (`describe()`, never a token; the request log's writer calls it, off the request path)."""
     model: str
     version: str
     routing: str
     rows: int
-    queue_ns: int
     enqueued_ns: int
     """When it joined the batcher's queue (set for traced requests: their queue span)."""
     served_ns: int
     """When the dataplane had its outputs (set for traced requests: their encode span)."""
-    batch_run: tuple[int, int, int, int] | None
-    """(dispatched ns, compute ns, rows, requests) of the batch it ran in, shared by the batch's members."""
+    batch_run: BatchRun | None
+    """The batch it ran in, shared by the batch's members."""
     status: int
     error: str
     reason: str
@@ -168,20 +180,20 @@ class RequestObservation:
         self.start_ns = time.perf_counter_ns()
         self.trace_id = 0 if parent is None else parent.trace_id
         self.request_id = self.model = self.version = self.routing = self.error = self.reason = ""
-        self.caller = self.creds = self.batch_run = self.batch = None
-        self.rows = self.queue_ns = self.enqueued_ns = self.served_ns = self.span_id = 0
+        self.batch_run = self.batch = None
+        self.rows = self.enqueued_ns = self.served_ns = self.span_id = 0
         self.status = 200
         self.done = self.traced = False
 
     # -- filled in by the dataplane and the batcher --------------------------------------------
-    def routed(self, version: str, routing: str, caller: str) -> None:
-        """The dataplane authorized `caller` (the principal's name) and resolved the model version
-        (`routing`: stable, candidate or pinned), and the request then failed."""
-        self.version, self.routing, self.caller = version, routing, caller
+    def routed(self, version: str, routing: str) -> None:
+        """The dataplane resolved the model version (`routing`: stable, candidate or pinned), and the
+        request then failed."""
+        self.version, self.routing = version, routing
 
-    def served(self, rows: int, queue_ns: int, version: str, routing: str, caller: str) -> None:
+    def served(self, rows: int, version: str, routing: str) -> None:
         """The dataplane has the outputs (and what `routed` notes); what follows is the transport's encode."""
-        self.rows, self.queue_ns, self.version, self.routing, self.caller = rows, queue_ns, version, routing, caller
+        self.rows, self.version, self.routing = rows, version, routing
         if self.traced:
             self.served_ns = time.perf_counter_ns()
 
@@ -191,23 +203,15 @@ class RequestObservation:
 
     # -- ends ------------------------------------------------------------------------------------
     def finish(self) -> dict[str, str]:
-        """The response is encoded: end the spans, log. Returns the response's trace headers
-        (a `traceparent` naming the request span when the request was traced, else none)."""
-        if self.traced:
-            return self._end(time.perf_counter_ns())
-        if not self.done:  # no span to end: at most a line to queue
-            self.done = True
-            if _REQUEST_LOG is not None:
-                _REQUEST_LOG.record(self, time.perf_counter_ns())
-        return {}
+        """The response is encoded: end the spans. Returns the response's trace headers (a `traceparent`
+        naming the request span when the request was traced, else none)."""
+        if not self.traced:
+            return {}
+        return self._end(time.perf_counter_ns())
 
     def failed(self, error: BaseException) -> dict[str, str]:
         """The request failed with `error` (as the transport maps it). Returns the trace headers."""
-        if isinstance(error, TesseraError):
-            self.status = int(status_for(error)[1])
-            self.error, self.reason = type(error).__name__, error.message
-        else:
-            self.status, self.error, self.reason = 500, "InternalError", "internal error"
+        self.status, self.error, self.reason = failure_fields(error)
         return self._end(time.perf_counter_ns())
 
     def _end(self, now_ns: int) -> dict[str, str]:
@@ -215,11 +219,7 @@ class RequestObservation:
             return {}
         self.done = True
         active = ACTIVE
-        if active is None:
-            return {}
-        if active.request_log is not None:
-            active.request_log.record(self, now_ns)
-        if not self.traced or active.tracing is None:  # not sampled: no trace to point the caller to
+        if not self.traced or active is None or active.tracing is None:  # no trace to point the caller to
             return {}
         active.tracing.end_request(self, now_ns)
         return {TRACEPARENT: format_traceparent(self.trace_id, self.span_id, True)}
@@ -245,15 +245,30 @@ def _begin(protocol: str, traceparent: str | None, tracestate: str | None) -> Re
     return obs
 
 
-def begin_http(raw_headers: Sequence[tuple[bytes, bytes]]) -> RequestObservation | None:
-    """Start observing an HTTP request from its ASGI headers (lower-case byte names; call only when ACTIVE
-    is not None); None when it is not observed. A scan of the raw pairs, one comparison each (`tracestate`
-    is looked for only beside a `traceparent`): a Mapping's `get` of an absent header raises and catches
-    a KeyError, which costs more than the rest of an unsampled request."""
+def http_traceparent(raw_headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    """The `traceparent` an HTTP request's ASGI headers (lower-case byte names) carry (the last one counts),
+    or None. A scan of the raw pairs, one comparison each: a Mapping's `get` of an absent header raises
+    and catches a KeyError, which costs more than the rest of an unsampled request."""
     traceparent = None
     for key, value in raw_headers:
         if key == _TRACEPARENT_BYTES:
             traceparent = value
+    return traceparent
+
+
+def grpc_traceparent(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
+    """The `traceparent` in a gRPC call's invocation metadata (the last one counts), or None."""
+    traceparent = None
+    for key, value in metadata or ():
+        if key == TRACEPARENT:
+            traceparent = value
+    return None if traceparent is None else str(traceparent)
+
+
+def begin_http(raw_headers: Sequence[tuple[bytes, bytes]]) -> RequestObservation | None:
+    """Start observing an HTTP request from its ASGI headers (call only when ACTIVE is not None); None when
+    it is not observed. `tracestate` is looked for only beside a `traceparent`."""
+    traceparent = http_traceparent(raw_headers)
     if traceparent is None:
         return _begin("http", None, None)
     # W3C: several tracestate fields are one list, in order.
@@ -264,22 +279,19 @@ def begin_http(raw_headers: Sequence[tuple[bytes, bytes]]) -> RequestObservation
 def begin_grpc(metadata: Sequence[tuple[str, Any]] | None) -> RequestObservation | None:
     """Start observing a gRPC request from its invocation metadata (call only when ACTIVE is not None);
     None when it is not observed."""
-    traceparent = None
-    for key, value in metadata or ():
-        if key == TRACEPARENT:
-            traceparent = value
+    traceparent = grpc_traceparent(metadata)
     if traceparent is None:
         return _begin("grpc", None, None)
     state = ",".join(str(v) for k, v in metadata or () if k == TRACESTATE)
-    return _begin("grpc", str(traceparent), state or None)
+    return _begin("grpc", traceparent, state or None)
 
 
-def requested(request: Any, creds: Any = None) -> RequestObservation | None:
-    """The dataplane took `request` (an InferRequest) from `creds` (auth.Credentials): note the request's id
-    and model, and who is asking, on the current observation."""
+def requested(request: Any) -> RequestObservation | None:
+    """The dataplane took `request` (an InferRequest): note the request's id and model on the current
+    observation."""
     obs = _current.get()
     if obs is not None:
-        obs.request_id, obs.model, obs.creds = request.id, request.model_name, creds
+        obs.request_id, obs.model = request.id, request.model_name
     return obs
 
 
@@ -306,21 +318,18 @@ class BatchMember(Protocol):
     def enqueued_ns(self) -> int: ...
 
 
-def batch_executed(members: Sequence[BatchMember], rows: int, dispatched_ns: int, run_start_ns: int,
-                   run_end_ns: int, end_ns: int, model: str, version: str) -> None:
-    """The batcher ran a batch: note it on each observed member; trace it if any member is traced."""
-    requests = len(members)
-    run = (dispatched_ns, run_end_ns - run_start_ns, rows, requests)
+def batch_executed(members: Sequence[BatchMember], run: BatchRun, run_start_ns: int, run_end_ns: int,
+                   end_ns: int, model: str, version: str) -> None:
+    """The batcher ran a batch: trace it, and note it on its traced members, if any member is traced."""
     traced: list[RequestObservation] = []
     for member in members:
         obs = member.observation
-        if obs is not None:
-            obs.batch_run = run
-            if obs.traced:
-                obs.enqueued_ns = member.enqueued_ns
-                traced.append(obs)
+        if obs is not None and obs.traced:
+            obs.batch_run, obs.enqueued_ns = run, member.enqueued_ns
+            traced.append(obs)
     active = ACTIVE
     if traced and active is not None and active.tracing is not None:
+        dispatched_ns, _, rows, requests = run
         active.tracing.record_batch(traced, rows, requests, dispatched_ns, run_start_ns, run_end_ns, end_ns,
                                     model, version)
 

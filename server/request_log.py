@@ -1,14 +1,19 @@
 """Structured request logs: one JSON line per (sampled) inference request, errors always, no tensor contents.
 
-The request path appends the finished request's figures, one tuple, to a bounded deque (when full the
-line is dropped and counted); a writer thread formats the lines and writes them to stdout, stderr or a
-file a batch at a time, so neither formatting nor I/O runs on the event loop; it formats a slice of
-lines at a time and hands the GIL back to the loop in between (server.writer_thread says why). The
-observation itself is not queued: it is freed as its request ends, with the credentials and batch figures it holds,
-rather than kept alive until a drain (~1,000 of them at 10k requests/s). A server pinned to one core pays
-for the writer's CPU all the same, so a line is one f-string over pre-escaped pieces (the
-model/version/routing/protocol/caller fragment and the batch's fragment are cached, the time's date
-part is made once a second) rather than a dict per request through a JSON encoder.
+The transport ends each request with `served` (the response's `served` record holds what the dataplane
+knows) or `failed` (the error's `route` names the version it was routed to), which append the finished
+request's figures, one tuple, to a bounded deque (when full the line is dropped and counted). Nothing
+else of the request path is involved: no observation object, no context variable (the loop's share was
+about half the log's cost while it went through them; BENCHMARKS.md, "Ninth session").
+
+A writer thread formats the lines and writes them to stdout, stderr or a file a batch at a time, so
+neither formatting nor I/O runs on the event loop; it formats a slice of lines at a time and hands the
+GIL back to the loop in between (server.writer_thread says why). Whatever can wait for it does: the
+caller's `traceparent` is parsed by the writer, and a refused caller's credentials are described by it.
+A server pinned to one core pays for the writer's CPU all the same, so a line is one f-string over
+pre-escaped pieces (the model/version/routing/protocol/caller fragment and the batch's fragment are
+cached, the time's date part is made once a second) rather than a dict per request through a JSON
+encoder.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from typing import IO, Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from .observation import RequestObservation
-from .writer_thread import WriterThread, in_slices
+from .observation import LoggedTrace, failure_fields, parse_traceparent
+from .tensors import BatchRun, InferResponse
+from .writer_thread import WriterThread, slice_sizes
 
 __all__ = ["FIELDS", "LineFormatter", "RequestLog"]
 
@@ -40,14 +46,14 @@ FIELDS = ("time", "request_id", "trace_id", "model", "version", "routing", "prot
 
 _CACHE_LIMIT = 4096  # distinct (model, version, routing, protocol, caller) kept pre-escaped
 _LINES_PER_SLICE = 160  # ~0.3 ms of formatting between two hand-overs of the GIL
-_NO_BATCH = (0, 0, 0, 0)  # a request that never reached a batch: (dispatched, compute ns, rows, requests)
+_NO_BATCH: BatchRun = (0, 0, 0, 0)  # a request that never reached a batch
 
-Line = tuple[int, int, str, int, str, str, str, str, int, str, str, int, int, "tuple[int, int, int, int] | None",
+Line = tuple[int, int, str, LoggedTrace, str, str, str, str, int, str, str, int, int, "BatchRun | None",
              "str | None", Any]
-"""A finished request's figures, as `RequestLog.record` queues them: start and end (perf_counter ns),
-request id, trace id, model, version, routing, protocol, status, error, reason, queue ns, rows, the
-batch run (dispatched ns, compute ns, rows, requests), the caller's name, and the credentials presented
-when there is no name (described by the writer: hashing a token is not the loop's work)."""
+"""A finished request's figures, as `served` and `failed` queue them: start and end (perf_counter ns),
+request id, trace id (or the caller's traceparent), model, version, routing, protocol, status,
+error, reason, queue ns, rows, the batch run, the caller's name, and the credentials presented when there
+is no name (described by the writer: hashing a token is not the loop's work)."""
 
 
 class RequestLog:
@@ -68,19 +74,32 @@ class RequestLog:
                                registry=registry)
 
     # -- request path (event loop) ---------------------------------------------------------------
-    def record(self, obs: RequestObservation, now_ns: int) -> None:
-        """Queue the line of a request that ended at `now_ns`, if sampled (errors always); never blocks or
-        raises."""
-        status = obs.status
-        if status < 400 and self._ratio < 1.0 and self._random.random() >= self._ratio:
+    def served(self, start_ns: int, request_id: str, trace: LoggedTrace, response: InferResponse,
+               protocol: str) -> None:
+        """Queue the line of a request answered now that started at `start_ns` (perf_counter), if sampled.
+        Never blocks or raises."""
+        if self._ratio < 1.0 and self._random.random() >= self._ratio:
             return
         if len(self._lines) >= self._limit:
             self.dropped.inc()
             return
-        caller = obs.caller
-        self._lines.append((obs.start_ns, now_ns, obs.request_id, obs.trace_id, obs.model, obs.version, obs.routing,
-                            obs.protocol, status, obs.error, obs.reason, obs.queue_ns, obs.rows, obs.batch_run,
-                            caller, obs.creds if caller is None else None))
+        rows, queue_ns, routing, caller, run = response.served or _NOT_SERVED
+        self._lines.append((start_ns, time.perf_counter_ns(), request_id, trace, response.model_name,
+                            response.model_version, routing, protocol, 200, "", "", queue_ns, rows, run, caller,
+                            None))
+
+    def failed(self, start_ns: int, request_id: str, trace: LoggedTrace, model: str, error: BaseException,
+               caller: str | None, creds: Any, protocol: str) -> None:
+        """Queue the line of a request that failed now with `error` (always: errors are not sampled).
+        `caller` is the authorized principal's name, None when it was refused before; `creds` what it
+        presented (described off the loop, never a token)."""
+        if len(self._lines) >= self._limit:
+            self.dropped.inc()
+            return
+        status, name, reason = failure_fields(error)
+        version, routing = getattr(error, "route", None) or ("", "")
+        self._lines.append((start_ns, time.perf_counter_ns(), request_id, trace, model, version, routing, protocol,
+                            status, name, reason, 0, 0, None, caller, creds if caller is None else None))
 
     # -- writer thread ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -105,9 +124,11 @@ class RequestLog:
         lines = self._lines
         # The wall clock of a perf_counter time, taken once a drain (every flush interval).
         offset_ns = time.time_ns() - time.perf_counter_ns()
-        line = self._formatter.line
-        # What is queued now: lines queued meanwhile wait for the next drain.
-        parts = [line(lines.popleft(), offset_ns) for _ in in_slices(range(len(lines)), _LINES_PER_SLICE)]
+        line, take = self._formatter.line, lines.popleft
+        parts: list[str] = []
+        # What is queued now, a slice at a time: lines queued meanwhile wait for the next drain.
+        for count in slice_sizes(len(lines), _LINES_PER_SLICE):
+            parts += [line(take(), offset_ns) for _ in range(count)]
         try:
             out.write("".join(parts).encode())
             out.flush()
@@ -135,6 +156,10 @@ class LineFormatter:
         """One JSON line (with its newline) of a finished request; `offset_ns` turns perf_counter into Unix ns."""
         (start, end, request_id, trace_id, model, version, routing, protocol, status, error, reason, queue_ns, rows,
          run, caller, creds) = line
+        if trace_id is None:  # neither observed nor sent by the caller
+            trace_id = 0
+        elif not isinstance(trace_id, int):  # the caller's traceparent
+            trace_id = _caller_trace_id(trace_id)
         second, micros = divmod((start + offset_ns) // 1000, 1_000_000)
         if second != self._second:
             self._second = second
@@ -142,14 +167,7 @@ class LineFormatter:
         if caller is None and creds is not None:
             caller = str(creds.describe())  # refused before it had a name: what it presented, never a token
         key = (model, version, routing, protocol, caller)
-        served = self._served.get(key)
-        if served is None:
-            if len(self._served) >= _CACHE_LIMIT:
-                self._served.clear()
-            served = self._served[key] = (
-                ",".join(f'"{name}":{encode_basestring(value)}'
-                         for name, value in zip(("model", "version", "routing", "protocol"), key[:4], strict=True)),
-                f'"caller":{"null" if caller is None else encode_basestring(caller)}')
+        served = self._served.get(key) or self._fragments(key)
         if run is None:
             run = _NO_BATCH
         if run is not self._run:  # a batch's members are queued together: its fields are made once
@@ -157,15 +175,35 @@ class LineFormatter:
             self._compute, self._batch = _batch_fields(run)
         # A generated id is hex and digits: nothing to escape.
         request_id = encode_basestring(request_id) if request_id else f'"{self._id_prefix}-{next(self._seq)}"'
-        failure = '"error":"","reason":""' if not error and not reason else \
+        failure = _NO_FAILURE if not error and not reason else \
             f'"error":{encode_basestring(error)},"reason":{encode_basestring(reason)}'
         return (f'{self._date}{micros:06d}Z","request_id":{request_id},'
                 f'"trace_id":"{f"{trace_id:032x}" if trace_id else ""}",{served[0]},"status":{status},{failure},'
                 f'"e2e_ms":{(end - start) / 1e6:.3f},"queue_ms":{queue_ns / 1e6:.3f},'
                 f'{self._compute},"rows":{rows},{self._batch},{served[1]}}}\n')
 
+    def _fragments(self, key: tuple[str, str, str, str, str | None]) -> tuple[str, str]:
+        """The pre-escaped model/version/routing/protocol fragment and caller fragment of `key`, cached."""
+        if len(self._served) >= _CACHE_LIMIT:
+            self._served.clear()
+        caller = key[4]
+        fragments = self._served[key] = (
+            ",".join(f'"{name}":{encode_basestring(value)}'
+                     for name, value in zip(("model", "version", "routing", "protocol"), key[:4], strict=True)),
+            f'"caller":{"null" if caller is None else encode_basestring(caller)}')
+        return fragments
 
-def _batch_fields(run: tuple[int, int, int, int]) -> tuple[str, str]:
+
+_NO_FAILURE = '"error":"","reason":""'
+_NOT_SERVED = (0, 0, "", None, None)  # a response not made by the dataplane
+
+
+def _caller_trace_id(traceparent: str | bytes) -> int:
+    parent = parse_traceparent(traceparent.decode("latin-1") if isinstance(traceparent, bytes) else traceparent)
+    return parent.trace_id if parent is not None else 0
+
+
+def _batch_fields(run: BatchRun) -> tuple[str, str]:
     _, compute_ns, rows, requests = run
     return f'"compute_ms":{compute_ns / 1e6:.3f}', f'"batch_size":{rows},"batch_requests":{requests}'
 

@@ -10,10 +10,16 @@ from typing import Any
 
 import numpy.typing as npt
 
-__all__ = ["InferRequest", "InferResponse", "Parameters", "RequestedOutput", "Tensor"]
+__all__ = ["BatchRun", "InferRequest", "InferResponse", "Parameters", "RequestedOutput", "Served", "Tensor"]
 
 Tensor = npt.NDArray[Any]
 Parameters = dict[str, bool | int | float | str]
+BatchRun = tuple[int, int, int, int]
+"""The batch a request ran in, shared by its members: (dispatched ns (perf_counter), compute ns, rows,
+requests)."""
+Served = tuple[int, int, str, str, BatchRun]
+"""How the dataplane served a request: (rows, ns it waited in the batch queue, routing label (stable,
+candidate or pinned), the caller's name, its batch). A plain tuple: it is made for every request."""
 
 
 @dataclass(slots=True)
@@ -62,4 +68,6 @@ class InferResponse:
     datatypes: dict[str, str]
     id: str = ""
     parameters: Parameters = field(default_factory=dict)
+    served: Served | None = None
+    """How it was served, for the request log; never sent to the client."""
 

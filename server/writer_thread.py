@@ -22,10 +22,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
-__all__ = ["HANDOFF_S", "WRITER_NICENESS", "WriterThread", "hand_over", "in_slices"]
+__all__ = ["HANDOFF_S", "WRITER_NICENESS", "WriterThread", "hand_over", "in_slices", "slice_sizes"]
 
 T = TypeVar("T")
 
@@ -45,12 +45,21 @@ def hand_over() -> None:
     time.sleep(HANDOFF_S)
 
 
-def in_slices(items: Iterable[T], per_slice: int) -> Iterator[T]:
-    """`items`, handing the GIL over (`hand_over`) after every `per_slice` of them, but not after the last."""
-    for index, item in enumerate(items):
-        if index and index % per_slice == 0:
+def slice_sizes(count: int, per_slice: int) -> Iterator[int]:
+    """The sizes of the slices `count` items are taken in, `per_slice` at most, handing the GIL over
+    (`hand_over`) between slices, not after the last: for a loop that takes a whole slice at a time."""
+    for first in range(0, count, per_slice):
+        if first:
             hand_over()
-        yield item
+        yield min(per_slice, count - first)
+
+
+def in_slices(items: Sequence[T], per_slice: int) -> Iterator[T]:
+    """`items`, handing the GIL over (`hand_over`) after every `per_slice` of them, but not after the last."""
+    first = 0
+    for count in slice_sizes(len(items), per_slice):
+        yield from items[first : first + count]
+        first += count
 
 
 def lower_priority(increment: int = WRITER_NICENESS) -> None:

@@ -16,11 +16,20 @@ OTHER = f"00-{'12' * 16}-{'34' * 8}-00"
 
 
 @pytest.fixture(autouse=True)
-def logs_on(tmp_path: Path) -> Iterator[None]:
-    """Request logs on: every request is observed, traced or not (the log is never started here)."""
-    observation.install(Observability(request_log=RequestLog(str(tmp_path / "requests.jsonl"))))
+def payload_logs_on() -> Iterator[None]:
+    """Payload logs on: every request is observed, traced or not."""
+    observation.install(Observability(payload_log=True))
     yield
     observation.uninstall()
+
+
+def test_request_logs_alone_observe_nothing(tmp_path: Path) -> None:
+    # A line is made from what the request returns: no observation, no hook beyond the transports' own.
+    log = RequestLog(str(tmp_path / "requests.jsonl"))
+    observation.install(Observability(request_log=log))
+    assert observation.ACTIVE is None and observation.REQUEST_LOG is log
+    observation.uninstall()
+    assert observation.REQUEST_LOG is None
 
 
 def test_an_http_request_without_a_traceparent_is_observed_without_a_parent() -> None:

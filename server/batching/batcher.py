@@ -34,7 +34,7 @@ from ..metrics import Labels, Metrics
 from ..model_statistics import ModelStatistics
 from ..observation import RequestObservation
 from ..spec import ModelSpec
-from ..tensors import Tensor
+from ..tensors import BatchRun, Tensor
 from .fairness import QueueShare, current_share
 from .stacking import BatchKey, batch_key, split_outputs, stack_inputs
 
@@ -49,13 +49,16 @@ DEFAULT_QUEUE_LIMIT = 4096
 # time (each step's GIL-held string conversion stays in the tens of milliseconds).
 STRING_ELEMENTS_PER_RUN = 1 << 18
 
+Result = tuple[dict[str, Tensor], int, BatchRun]
+"""What `submit` answers: the request's outputs, the ns it waited in the queue, the batch it ran in."""
+
 
 @dataclass(slots=True, eq=False)
 class _Pending:
     feeds: dict[str, Tensor]
     rows: int
     key: BatchKey
-    future: asyncio.Future[tuple[dict[str, Tensor], int]]
+    future: asyncio.Future[Result]
     enqueued_ns: int
     timer: asyncio.TimerHandle | None = field(default=None)
     observation: RequestObservation | None = field(default=None)
@@ -117,8 +120,9 @@ class DynamicBatcher:
         self._loop_task = spawn(self._run(), f"batcher-{self._labels}")
 
     async def submit(self, feeds: dict[str, Tensor], rows: int, timeout_us: int = 0,
-                     observation: RequestObservation | None = None) -> tuple[dict[str, Tensor], int]:
-        """Queue a validated request; return its outputs and the nanoseconds it waited in the queue.
+                     observation: RequestObservation | None = None) -> Result:
+        """Queue a validated request; return its outputs, the nanoseconds it waited in the queue and the
+        batch it ran in.
 
         Raises Overloaded (queue full, or the caller's QueueShare spent), ModelNotReady (version
         draining), DeadlineExceeded, ExecutionFailed. Runs on the event loop.
@@ -145,7 +149,7 @@ class DynamicBatcher:
                 self._by_share[share] = left
 
     async def _submit(self, feeds: dict[str, Tensor], rows: int, timeout_us: int,
-                      observation: RequestObservation | None = None) -> tuple[dict[str, Tensor], int]:
+                      observation: RequestObservation | None = None) -> Result:
         loop = asyncio.get_running_loop()
         pending = _Pending(feeds, rows, batch_key(feeds) if self._merge else (), loop.create_future(),
                            time.perf_counter_ns(), observation=observation)
@@ -320,13 +324,14 @@ class DynamicBatcher:
             t3 = time.perf_counter_ns()
             self._stats.record_execution(total, len(batch), t1 - dispatched, t2 - t1, t3 - t2)
             self._metrics.record_batch(total, t2 - t1)
+            run = (dispatched, t2 - t1, total, len(batch))
             if _observation.ACTIVE is not None:
-                _observation.batch_executed(batch, total, dispatched, t1, t2, t3, *self._labels)
+                _observation.batch_executed(batch, run, t1, t2, t3, *self._labels)
             for p, piece in zip(batch, pieces, strict=True):
                 queue_ns = dispatched - p.enqueued_ns
                 self._metrics.record_queue(queue_ns)
                 if p.live:
-                    p.future.set_result((piece, queue_ns))
+                    p.future.set_result((piece, queue_ns, run))
         except Exception as exc:  # stacking, splitting or bookkeeping failed: no request is left waiting
             logger.exception("model '%s' version %s: a batch failed outside the model run", *self._labels)
             for p in batch:

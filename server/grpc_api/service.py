@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
@@ -16,7 +17,7 @@ import grpc
 from .. import observation
 from .._generated import grpc_service_pb2 as pb
 from ..admission import Admission
-from ..auth import Credentials, Scope
+from ..auth import Credentials, Principal, Scope
 from ..batching import QueueShare, current_share
 from ..dataplane import DataPlane
 from ..protocol.grpc_codec import decode_infer_request, encode_infer_response, encode_statistics, parse_message
@@ -78,7 +79,8 @@ class InferStream:
 
     in_flight = STREAM_IN_FLIGHT
 
-    def __init__(self, infer: Callable[[bytes, Credentials, str | None, list[str]], Awaitable[pb.ModelInferResponse]],
+    def __init__(self, infer: Callable[[bytes, Credentials, str | None, list[str], observation.LoggedTrace],
+                                       Awaitable[pb.ModelInferResponse]],
                  queue_share: float, context: Ctx) -> None:
         self._infer = infer
         self._context = context
@@ -86,6 +88,7 @@ class InferStream:
         self._creds = _creds(context)
         self._share = QueueShare(queue_share)
         self._metadata = context.invocation_metadata() if observation.ACTIVE is not None else None
+        self._traceparent = observation.grpc_traceparent(context.invocation_metadata())  # for the request log
         self._writing = asyncio.Lock()  # grpc.aio's context takes one write at a time; ours waits for the peer
 
     async def answer(self, raw: bytes) -> None:
@@ -97,7 +100,8 @@ class InferStream:
         # it, so the share is set without the reset that `QueueShare.applied` pays for.
         current_share.set(self._share)
         try:
-            response = await self._infer(raw, self._creds, self._key, ids)
+            response = await self._infer(raw, self._creds, self._key, ids,
+                                         self._traceparent if observed is None else observed.trace_id)
             if observed is not None:
                 observed.finish()
             message = _stream_response(response)
@@ -125,27 +129,40 @@ class InferenceService:
         self._limits = limits
         self._stream_queue_share = stream_queue_share
 
-    async def _infer(self, raw: bytes, creds: Credentials, key: str | None, ids: list[str]
-                     ) -> pb.ModelInferResponse:
+    async def _infer(self, raw: bytes, creds: Credentials, key: str | None, ids: list[str],
+                     trace: observation.LoggedTrace) -> pb.ModelInferResponse:
         """Parse (off the loop for big messages; the request's id is appended to `ids`), check the caller
-        before the tensors are decoded, decode, infer, encode."""
+        before the tensors are decoded, decode, infer, encode; and write the request log's line (`trace`:
+        what its trace id is made of)."""
+        log = observation.REQUEST_LOG
+        start = time.perf_counter_ns() if log is not None else 0
         limits = self._limits
         small = len(raw) < limits.off_loop_bytes  # the usual case: no thread hop, and no awaits for it
-        with self._admission.bodies.hold() as hold:  # held until the model is done with the views
-            hold.grow(len(raw))
-            msg = (parse_message(pb.ModelInferRequest, raw) if small
-                   else await limits.off_loop(len(raw), parse_message, pb.ModelInferRequest, raw))
-            ids.append(msg.id)
-            principal = self._dp.authorize(creds, Scope.INFER, "infer", msg.model_name)
-            self._admission.admit_caller(principal, creds)
-            check = model_shape_check(self._dp.manager, msg.model_name, msg.model_version)
-            request = (decode_infer_request(msg, key, limits, check) if small
-                       else await limits.off_loop(len(raw), decode_infer_request, msg, key, limits, check))
-            response = await self._dp.infer(request, creds, principal)
-        size = response_bytes(response)
-        if size < limits.off_loop_bytes:
-            return encode_infer_response(response)
-        return await limits.off_loop(size, encode_infer_response, response)
+        msg: pb.ModelInferRequest | None = None
+        principal: Principal | None = None
+        try:
+            with self._admission.bodies.hold() as hold:  # held until the model is done with the views
+                hold.grow(len(raw))
+                msg = (parse_message(pb.ModelInferRequest, raw) if small
+                       else await limits.off_loop(len(raw), parse_message, pb.ModelInferRequest, raw))
+                ids.append(msg.id)
+                principal = self._dp.authorize(creds, Scope.INFER, "infer", msg.model_name)
+                self._admission.admit_caller(principal, creds)
+                check = model_shape_check(self._dp.manager, msg.model_name, msg.model_version)
+                request = (decode_infer_request(msg, key, limits, check) if small
+                           else await limits.off_loop(len(raw), decode_infer_request, msg, key, limits, check))
+                response = await self._dp.infer(request, creds, principal)
+            size = response_bytes(response)
+            encoded = (encode_infer_response(response) if size < limits.off_loop_bytes
+                       else await limits.off_loop(size, encode_infer_response, response))
+        except Exception as exc:  # mapped to a status by the server; logged here, where its figures are
+            if log is not None:
+                log.failed(start, msg.id if msg is not None else "", trace, msg.model_name if msg is not None else "",
+                           exc, principal.name if principal is not None else None, creds, "grpc")
+            raise
+        if log is not None:
+            log.served(start, msg.id, trace, response, "grpc")
+        return encoded
 
     async def server_live(self, request: pb.ServerLiveRequest, context: Ctx) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self._dp.live())
@@ -178,7 +195,11 @@ class InferenceService:
 
     async def model_infer(self, raw: bytes, context: Ctx) -> pb.ModelInferResponse:
         observed = observation.begin_grpc(context.invocation_metadata()) if observation.ACTIVE is not None else None
-        response = await self._infer(raw, _creds(context), _routing_key(context), [])
+        logged: observation.LoggedTrace = None
+        if observation.REQUEST_LOG is not None:  # what its line's trace id is made of
+            logged = observed.trace_id if observed is not None else observation.grpc_traceparent(
+                context.invocation_metadata())
+        response = await self._infer(raw, _creds(context), _routing_key(context), [], logged)
         if observed is not None and (trace := observed.finish()):
             context.set_trailing_metadata(tuple(trace.items()))
         return response

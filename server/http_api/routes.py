@@ -5,6 +5,7 @@ Each handler decodes, makes one DataPlane call and encodes; errors are mapped in
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,12 @@ from starlette.routing import Route
 
 from .. import observation
 from ..admission import Admission
-from ..auth import Scope
+from ..auth import Principal, Scope
 from ..dataplane import DataPlane
 from ..metrics import CONTENT_TYPE_LATEST, Metrics
 from ..protocol.http_codec import HEADER_LENGTH, decode_infer_request, encode_infer_response
 from ..protocol.limits import DEFAULT_LIMITS, DecodeLimits, response_bytes
+from ..tensors import InferRequest
 from ..validation import model_shape_check
 from . import documents
 from .body import read_body, read_body_buffer
@@ -82,24 +84,41 @@ class HttpRoutes:
         return _json(documents.encode_model_config(self._dp.model_config(*_model(request), _creds(request))))
 
     async def infer(self, request: Request) -> Response:
-        observed = observation.begin_http(request.scope["headers"]) if observation.ACTIVE is not None else None
+        log = observation.REQUEST_LOG
+        start = time.perf_counter_ns() if log is not None else 0
+        headers = request.scope["headers"]
+        observed = observation.begin_http(headers) if observation.ACTIVE is not None else None
+        # What the log line's trace id is made of: the observed request's, else the caller's, if it sent one.
+        trace: observation.LoggedTrace = None
+        if log is not None:
+            trace = observed.trace_id if observed is not None else observation.http_traceparent(headers)
         name, version = _model(request)
         creds = _creds(request)
-        principal = self._dp.authorize(creds, Scope.INFER, "infer", name)  # before a byte of the body is read
-        self._admission.admit_caller(principal, creds)
-        with self._admission.bodies.hold() as hold:  # held until the model is done with the body's views
-            body = await read_body_buffer(request, self._max_body_bytes, hold)
-            infer_request = await self._limits.off_loop(
-                len(body), decode_infer_request, body, request.headers.get(HEADER_LENGTH), name, version,
-                request.headers.get(ROUTING_KEY_HEADER), self._limits,
-                model_shape_check(self._dp.manager, name, version))
-            response = await self._dp.infer(infer_request, creds, principal)
-        encoded = await self._limits.off_loop(response_bytes(response), encode_infer_response, response,
-                                              infer_request)
-        headers = {} if encoded.header_length is None else {HEADER_LENGTH: str(encoded.header_length)}
+        infer_request: InferRequest | None = None
+        principal: Principal | None = None
+        try:
+            principal = self._dp.authorize(creds, Scope.INFER, "infer", name)  # before a byte of the body is read
+            self._admission.admit_caller(principal, creds)
+            with self._admission.bodies.hold() as hold:  # held until the model is done with the body's views
+                body = await read_body_buffer(request, self._max_body_bytes, hold)
+                infer_request = await self._limits.off_loop(
+                    len(body), decode_infer_request, body, request.headers.get(HEADER_LENGTH), name, version,
+                    request.headers.get(ROUTING_KEY_HEADER), self._limits,
+                    model_shape_check(self._dp.manager, name, version))
+                response = await self._dp.infer(infer_request, creds, principal)
+            encoded = await self._limits.off_loop(response_bytes(response), encode_infer_response, response,
+                                                  infer_request)
+        except Exception as exc:  # mapped to a response by ErrorMiddleware; logged here, where its figures are
+            if log is not None:
+                log.failed(start, infer_request.id if infer_request is not None else "", trace, name, exc,
+                           principal.name if principal is not None else None, creds, "http")
+            raise
+        out_headers = {} if encoded.header_length is None else {HEADER_LENGTH: str(encoded.header_length)}
         if observed is not None:
-            headers.update(observed.finish())
-        return Response(encoded.body, headers=headers, media_type=encoded.media_type)
+            out_headers.update(observed.finish())
+        if log is not None:
+            log.served(start, infer_request.id, trace, response, "http")
+        return Response(encoded.body, headers=out_headers, media_type=encoded.media_type)
 
     async def statistics(self, request: Request) -> Response:
         params = request.path_params

@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import observation
 from ..background import spawn
+from ..batching.batcher import Result
 from ..batching.stacking import batch_key, stack_inputs
 from ..metrics import Metrics
 from ..observation import RequestObservation
@@ -42,7 +43,7 @@ SHADOW_DRAIN_INTERVAL_S = 0.02
 # (feeds, rows, stable outputs, the copied request's observation when observability is on)
 _Copy = tuple[dict[str, Tensor], int, dict[str, Tensor], RequestObservation | None]
 # Resolves a candidate version to (its batcher's submit function, its max_batch_size) when copies run.
-Submitter = Callable[[int], tuple[Callable[..., Awaitable[tuple[dict[str, Tensor], int]]], int]]
+Submitter = Callable[[int], tuple[Callable[..., Awaitable[Result]], int]]
 # Takes (model, candidate version, the outputs the candidate computed for a group of copies): the drift tap's
 # output statistics, so that the rollout status compares outputs while the candidate only shadows.
 ShadowOutputs = Callable[[str, str, dict[str, Tensor]], None]
@@ -135,12 +136,12 @@ class Rollout:
             return
         await asyncio.gather(*(self._compare_group(submit, group) for group in _groups(copies, max_rows)))
 
-    async def _compare_group(self, submit: Callable[..., Awaitable[tuple[dict[str, Tensor], int]]],
+    async def _compare_group(self, submit: Callable[..., Awaitable[Result]],
                              group: list[_Copy]) -> None:
         shadow = self.evidence.shadow
         start = time.perf_counter()
         try:
-            candidate_outputs, _ = await submit(stack_inputs([c[0] for c in group]), sum(c[1] for c in group),
+            candidate_outputs, _, _ = await submit(stack_inputs([c[0] for c in group]), sum(c[1] for c in group),
                                                 SHADOW_TIMEOUT_US)
         except Exception as exc:
             self._record_failure(len(group), time.perf_counter() - start, exc)

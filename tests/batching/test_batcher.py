@@ -97,8 +97,11 @@ async def test_queued_requests_are_merged_and_each_gets_its_own_rows():
     runner.gate.set()
     results = await asyncio.gather(first, *rest)
     assert runner.batches == [1, 6]
-    for i, (outputs, _) in enumerate(results[1:], start=1):
+    for i, (outputs, _, _) in enumerate(results[1:], start=1):
         np.testing.assert_array_equal(outputs["y"], rows([i, i + 0.5]) * 2)
+    # Each member learns the batch it ran in (the request log's batch figures): one shared record.
+    runs = {run for _, _, run in results[1:]}
+    assert len(runs) == 1 and [run[2:] for run in runs] == [(6, 3)] and results[0][2][2:] == (1, 1)
     await batcher.stop()
 
 
@@ -292,11 +295,11 @@ async def test_a_batch_the_runner_makes_inline_needs_no_task_and_answers_each_re
     runner = InlineRunner(short=4)
     batcher = make_batcher(runner, make_spec(max_batch_size=8))
     small = [asyncio.create_task(batcher.submit({"x": rows([i])}, 1)) for i in range(3)]
-    for i, (outputs, _) in enumerate(await asyncio.gather(*small)):
+    for i, (outputs, _, _) in enumerate(await asyncio.gather(*small)):
         np.testing.assert_array_equal(outputs["y"], rows([i]) * 2)
     assert runner.tasks == [batcher._loop_task]  # one batch of 3, made in the batcher's own loop
     large = [asyncio.create_task(batcher.submit({"x": rows([i] * 3)}, 3)) for i in range(2)]
-    for i, (outputs, _) in enumerate(await asyncio.gather(*large)):
+    for i, (outputs, _, _) in enumerate(await asyncio.gather(*large)):
         np.testing.assert_array_equal(outputs["y"], rows([i] * 3) * 2)
     assert runner.batches == [3, 6] and runner.tasks[1] is not batcher._loop_task  # 6 rows: a task, as before
     await batcher.stop()
@@ -309,6 +312,6 @@ async def test_a_batch_that_fails_after_its_run_fails_its_requests_and_the_batch
     done = await asyncio.wait_for(asyncio.gather(*both, return_exceptions=True), 5)
     assert runner.batches == [2] and all(isinstance(result, TypeError) for result in done)
     runner.broken = False
-    outputs, _ = await asyncio.wait_for(batcher.submit({"x": rows([3])}, 1), 5)
+    outputs, _, _ = await asyncio.wait_for(batcher.submit({"x": rows([3])}, 1), 5)
     np.testing.assert_array_equal(outputs["y"], rows([3]) * 2)
     await batcher.stop()

@@ -76,7 +76,7 @@ async def test_a_string_heavy_batch_runs_a_step_of_rows_at_a_time():
     batcher = make_batcher(runner, make_spec())  # type: ignore[arg-type]
     width = STRING_ELEMENTS_PER_RUN // 2  # two rows per run
     strings = np.full((6, width), "ab", dtype="<U2")
-    outputs, _ = await batcher.submit({"x": strings}, 6)
+    outputs, _, _ = await batcher.submit({"x": strings}, 6)
     assert runner.runs == [2, 2, 2]
     np.testing.assert_array_equal(outputs["y"][:, 0], [1, 1, 2, 2, 3, 3])
     await batcher.stop(1)

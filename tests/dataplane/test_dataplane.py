@@ -45,6 +45,22 @@ async def test_a_caller_with_the_scope_is_served(dataplane: DataPlane) -> None:
     response = await dataplane.infer(_request("tabular"), Credentials(token="t-app"))
     assert set(response.outputs) == {"probabilities", "label"}
     assert _served(dataplane, "tabular") == 1
+    # How it was served, for the request log: rows, queue ns, routing, the caller, its batch.
+    assert response.served is not None
+    rows, queue_ns, routing, caller, (dispatched_ns, compute_ns, batch_rows, batch_requests) = response.served
+    assert (rows, routing, caller, batch_rows, batch_requests) == (1, "", "app", 1, 1)  # no router: no label
+    assert queue_ns >= 0 and compute_ns > 0 and dispatched_ns > 0
+
+
+async def test_a_failure_after_routing_names_the_version_it_was_routed_to(dataplane: DataPlane) -> None:
+    wrong = InferRequest(model_name="tabular", inputs={"features": np.ones((1, 3), np.float32)},
+                         datatypes={"features": "FP32"})
+    with pytest.raises(InvalidInput) as raised:
+        await dataplane.infer(wrong, Credentials(token="t-app"))
+    assert raised.value.route == ("1", "")
+    with pytest.raises(PermissionDenied) as refused:  # refused before routing: nowhere to name
+        await dataplane.infer(_request("two_input"), Credentials(token="t-app"))
+    assert refused.value.route is None
 
 
 @pytest.mark.parametrize(("creds", "error"), [

@@ -3,6 +3,7 @@ errors always logged whatever the sampling; a writer that falls behind drops and
 
 from __future__ import annotations
 
+import queue
 import subprocess
 import sys
 import time
@@ -17,9 +18,11 @@ import tritonclient.http as httpclient
 from prometheus_client import CollectorRegistry
 from tritonclient.utils import InferenceServerException
 
+from server import observation
 from server.cli import build_parser, serve_settings
-from server.observation import RequestObservation, parse_traceparent
+from server.errors import DeadlineExceeded, InvalidInput
 from server.request_log import FIELDS, RequestLog
+from server.tensors import InferResponse
 from tests.observability.clients import HttpClient
 
 MARKER = 12345.678  # an input value that must never appear in a log line
@@ -73,8 +76,32 @@ def test_each_request_is_one_json_line_with_its_figures_and_no_tensor_contents(
         assert line["time"].endswith("Z") and line["caller"] == "anonymous"  # auth is off: the open principal
         assert line["trace_id"] == ""  # tracing is off and the caller sent no traceparent
     assert error["status"] == 404 and error["error"] == "ModelNotFound" and "no_such_model" in error["reason"]
-    assert error["model"] == "no_such_model" and error["caller"] == "none"  # no credential was presented
+    # Authorized (auth is off: the open principal) before the model was looked up; a refused caller is
+    # described by what it presented (test_the_caller_is_the_authorized_principal_and_...).
+    assert error["model"] == "no_such_model" and error["caller"] == "anonymous" and error["version"] == ""
     assert str(MARKER) not in log.read_text() and "12345" not in log.read_text()
+
+
+def test_stream_messages_are_lines_of_their_own_with_the_streams_caller_trace(
+        tmp_path: Path, server_factory: Any, sample_repository: Path) -> None:
+    log = tmp_path / "requests.jsonl"
+    server = server_factory(sample_repository, request_log=str(log), drift_enabled=False)
+    answers: queue.Queue[Any] = queue.Queue()
+    good = grpcclient.InferInput("features", [2, 8], "FP32")
+    good.set_data_from_numpy(np.ones((2, 8), np.float32))
+    bad = grpcclient.InferInput("features", [2, 5], "FP32")
+    bad.set_data_from_numpy(np.ones((2, 5), np.float32))
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        client.start_stream(callback=lambda result, error: answers.put(error), headers={"traceparent": CALLER_TRACE})
+        client.async_stream_infer("tabular", [good], request_id="s-1")
+        client.async_stream_infer("tabular", [bad], request_id="s-bad")
+        [answers.get(timeout=30) for _ in range(2)]
+        client.stop_stream()
+    by_id = {line["request_id"]: line for line in _lines(log, 2)}
+    assert set(by_id) == {"s-1", "s-bad"}
+    assert all(line["protocol"] == "grpc" and line["trace_id"] == "ab" * 16 for line in by_id.values())
+    assert (by_id["s-1"]["status"], by_id["s-1"]["rows"], by_id["s-1"]["version"]) == (200, 2, "1")
+    assert (by_id["s-bad"]["status"], by_id["s-bad"]["error"]) == (400, "InvalidInput")
 
 
 def test_errors_are_logged_whatever_the_sampling(tmp_path: Path, server_factory: Any,
@@ -88,10 +115,14 @@ def test_errors_are_logged_whatever_the_sampling(tmp_path: Path, server_factory:
     assert [line["request_id"] for line in lines] == ["missing"]
 
 
-def _observation(status: int = 200) -> RequestObservation:
-    obs = RequestObservation("http", parse_traceparent(f"00-{'ab' * 16}-{'cd' * 8}-01"))
-    obs.status = status
-    return obs
+CALLER_TRACE = f"00-{'ab' * 16}-{'cd' * 8}-01"
+CALLER_TRACEPARENT = CALLER_TRACE.encode()  # as an HTTP request carries it
+
+
+def _served(log: RequestLog, request_id: str = "", trace: Any = CALLER_TRACEPARENT) -> None:
+    now = time.perf_counter_ns()
+    response = InferResponse("tabular", "1", {}, {}, served=(2, 1_000, "stable", "alice", (now, 5_000, 8, 3)))
+    log.served(now, request_id, trace, response, "http")
 
 
 def test_a_writer_behind_drops_and_counts_and_the_trace_id_comes_from_the_caller(tmp_path: Path) -> None:
@@ -99,7 +130,7 @@ def test_a_writer_behind_drops_and_counts_and_the_trace_id_comes_from_the_caller
     path = tmp_path / "requests.jsonl"
     log = RequestLog(str(path), queue_size=3, registry=registry)  # not started: nothing drains
     for _ in range(5):
-        log.record(_observation(), time.perf_counter_ns())
+        _served(log)
     assert registry.get_sample_value("tessera_request_log_dropped_total") == 2
     log.start()
     log.stop()
@@ -107,6 +138,42 @@ def test_a_writer_behind_drops_and_counts_and_the_trace_id_comes_from_the_caller
     assert len(lines) == 3 and registry.get_sample_value("tessera_request_log_lines_total") == 3
     assert all(line["trace_id"] == "ab" * 16 for line in lines)
     assert len({line["request_id"] for line in lines}) == 3  # the caller sent none: each gets its own
+    assert all((line["version"], line["routing"], line["caller"], line["rows"], line["batch_size"],
+                line["batch_requests"], line["queue_ms"], line["compute_ms"]) == ("1", "stable", "alice", 2, 8, 3,
+                                                                                   0.001, 0.005) for line in lines)
+
+
+def test_the_trace_id_is_the_observed_one_else_the_callers(tmp_path: Path) -> None:
+    path = tmp_path / "requests.jsonl"
+    log = RequestLog(str(path))
+    _served(log, "observed", 0x1234)
+    _served(log, "http", observation.http_traceparent([(b"host", b"tessera"), (b"traceparent", CALLER_TRACE.encode())]))
+    _served(log, "grpc", observation.grpc_traceparent((("tessera-routing-key", "k"), ("traceparent", CALLER_TRACE))))
+    _served(log, "none", observation.http_traceparent([(b"host", b"tessera")]))
+    _served(log, "malformed", b"00-zz-zz-01")
+    log.start()
+    log.stop()
+    trace_ids = {line["request_id"]: line["trace_id"] for line in map(orjson.loads, path.read_text().splitlines())}
+    assert trace_ids == {"observed": f"{0x1234:032x}", "http": "ab" * 16, "grpc": "ab" * 16, "none": "",
+                         "malformed": ""}
+
+
+def test_a_failure_names_the_version_it_was_routed_to_and_is_never_sampled_out(tmp_path: Path) -> None:
+    path = tmp_path / "requests.jsonl"
+    log = RequestLog(str(path), sample_ratio=0.0)
+    routed = DeadlineExceeded("the request's timeout of 1 ms passed in the queue")
+    routed.route = ("2", "candidate")
+    _served(log, "sampled-out")
+    log.failed(time.perf_counter_ns(), "late", CALLER_TRACE, "tabular", routed, "alice", None, "grpc")
+    log.failed(time.perf_counter_ns(), "", None, "tabular", RuntimeError("a secret"), None, None, "http")
+    log.start()
+    log.stop()
+    late, internal = map(orjson.loads, path.read_text().splitlines())
+    assert (late["request_id"], late["status"], late["error"], late["version"], late["routing"], late["caller"]) \
+        == ("late", 504, "DeadlineExceeded", "2", "candidate", "alice")
+    assert (internal["status"], internal["error"], internal["reason"], internal["version"], internal["caller"]) \
+        == (500, "InternalError", "internal error", "", None)
+    assert "a secret" not in path.read_text()
 
 
 def test_a_server_without_tracing_configured_never_imports_opentelemetry(sample_repository: Path) -> None:
@@ -186,10 +253,8 @@ def test_the_caller_is_the_authorized_principal_and_a_refusal_is_logged_without_
 def test_a_line_is_valid_json_whatever_the_strings_hold(tmp_path: Path) -> None:
     path = tmp_path / "requests.jsonl"
     log = RequestLog(str(path))
-    obs = RequestObservation("grpc", None)
-    obs.request_id, obs.model, obs.caller = 'id "quoted"\n\\', "mödel", "cert:CN=\u2603"
-    obs.status, obs.error, obs.reason = 400, "InvalidInput", "input 'x': \"bad\"\tvalue\x01"
-    log.record(obs, time.perf_counter_ns())
+    log.failed(time.perf_counter_ns(), 'id "quoted"\n\\', 0, "mödel", InvalidInput("input 'x': \"bad\"\tvalue\x01"),
+               "cert:CN=\u2603", None, "grpc")
     log.start()
     log.stop()
     [line] = [orjson.loads(text) for text in path.read_text(encoding="utf-8").splitlines()]
@@ -211,9 +276,7 @@ def test_the_writer_hands_the_gil_back_between_slices_of_lines_and_keeps_their_o
     monkeypatch.setattr(writer_thread, "hand_over", lambda: handed.append(len(log._lines)))
     count = request_log._LINES_PER_SLICE * 3 + 5
     for i in range(count):
-        obs = _observation()
-        obs.request_id = f"r{i}"
-        log.record(obs, time.perf_counter_ns())
+        _served(log, f"r{i}")
     log.start()
     log.stop()
     lines = [orjson.loads(line) for line in path.read_text().splitlines()]

@@ -48,7 +48,7 @@ class Harness:
 
     async def infer(self, version: str | None = None) -> tuple[str, np.ndarray]:
         mv = self.manager.get("m", version)
-        outputs, _ = await mv.batcher.submit({"x": X}, len(X))
+        outputs, _, _ = await mv.batcher.submit({"x": X}, len(X))
         return mv.labels[1], outputs["y"]
 
     def load_failures(self) -> float:

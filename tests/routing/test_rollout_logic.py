@@ -140,7 +140,7 @@ async def test_a_batch_of_copies_counts_agreement_per_copy():
         batches.append(rows)
         x = feeds["x"].copy()
         x[4:6] = x[4:6, ::-1]  # rows 4-5 are the third copy's: argmax flips
-        return {"p": x}, 0
+        return {"p": x}, 0, (0, 0, rows, 5)
 
     rollout._submitter = lambda version: (candidate, 64)
     copies = []
