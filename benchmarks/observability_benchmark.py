@@ -120,7 +120,9 @@ def _one_request(headers: list[tuple[bytes, bytes]], response: InferResponse) ->
     log = observation.REQUEST_LOG
     start = time.perf_counter_ns() if log is not None else 0
     obs = observation.begin_http(headers) if observation.ACTIVE is not None else None
-    observed = observation.requested(_Request()) if observation.ACTIVE is not None else None
+    observed = obs  # the transport hands it to the dataplane, which notes the request's id and model
+    if observed is not None:
+        observed.request_id, observed.model = _Request.id, _Request.model_name
     if observation.ACTIVE is not None:
         now = time.perf_counter_ns()
         observation.batch_executed([_Member(observed)], (now, 1000, 1, 1), now, now + 1000, now + 2000, "tabular",

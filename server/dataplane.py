@@ -158,17 +158,20 @@ class DataPlane:
 
     # -- inference -----------------------------------------------------------------------------
     async def infer(self, request: InferRequest, creds: Credentials = ANONYMOUS,
-                    principal: Principal | None = None) -> InferResponse:
+                    principal: Principal | None = None,
+                    observed: observation.RequestObservation | None = None) -> InferResponse:
         """Run one request through its model version's batcher, once `creds` may infer on its model.
 
         `principal` is what `authorize` already answered for this request's model, when the
-        transport asked before reading the body (so a token is hashed once per request).
+        transport asked before reading the body (so a token is hashed once per request). `observed` is
+        the request's observation, when the transport began one (it is traced, or payload logs are on).
 
         Raises Unauthenticated / PermissionDenied (before anything is counted), ModelNotFound /
         ModelNotReady / InvalidInput / Overloaded / DeadlineExceeded /
         ExecutionFailed; every failure after model resolution is counted against the model.
         """
-        observed = observation.requested(request) if observation.ACTIVE is not None else None
+        if observed is not None:
+            observed.request_id, observed.model = request.id, request.model_name
         if principal is None:
             principal = self.authorize(creds, Scope.INFER, "infer", request.model_name)
         start = time.perf_counter_ns()

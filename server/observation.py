@@ -26,7 +26,7 @@ from .tensors import BatchRun, InferResponse
 
 __all__ = ["ACTIVE", "REQUEST_LOG", "LineLog", "LoggedTrace", "Observability", "RequestObservation", "TraceParent",
            "Tracer", "batch_executed", "begin_grpc", "begin_http", "current", "fail", "failure_fields",
-           "grpc_traceparent", "http_traceparent", "install", "parse_traceparent", "requested", "shadow_ran",
+           "grpc_traceparent", "http_traceparent", "install", "parse_traceparent", "shadow_ran",
            "uninstall"]
 
 TRACEPARENT = "traceparent"
@@ -268,7 +268,10 @@ def grpc_traceparent(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
 def begin_http(raw_headers: Sequence[tuple[bytes, bytes]]) -> RequestObservation | None:
     """Start observing an HTTP request from its ASGI headers (call only when ACTIVE is not None); None when
     it is not observed. `tracestate` is looked for only beside a `traceparent`."""
-    traceparent = http_traceparent(raw_headers)
+    traceparent = None
+    for key, value in raw_headers:  # http_traceparent's scan, inline: this runs for every request
+        if key == _TRACEPARENT_BYTES:
+            traceparent = value
     if traceparent is None:
         return _begin("http", None, None)
     # W3C: several tracestate fields are one list, in order.
@@ -284,15 +287,6 @@ def begin_grpc(metadata: Sequence[tuple[str, Any]] | None) -> RequestObservation
         return _begin("grpc", None, None)
     state = ",".join(str(v) for k, v in metadata or () if k == TRACESTATE)
     return _begin("grpc", traceparent, state or None)
-
-
-def requested(request: Any) -> RequestObservation | None:
-    """The dataplane took `request` (an InferRequest): note the request's id and model on the current
-    observation."""
-    obs = _current.get()
-    if obs is not None:
-        obs.request_id, obs.model = request.id, request.model_name
-    return obs
 
 
 def current() -> RequestObservation | None:

@@ -79,7 +79,8 @@ class InferStream:
 
     in_flight = STREAM_IN_FLIGHT
 
-    def __init__(self, infer: Callable[[bytes, Credentials, str | None, list[str], observation.LoggedTrace],
+    def __init__(self, infer: Callable[[bytes, Credentials, str | None, list[str],
+                                        observation.RequestObservation | None, str | None],
                                        Awaitable[pb.ModelInferResponse]],
                  queue_share: float, context: Ctx) -> None:
         self._infer = infer
@@ -100,8 +101,7 @@ class InferStream:
         # it, so the share is set without the reset that `QueueShare.applied` pays for.
         current_share.set(self._share)
         try:
-            response = await self._infer(raw, self._creds, self._key, ids,
-                                         self._traceparent if observed is None else observed.trace_id)
+            response = await self._infer(raw, self._creds, self._key, ids, observed, self._traceparent)
             if observed is not None:
                 observed.finish()
             message = _stream_response(response)
@@ -130,12 +130,14 @@ class InferenceService:
         self._stream_queue_share = stream_queue_share
 
     async def _infer(self, raw: bytes, creds: Credentials, key: str | None, ids: list[str],
-                     trace: observation.LoggedTrace) -> pb.ModelInferResponse:
+                     observed: observation.RequestObservation | None, traceparent: str | None
+                     ) -> pb.ModelInferResponse:
         """Parse (off the loop for big messages; the request's id is appended to `ids`), check the caller
-        before the tensors are decoded, decode, infer, encode; and write the request log's line (`trace`:
-        what its trace id is made of)."""
+        before the tensors are decoded, decode, infer, encode; and write the request log's line (its trace
+        id: the observed request's, else the caller's `traceparent`)."""
         log = observation.REQUEST_LOG
         start = time.perf_counter_ns() if log is not None else 0
+        logged = traceparent if observed is None else observed.trace_id  # the log line's trace id, from this
         limits = self._limits
         small = len(raw) < limits.off_loop_bytes  # the usual case: no thread hop, and no awaits for it
         msg: pb.ModelInferRequest | None = None
@@ -151,17 +153,17 @@ class InferenceService:
                 check = model_shape_check(self._dp.manager, msg.model_name, msg.model_version)
                 request = (decode_infer_request(msg, key, limits, check) if small
                            else await limits.off_loop(len(raw), decode_infer_request, msg, key, limits, check))
-                response = await self._dp.infer(request, creds, principal)
+                response = await self._dp.infer(request, creds, principal, observed)
             size = response_bytes(response)
             encoded = (encode_infer_response(response) if size < limits.off_loop_bytes
                        else await limits.off_loop(size, encode_infer_response, response))
         except Exception as exc:  # mapped to a status by the server; logged here, where its figures are
             if log is not None:
-                log.failed(start, msg.id if msg is not None else "", trace, msg.model_name if msg is not None else "",
+                log.failed(start, msg.id if msg is not None else "", logged, msg.model_name if msg is not None else "",
                            exc, principal.name if principal is not None else None, creds, "grpc")
             raise
         if log is not None:
-            log.served(start, msg.id, trace, response, "grpc")
+            log.served(start, msg.id, logged, response, "grpc")
         return encoded
 
     async def server_live(self, request: pb.ServerLiveRequest, context: Ctx) -> pb.ServerLiveResponse:
@@ -195,11 +197,10 @@ class InferenceService:
 
     async def model_infer(self, raw: bytes, context: Ctx) -> pb.ModelInferResponse:
         observed = observation.begin_grpc(context.invocation_metadata()) if observation.ACTIVE is not None else None
-        logged: observation.LoggedTrace = None
-        if observation.REQUEST_LOG is not None:  # what its line's trace id is made of
-            logged = observed.trace_id if observed is not None else observation.grpc_traceparent(
-                context.invocation_metadata())
-        response = await self._infer(raw, _creds(context), _routing_key(context), [], logged)
+        # The caller's traceparent, for the request log's line of a request that is not observed.
+        traceparent = observation.grpc_traceparent(context.invocation_metadata()) \
+            if observation.REQUEST_LOG is not None and observed is None else None
+        response = await self._infer(raw, _creds(context), _routing_key(context), [], observed, traceparent)
         if observed is not None and (trace := observed.finish()):
             context.set_trailing_metadata(tuple(trace.items()))
         return response

@@ -105,7 +105,7 @@ class HttpRoutes:
                     len(body), decode_infer_request, body, request.headers.get(HEADER_LENGTH), name, version,
                     request.headers.get(ROUTING_KEY_HEADER), self._limits,
                     model_shape_check(self._dp.manager, name, version))
-                response = await self._dp.infer(infer_request, creds, principal)
+                response = await self._dp.infer(infer_request, creds, principal, observed)
             encoded = await self._limits.off_loop(response_bytes(response), encode_infer_response, response,
                                                   infer_request)
         except Exception as exc:  # mapped to a response by ErrorMiddleware; logged here, where its figures are
