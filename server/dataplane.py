@@ -17,7 +17,15 @@ from . import __version__, observation
 from ._generated import model_config_pb2 as mc
 from .audit import AuditLog
 from .auth import ANONYMOUS, Authorizer, Credentials, Principal, Scope
-from .errors import InvalidInput, ModelNotFound, PermissionDenied, TesseraError, Unauthenticated, Unsupported
+from .errors import (
+    InvalidInput,
+    ModelNotFound,
+    PermissionDenied,
+    TesseraError,
+    Unauthenticated,
+    Unsupported,
+    note_route,
+)
 from .metrics import Metrics
 from .model_statistics import ModelStatistics
 from .names import MAX_NAME_CHARS, check_model_name
@@ -187,10 +195,9 @@ class DataPlane:
             outputs, queue_ns, run = await model.batcher.submit(feeds, rows, request.timeout_us, observed)
             selected = select_outputs(model.spec, request, outputs)
         except Exception as exc:
-            if isinstance(exc, TesseraError):
-                # The request log names where it failed. Several requests may share one error (a failed
-                # batch): each transport reads it before anything else runs, so the last write is its own.
-                exc.route = (model.version, arm)
+            # The request log names where it failed. Several requests may share one error (a failed batch):
+            # each transport reads it before anything else runs (no await between), so the last write is its own.
+            note_route(exc, model.version, arm)
             if observed is not None:
                 observed.routed(model.version, arm)
             elapsed = time.perf_counter_ns() - start

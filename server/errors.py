@@ -36,6 +36,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unsupported",
+    "note_route",
     "status_for",
 ]
 
@@ -55,6 +56,13 @@ class TesseraError(Exception):
     def reason(self) -> str:
         """Short, stable label for metrics (bounded cardinality)."""
         return _REASONS.get(type(self), "error")
+
+
+def note_route(error: BaseException, version: str, routing: str) -> None:
+    """Name on `error` the model version and routing label the request had been routed to when it failed
+    (`TesseraError.route`); an error that is not Tessera's takes the attribute too (exceptions carry a
+    `__dict__`), so that the request log names where an internal error happened as well."""
+    error.route = (version, routing)  # type: ignore[attr-defined]
 
 
 class InvalidInput(TesseraError):

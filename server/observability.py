@@ -70,8 +70,7 @@ class ObservabilitySidePaths:
         if self._stopped:
             return
         self._stopped = True
-        if observation.ACTIVE is self._observability:
-            observation.uninstall()
+        observation.uninstall(self._observability)
         for part in (self.request_log, self.payload_log):
             if part is not None:
                 await asyncio.to_thread(part.stop)

@@ -21,6 +21,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .auth import Credentials
 from .errors import TesseraError, status_for
 from .tensors import BatchRun, InferResponse
 
@@ -60,7 +61,7 @@ class LineLog(Protocol):
                protocol: str) -> None: ...
 
     def failed(self, start_ns: int, request_id: str, trace: LoggedTrace, model: str, error: BaseException,
-               caller: str | None, creds: Any, protocol: str) -> None: ...
+               caller: str | None, creds: Credentials | None, protocol: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -80,6 +81,9 @@ ACTIVE: Observability | None = None
 REQUEST_LOG: LineLog | None = None
 """The request log, None when off: the check the transports make."""
 
+_INSTALLED: Observability | None = None
+"""What `install` switched on last (ACTIVE alone does not say: it is None with request logs alone)."""
+
 _EVERY_REQUEST = False
 """ACTIVE.payload_log, read once per request."""
 
@@ -89,15 +93,20 @@ _ids = random.Random()
 
 def install(observability: Observability) -> None:
     """Switch the hooks on for this process (App.start); `uninstall` switches them off again."""
-    global ACTIVE, _EVERY_REQUEST, REQUEST_LOG
+    global ACTIVE, _EVERY_REQUEST, REQUEST_LOG, _INSTALLED
     ACTIVE = observability if observability.tracing or observability.payload_log else None
     _EVERY_REQUEST = observability.payload_log
     REQUEST_LOG = observability.request_log
+    _INSTALLED = observability
 
 
-def uninstall() -> None:
-    global ACTIVE, _EVERY_REQUEST, REQUEST_LOG
-    ACTIVE, _EVERY_REQUEST, REQUEST_LOG = None, False, None
+def uninstall(observability: Observability | None = None) -> None:
+    """Switch the hooks off; given `observability`, only if it is what is installed (a server stopping
+    leaves another's hooks alone)."""
+    global ACTIVE, _EVERY_REQUEST, REQUEST_LOG, _INSTALLED
+    if observability is not None and observability is not _INSTALLED:
+        return
+    ACTIVE, _EVERY_REQUEST, REQUEST_LOG, _INSTALLED = None, False, None, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +169,7 @@ class RequestObservation:
     served_ns: int
     """When the dataplane had its outputs (set for traced requests: their encode span)."""
     batch_run: BatchRun | None
-    """The batch it ran in, shared by the batch's members."""
+    """The batch it ran in, shared by the batch's members (set on traced requests: their queue span)."""
     status: int
     error: str
     reason: str

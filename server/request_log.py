@@ -32,6 +32,7 @@ from typing import IO, Any
 
 from prometheus_client import CollectorRegistry, Counter
 
+from .auth import Credentials
 from .observation import LoggedTrace, failure_fields, parse_traceparent
 from .tensors import BatchRun, InferResponse
 from .writer_thread import WriterThread, slice_sizes
@@ -89,10 +90,10 @@ class RequestLog:
                             None))
 
     def failed(self, start_ns: int, request_id: str, trace: LoggedTrace, model: str, error: BaseException,
-               caller: str | None, creds: Any, protocol: str) -> None:
+               caller: str | None, creds: Credentials | None, protocol: str) -> None:
         """Queue the line of a request that failed now with `error` (always: errors are not sampled).
-        `caller` is the authorized principal's name, None when it was refused before; `creds` what it
-        presented (described off the loop, never a token)."""
+        `caller` is the authorized principal's name, None when it failed before it was authorized;
+        `creds` what it presented (then described off the loop, never a token)."""
         if len(self._lines) >= self._limit:
             self.dropped.inc()
             return
@@ -165,7 +166,7 @@ class LineFormatter:
             self._second = second
             self._date = datetime.fromtimestamp(second, UTC).strftime('{"time":"%Y-%m-%dT%H:%M:%S.')
         if caller is None and creds is not None:
-            caller = str(creds.describe())  # refused before it had a name: what it presented, never a token
+            caller = str(creds.describe())  # failed before it had a name: what it presented, never a token
         key = (model, version, routing, protocol, caller)
         served = self._served.get(key) or self._fragments(key)
         if run is None:

@@ -40,3 +40,12 @@ def test_every_row_names_a_real_grpc_code():
 def test_status_for_uses_the_most_specific_row(error, expected):
     code, http = status_for(error)
     assert (code, int(http)) == expected
+
+
+def test_any_error_can_name_the_version_it_was_routed_to() -> None:
+    from server.errors import note_route
+
+    internal = RuntimeError("a batch failed outside the model run")
+    note_route(internal, "2", "candidate")
+    tessera = errors.Overloaded("queue is full")
+    assert getattr(internal, "route", None) == ("2", "candidate") and tessera.route is None

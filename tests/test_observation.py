@@ -23,6 +23,20 @@ def payload_logs_on() -> Iterator[None]:
     observation.uninstall()
 
 
+async def test_a_stopping_server_switches_its_own_hooks_off_and_leaves_anothers(tmp_path: Path) -> None:
+    from server.observability import ObservabilitySidePaths
+
+    logs_alone = ObservabilitySidePaths(None, RequestLog(str(tmp_path / "requests.jsonl")), None)
+    logs_alone.start()
+    assert observation.REQUEST_LOG is logs_alone.request_log and observation.ACTIVE is None
+    await logs_alone.stop()
+    assert observation.REQUEST_LOG is None
+    other = Observability(payload_log=True)
+    observation.install(other)
+    observation.uninstall(Observability(payload_log=True))  # not the one installed
+    assert observation.ACTIVE is other
+
+
 def test_request_logs_alone_observe_nothing(tmp_path: Path) -> None:
     # A line is made from what the request returns: no observation, no hook beyond the transports' own.
     log = RequestLog(str(tmp_path / "requests.jsonl"))

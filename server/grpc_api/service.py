@@ -89,7 +89,9 @@ class InferStream:
         self._creds = _creds(context)
         self._share = QueueShare(queue_share)
         self._metadata = context.invocation_metadata() if observation.ACTIVE is not None else None
-        self._traceparent = observation.grpc_traceparent(context.invocation_metadata())  # for the request log
+        # The caller's traceparent, for the request log's lines of messages that are not observed.
+        self._traceparent = observation.grpc_traceparent(context.invocation_metadata()) \
+            if observation.REQUEST_LOG is not None else None
         self._writing = asyncio.Lock()  # grpc.aio's context takes one write at a time; ours waits for the peer
 
     async def answer(self, raw: bytes) -> None:
@@ -137,7 +139,7 @@ class InferenceService:
         id: the observed request's, else the caller's `traceparent`)."""
         log = observation.REQUEST_LOG
         start = time.perf_counter_ns() if log is not None else 0
-        logged = traceparent if observed is None else observed.trace_id  # the log line's trace id, from this
+        trace = traceparent if observed is None else observed.trace_id  # what the log line's trace id is made of
         limits = self._limits
         small = len(raw) < limits.off_loop_bytes  # the usual case: no thread hop, and no awaits for it
         msg: pb.ModelInferRequest | None = None
@@ -159,11 +161,11 @@ class InferenceService:
                        else await limits.off_loop(size, encode_infer_response, response))
         except Exception as exc:  # mapped to a status by the server; logged here, where its figures are
             if log is not None:
-                log.failed(start, msg.id if msg is not None else "", logged, msg.model_name if msg is not None else "",
+                log.failed(start, msg.id if msg is not None else "", trace, msg.model_name if msg is not None else "",
                            exc, principal.name if principal is not None else None, creds, "grpc")
             raise
         if log is not None:
-            log.served(start, msg.id, logged, response, "grpc")
+            log.served(start, msg.id, trace, response, "grpc")
         return encoded
 
     async def server_live(self, request: pb.ServerLiveRequest, context: Ctx) -> pb.ServerLiveResponse:

@@ -40,7 +40,7 @@ SHADOW_QUEUE_SIZE = 256
 SHADOW_TIMEOUT_US = 5_000_000
 SHADOW_DRAIN_INTERVAL_S = 0.02
 
-# (feeds, rows, stable outputs, the copied request's observation when observability is on)
+# (feeds, rows, stable outputs, the copied request's observation when tracing or payload logging is on)
 _Copy = tuple[dict[str, Tensor], int, dict[str, Tensor], RequestObservation | None]
 # Resolves a candidate version to (its batcher's submit function, its max_batch_size) when copies run.
 Submitter = Callable[[int], tuple[Callable[..., Awaitable[Result]], int]]

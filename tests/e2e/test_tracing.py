@@ -233,6 +233,24 @@ def test_a_caller_that_did_not_sample_its_trace_gets_no_spans(traced_server: Any
     assert not otlp_receiver.of_trace(trace_id)
 
 
+def test_a_request_log_line_names_the_trace_a_traced_request_got(otlp_receiver: Receiver, server_factory: Any,
+                                                                 tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", otlp_receiver.url)
+    make_models.make_tabular(tmp_path)
+    log = tmp_path / "requests.jsonl"
+    server = server_factory(tmp_path, tracing_enabled=True, trace_sample_ratio=1.0, drift_enabled=False,
+                            request_log=str(log))
+    _, headers = _http_infer(server.http_url, {})  # no caller trace: Tessera starts one
+    started = parse_traceparent(headers["traceparent"])
+    assert started is not None
+    deadline = time.monotonic() + 20
+    while not (log.exists() and log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [line] = [orjson.loads(text) for text in log.read_text().splitlines()]
+    assert line["trace_id"] == f"{started.trace_id:032x}" and line["status"] == 200
+
+
 def test_a_shadow_copy_is_a_span_of_its_own_linked_to_the_request_it_copies(
         otlp_receiver: Receiver, server_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", otlp_receiver.url)

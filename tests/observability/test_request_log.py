@@ -39,22 +39,26 @@ def _lines(path: Path, count: int) -> list[dict[str, Any]]:
 
 
 def _infer(server: Any) -> None:
+    """Two requests that succeed (gRPC and HTTP, each with the caller's traceparent), one for a model that
+    does not exist and one that fails after it was routed (an unknown output), neither with a traceparent."""
     x = np.full((3, 8), MARKER, np.float32)
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
         item = grpcclient.InferInput("features", [3, 8], "FP32")
         item.set_data_from_numpy(x)
-        client.infer("tabular", [item], request_id="grpc-1")
+        client.infer("tabular", [item], request_id="grpc-1", headers={"traceparent": CALLER_TRACE})
     client = HttpClient(server.http_url)
     item = httpclient.InferInput("features", [3, 8], "FP32")
     item.set_data_from_numpy(x)
-    client.infer("tabular", [item], request_id="http-1")
-    failed = ""
-    try:  # not pytest.raises: a kept traceback would keep the client for the collector of another thread
-        client.infer("no_such_model", [item], request_id="missing")
-    except InferenceServerException as exc:
-        failed = str(exc)
+    client.infer("tabular", [item], request_id="http-1", headers={"traceparent": CALLER_TRACE})
+    failed = []
+    for model, request_id, outputs in (("no_such_model", "missing", None),
+                                       ("tabular", "no-output", [httpclient.InferRequestedOutput("nope")])):
+        try:  # not pytest.raises: a kept traceback would keep the client for the collector of another thread
+            client.infer(model, [item], request_id=request_id, outputs=outputs)
+        except InferenceServerException as exc:
+            failed.append(str(exc))
     client.close()
-    assert "no_such_model" in failed
+    assert "no_such_model" in failed[0] and "unknown output 'nope'" in failed[1]
 
 
 def test_each_request_is_one_json_line_with_its_figures_and_no_tensor_contents(
@@ -62,11 +66,11 @@ def test_each_request_is_one_json_line_with_its_figures_and_no_tensor_contents(
     log = tmp_path / "requests.jsonl"
     server = server_factory(sample_repository, request_log=str(log), drift_enabled=False)
     _infer(server)
-    lines = _lines(log, 3)
-    assert len(lines) == 3
+    lines = _lines(log, 4)
+    assert len(lines) == 4
     assert all(list(line) == list(FIELDS) for line in lines)
     by_id = {line["request_id"]: line for line in lines}
-    grpc_line, http_line, error = by_id["grpc-1"], by_id["http-1"], by_id["missing"]
+    grpc_line, http_line, error, routed = by_id["grpc-1"], by_id["http-1"], by_id["missing"], by_id["no-output"]
     assert (grpc_line["protocol"], http_line["protocol"]) == ("grpc", "http")
     for line in (grpc_line, http_line):
         assert line["model"] == "tabular" and line["version"] == "1" and line["routing"] == "pinned"
@@ -74,11 +78,15 @@ def test_each_request_is_one_json_line_with_its_figures_and_no_tensor_contents(
         assert line["batch_size"] >= 3 and line["batch_requests"] >= 1
         assert line["e2e_ms"] >= line["queue_ms"] >= 0 and line["compute_ms"] > 0
         assert line["time"].endswith("Z") and line["caller"] == "anonymous"  # auth is off: the open principal
-        assert line["trace_id"] == ""  # tracing is off and the caller sent no traceparent
+        assert line["trace_id"] == "ab" * 16  # tracing is off: the caller's trace
     assert error["status"] == 404 and error["error"] == "ModelNotFound" and "no_such_model" in error["reason"]
     # Authorized (auth is off: the open principal) before the model was looked up; a refused caller is
     # described by what it presented (test_the_caller_is_the_authorized_principal_and_...).
     assert error["model"] == "no_such_model" and error["caller"] == "anonymous" and error["version"] == ""
+    assert error["trace_id"] == "" and error["rows"] == 0 and error["batch_size"] == 0
+    # Failed after it was routed: the line names the version and routing it had been given.
+    assert (routed["status"], routed["error"], routed["version"], routed["routing"]) == (400, "InvalidInput", "1",
+                                                                                         "pinned")
     assert str(MARKER) not in log.read_text() and "12345" not in log.read_text()
 
 
@@ -111,8 +119,8 @@ def test_errors_are_logged_whatever_the_sampling(tmp_path: Path, server_factory:
                             drift_enabled=False)
     _infer(server)
     time.sleep(0.5)
-    lines = _lines(log, 1)
-    assert [line["request_id"] for line in lines] == ["missing"]
+    lines = _lines(log, 2)
+    assert sorted(line["request_id"] for line in lines) == ["missing", "no-output"]
 
 
 CALLER_TRACE = f"00-{'ab' * 16}-{'cd' * 8}-01"
@@ -247,6 +255,7 @@ def test_the_caller_is_the_authorized_principal_and_a_refusal_is_logged_without_
     [refusal] = [line for line in lines if line["status"] == 401]
     assert ok["caller"] == "alice" and ok["request_id"] == "ok"
     assert refusal["error"] == "Unauthenticated"  # refused by the transport, before the dataplane
+    assert refusal["request_id"] == "refused" and refusal["caller"].startswith("token:")  # described, not named
     assert "wrong" not in log.read_text() and "alice-secret" not in log.read_text()
 
 
