@@ -277,10 +277,7 @@ def grpc_traceparent(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
 def begin_http(raw_headers: Sequence[tuple[bytes, bytes]]) -> RequestObservation | None:
     """Start observing an HTTP request from its ASGI headers (call only when ACTIVE is not None); None when
     it is not observed. `tracestate` is looked for only beside a `traceparent`."""
-    traceparent = None
-    for key, value in raw_headers:  # http_traceparent's scan, inline: this runs for every request
-        if key == _TRACEPARENT_BYTES:
-            traceparent = value
+    traceparent = http_traceparent(raw_headers)
     if traceparent is None:
         return _begin("http", None, None)
     # W3C: several tracestate fields are one list, in order.
