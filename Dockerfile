@@ -6,6 +6,22 @@
 # Run:
 #   docker run -p 8000:8000 -p 8001:8001 -v $PWD/model_repository:/models tessera
 ARG BASE_IMAGE=python:3.11-slim
+
+# The wheel, its request path compiled with mypyc (setup.py): the C compiler stays in this stage. Built on the
+# same base as the image, so the extension modules match its Python.
+FROM ${BASE_IMAGE} AS wheel
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && \
+    if ! command -v python3 >/dev/null 2>&1; then \
+      apt-get install -y --no-install-recommends python3 python3-venv python3-dev; \
+    fi && rm -rf /var/lib/apt/lists/* && python3 -m venv /opt/build
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY protos ./protos
+COPY server ./server
+COPY loadtests ./loadtests
+RUN /opt/build/bin/pip install --no-cache-dir --upgrade pip && \
+    /opt/build/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
 FROM ${BASE_IMAGE}
 
 ARG RUNTIME=cpu
@@ -19,13 +35,8 @@ RUN if ! command -v python3 >/dev/null 2>&1; then \
     fi && python3 -m venv /opt/tessera
 ENV PATH=/opt/tessera/bin:$PATH
 
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY protos ./protos
-COPY server ./server
-COPY loadtests ./loadtests
-RUN pip install --upgrade pip && pip install ".[${RUNTIME}]" && rm -rf /src
-
+COPY --from=wheel /wheels /wheels
+RUN pip install --upgrade pip && pip install "$(ls /wheels/tessera-*.whl)[${RUNTIME}]" && rm -rf /wheels
 COPY model_repository /models
 # uid/gid 10001 as deploy/ runs it; state (audit trail, repository cache) under /var/lib/tessera, which
 # Kubernetes mounts as an emptyDir beside a read-only root filesystem.

@@ -16,6 +16,7 @@ import uvicorn
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from . import compiled
 from .admission import Admission
 from .audit import AuditLog
 from .auth import Authorizer
@@ -151,8 +152,9 @@ class App:
         await self._start_http()
         self.file_watcher.start()
         ready = [e for e in self.manager.index() if e.state == "READY"]
-        logger.info("tessera listening: gRPC %s:%d, HTTP %s:%d; READY: %s", s.host, self.grpc_port, s.host,
-                    self.http_port, ", ".join(f"{e.name}/{e.version}" for e in ready) or "none")
+        logger.info("tessera listening: gRPC %s:%d, HTTP %s:%d; READY: %s; request path: %s", s.host, self.grpc_port,
+                    s.host, self.http_port, ", ".join(f"{e.name}/{e.version}" for e in ready) or "none",
+                    compiled.state())
 
     async def _start_grpc(self) -> None:
         s = self.settings

@@ -256,35 +256,33 @@ class DataPlane:
         """Check `admin`, run `operation(actor)` and write the audit line with its outcome."""
         principal = self.authorize(creds, Scope.ADMIN, action, model)
         outcome, reason = "ok", ""
+        failure: BaseException | None = None
         try:
             if not self._admin_enabled:
                 raise Unsupported("the admin API (repository load/unload, rollout control) is disabled on this "
                                   "server (start it with --allow-repository-admin true)")
-            return await operation(principal.name)
-        except Exception as exc:
-            outcome = exc.reason if isinstance(exc, TesseraError) else "error"
-            reason = exc.message if isinstance(exc, TesseraError) else "internal error"
-            raise
-        except BaseException:
-            outcome = "cancelled"
-            raise
-        finally:
-            if self._audit is not None:
-                await self._audit.write("admin", model, actor=principal.name, reason=reason, action=action,
-                                        identity=principal.name, source=creds.peer, outcome=outcome)
+            result = await operation(principal.name)
+        except BaseException as exc:  # written to the audit trail below, then raised again
+            failure = exc
+            if isinstance(exc, TesseraError):
+                outcome, reason = exc.reason, exc.message
+            else:
+                outcome, reason = ("error", "internal error") if isinstance(exc, Exception) else ("cancelled", "")
+        # Not from a `finally`: compiled by mypyc, an await there lost the exception it was to raise again.
+        if self._audit is not None:
+            await self._audit.write("admin", model, actor=principal.name, reason=reason, action=action,
+                                    identity=principal.name, source=creds.peer, outcome=outcome)
+        if failure is not None:
+            raise failure
+        return result
 
     async def load_model(self, name: str, config_json: str | None = None,
                          files: dict[str, bytes] | None = None, creds: Credentials = ANONYMOUS) -> None:
-        async def load(actor: str) -> None:
-            await self._repository_admin.load(name, config_json=config_json, files=files or {})
-
-        await self._admin(creds, "load", check_model_name(name), load)
+        await self._admin(creds, "load", check_model_name(name),
+                          lambda actor: self._repository_admin.load(name, config_json=config_json, files=files or {}))
 
     async def unload_model(self, name: str, creds: Credentials = ANONYMOUS) -> None:
-        async def unload(actor: str) -> None:
-            await self._repository_admin.unload(name)
-
-        await self._admin(creds, "unload", check_model_name(name), unload)
+        await self._admin(creds, "unload", check_model_name(name), lambda actor: self._repository_admin.unload(name))
 
     # -- rollouts ------------------------------------------------------------------------------
     def _controller(self) -> RolloutController:

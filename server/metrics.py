@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mypy_extensions import mypyc_attr
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -189,6 +190,7 @@ def mark_worker_dead(directory: Path, pid: int) -> None:
     multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
 
 
+@mypyc_attr(native_class=False)  # the registry's weak references need a plain class
 class _FlushFirst:
     """A collector with no metrics of its own: collecting it runs a flush."""
 

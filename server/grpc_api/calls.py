@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections import deque
-from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import grpc
@@ -85,9 +84,9 @@ class Call:
         """DATA for this call (the protocol acknowledges nothing; the call decides when)."""
         try:
             bodies = [self._inflate(compressed, body) for compressed, body in self.reader.feed(data)]
-        except MessageTooLarge as exc:
+        except MessageTooLarge as too_large:  # one name per handler: mypyc types a name by its first binding
             self.sink.acknowledge(self.stream_id, len(data))
-            self.finish(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            self.finish(grpc.StatusCode.RESOURCE_EXHAUSTED, str(too_large))
             return
         except ValueError as exc:
             self.sink.acknowledge(self.stream_id, len(data))
@@ -227,8 +226,8 @@ class Call:
             body = response.SerializeToString()
         except asyncio.CancelledError:
             return  # reset or deadline: whoever cancelled has answered
-        except AbortError as exc:
-            self.finish(exc.code, exc.details)
+        except AbortError as abort:
+            self.finish(abort.code, abort.details)
             return
         except Exception as exc:
             self.finish(*failure(exc, self.context))
@@ -255,7 +254,7 @@ class Call:
         await self._guard(self._respond(self.rpc.handler(request, self.context)))
 
     async def _run_stream(self) -> None:
-        await self._guard(self._respond(self.rpc.handler(self._read_requests(), self.context)))
+        await self._guard(self._respond(self.rpc.handler(_RequestMessages(self), self.context)))
 
     async def _respond(self, result: Any) -> None:
         """A streaming handler's answers: what it yields, or (a coroutine) what it passes to context.write."""
@@ -270,28 +269,29 @@ class Call:
             await body
         except asyncio.CancelledError:
             return
-        except AbortError as exc:
-            self.finish(exc.code, exc.details)
+        except AbortError as abort:
+            self.finish(abort.code, abort.details)
         except Exception as exc:
             self.finish(*failure(exc, self.context))
         else:
             self.finish(grpc.StatusCode.OK, "")
 
-    async def _read_requests(self) -> AsyncIterator[Any]:
+    async def next_request(self) -> Any:
+        """A streaming handler's next request message as it arrives; StopAsyncIteration after the last."""
         assert self._requests is not None
-        while True:
-            self.blocked_on_peer = True
-            try:
-                body = await self._requests.get()
-            finally:
-                self.blocked_on_peer = False
-            if body is None:
-                return
-            self._held -= len(body)
-            if self._unacked and self._held <= self.held_limit:
-                self.sink.acknowledge(self.stream_id, self._unacked)
-                self._unacked = 0
-            yield self.rpc.parse(body)
+        self.blocked_on_peer = True
+        try:
+            body = await self._requests.get()
+        finally:
+            self.blocked_on_peer = False
+        if body is None:
+            self._requests.put_nowait(None)  # the end stays the end, however often it is asked for
+            raise StopAsyncIteration
+        self._held -= len(body)
+        if self._unacked and self._held <= self.held_limit:
+            self.sink.acknowledge(self.stream_id, self._unacked)
+            self._unacked = 0
+        return self.rpc.parse(body)
 
     async def write(self, message: Any) -> None:
         """One response message (or its serialized bytes) of a streaming call; waits while the peer is not
@@ -356,6 +356,22 @@ class Call:
         if self._unacked:
             self.sink.acknowledge(self.stream_id, self._unacked)
             self._unacked = 0
+
+
+class _RequestMessages:
+    """The request messages a streaming handler iterates over (a class, not an async generator: mypyc
+    compiles this module, and it compiles no async generators)."""
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: Call) -> None:
+        self._call = call
+
+    def __aiter__(self) -> _RequestMessages:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self._call.next_request()
 
 
 def _encoded(metadata: Any) -> list[tuple[bytes, bytes]]:

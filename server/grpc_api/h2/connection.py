@@ -123,10 +123,10 @@ class H2Connection:
             for kind, flags, stream_id, payload in frames:
                 try:
                     self._on_frame(kind, flags, stream_id, payload, events)
-                except _StreamError as exc:  # RST_STREAM even for a stream we do not hold
-                    self._drop(exc.stream_id)
-                    self._out.append(f.rst_stream_frame(exc.stream_id, exc.code))
-                    events.append(StreamReset(exc.stream_id, exc.code, False))
+                except _StreamError as reset:  # RST_STREAM even for a stream we do not hold
+                    self._drop(reset.stream_id)
+                    self._out.append(f.rst_stream_frame(reset.stream_id, reset.code))
+                    events.append(StreamReset(reset.stream_id, reset.code, False))
             if oversized:
                 self.counters["max_frame_bytes"] += 1
                 raise _ConnectionError(f.FRAME_SIZE_ERROR, "frame larger than SETTINGS_MAX_FRAME_SIZE")

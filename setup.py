@@ -1,0 +1,39 @@
+"""Compiles the request path (server/compiled.py lists its modules) to C extensions with mypyc.
+
+`TESSERA_PURE_PYTHON=1 pip install ...` installs the same code interpreted, with no C compiler needed.
+Everything else about the package is in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).resolve().parent
+compiled = runpy.run_path(str(ROOT / "server" / "compiled.py"))
+MODULES: tuple[str, ...] = compiled["MODULES"]
+
+
+def _extensions() -> list[object]:
+    manifest = ROOT / "server" / compiled["SOURCES_FILE"]
+    # A module that left the list must not leave its old build behind (Python would import it).
+    for stale in (ROOT / "server").rglob("*.so"):
+        stale.unlink()
+    manifest.unlink(missing_ok=True)
+    if os.environ.get(compiled["PURE_PYTHON_ENV"]):
+        return []
+    from mypyc.build import mypycify
+
+    manifest.write_text(json.dumps(compiled["source_hashes"](MODULES), indent=1) + "\n")
+    paths = [str(Path(*module.split(".")).with_suffix(".py")) for module in MODULES]
+    # Its own mypy settings: the build environment lacks the type stubs of our dependencies, which are then
+    # Any; `mypy --strict` in CI is what checks the types.
+    return mypycify(["--config-file", os.devnull, "--ignore-missing-imports", "--follow-imports=silent",
+                     *paths], opt_level="3", debug_level="0", group_name="tessera")
+
+
+setup(ext_modules=_extensions())
