@@ -12,7 +12,10 @@ ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE} AS wheel
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && \
     if ! command -v python3 >/dev/null 2>&1; then \
-      apt-get install -y --no-install-recommends python3 python3-venv python3-dev; \
+      apt-get install -y --no-install-recommends python3 python3-venv; \
+    fi && \
+    if ! python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then \
+      apt-get install -y --no-install-recommends python3-dev; \
     fi && rm -rf /var/lib/apt/lists/* && python3 -m venv /opt/build
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./

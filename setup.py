@@ -6,7 +6,6 @@ Everything else about the package is in pyproject.toml.
 
 from __future__ import annotations
 
-import json
 import os
 import runpy
 from pathlib import Path
@@ -28,12 +27,13 @@ def _extensions() -> list[object]:
         return []
     from mypyc.build import mypycify
 
-    manifest.write_text(json.dumps(compiled["source_hashes"](MODULES), indent=1) + "\n")
+    manifest.write_text(compiled["manifest_text"](MODULES, ROOT))
     paths = [str(Path(*module.split(".")).with_suffix(".py")) for module in MODULES]
     # Its own mypy settings: the build environment lacks the type stubs of our dependencies, which are then
     # Any; `mypy --strict` in CI is what checks the types.
     return mypycify(["--config-file", os.devnull, "--ignore-missing-imports", "--follow-imports=silent",
-                     *paths], opt_level="3", debug_level="0", group_name="tessera")
+                     "--cache-dir", str(Path("build") / "mypyc-cache"), *paths],
+                    opt_level="3", debug_level="0", group_name="tessera")
 
 
 setup(ext_modules=_extensions())

@@ -5,10 +5,11 @@ was most of a small request's CPU (BENCHMARKS.md, "The request path compiled wit
 the source and the fallback: installed or run with TESSERA_PURE_PYTHON=1, Tessera runs them interpreted.
 
 Python imports an extension module in preference to the .py beside it, so a source edited or checked out
-after the build would silently run its old build. The build records each source's hash (SOURCES_FILE);
-`use_fresh_code`, called as the `server` package is imported, compares them, and when any differs (or
-TESSERA_PURE_PYTHON is set) every module of the list is imported from its source. All or none: compiled
-modules call one another directly, not through their Python modules.
+after the build would silently run its old build. The build records the hash of every source of the package
+(SOURCES_FILE: a compiled module also depends on the types of what it imports); `use_fresh_code`, called as
+the `server` package is imported, compares them, and when any differs, a module is built that is not listed
+(or the reverse), or TESSERA_PURE_PYTHON is set, every module of the package is imported from its source.
+All or none: compiled modules call one another directly, not through their Python modules.
 
 Standard library only: setup.py runs this file before any dependency is installed.
 """
@@ -27,8 +28,8 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["MODULES", "PURE_PYTHON_ENV", "SOURCES_FILE", "SourceFirst", "interpreted_because", "source_hashes",
-           "state", "use_fresh_code"]
+__all__ = ["MODULES", "PURE_PYTHON_ENV", "SOURCES_FILE", "SourceFirst", "interpreted_because", "manifest_text",
+           "source_hashes", "state", "use_fresh_code"]
 
 MODULES = (
     # gRPC: HTTP/2 framing, calls, the service
@@ -76,7 +77,8 @@ MODULES = (
 
 PURE_PYTHON_ENV = "TESSERA_PURE_PYTHON"
 SOURCES_FILE = "_compiled_sources.json"
-"""Beside this file: module -> sha256 of the source each compiled module was built from (written by setup.py)."""
+"""Beside this file, written by setup.py: the modules compiled, and the sha256 of every source of the package
+they were built with."""
 
 _ROOT = Path(__file__).resolve().parent.parent  # the directory that holds `server/`
 _reason = "not compiled"
@@ -86,26 +88,46 @@ def _source(root: Path, module: str) -> Path:
     return root.joinpath(*module.split(".")).with_suffix(".py")
 
 
-def _built(root: Path, module: str) -> bool:
-    source = _source(root, module)
-    return any(source.with_suffix(suffix).exists() for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+def _builds(root: Path, package: str) -> dict[str, Path]:
+    """module -> its extension module file, for every one built under `root/package`."""
+    found: dict[str, Path] = {}
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:  # the most specific first: ".cpython-311-...so", ".so"
+        for path in (root / package).rglob(f"*{suffix}"):
+            if path not in found.values():
+                found[path.relative_to(root).as_posix()[: -len(suffix)].replace("/", ".")] = path
+    return found
 
 
-def source_hashes(modules: Sequence[str] = MODULES, root: Path = _ROOT) -> dict[str, str]:
-    """Each module's source, hashed."""
-    return {module: hashlib.sha256(_source(root, module).read_bytes()).hexdigest() for module in modules}
+def source_hashes(root: Path = _ROOT, package: str = "server") -> dict[str, str]:
+    """Every source of the package, hashed: a compiled module depends on the types of what it imports too."""
+    return {path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted((root / package).rglob("*.py"))}
 
 
-def interpreted_because(root: Path, modules: Sequence[str], manifest: Path, environ: Mapping[str, str]) -> str:
-    """Why `modules` (under `root`) must run from their sources: "" when their compiled build may run."""
-    if not any(_built(root, module) for module in modules):
+def manifest_text(modules: Sequence[str], root: Path = _ROOT, package: str = "server") -> str:
+    """What setup.py writes beside this file as it builds `modules`."""
+    return json.dumps({"modules": sorted(modules), "sources": source_hashes(root, package)}, indent=1) + "\n"
+
+
+def interpreted_because(root: Path, modules: Sequence[str], manifest: Path, environ: Mapping[str, str],
+                        package: str = "server") -> str:
+    """Why the package's modules (under `root`) must run from their sources: "" when its compiled build may run."""
+    builds = _builds(root, package)
+    if not builds:
         return "not compiled"
     if environ.get(PURE_PYTHON_ENV):
         return f"{PURE_PYTHON_ENV} is set"
-    if not all(_built(root, module) for module in modules) or not manifest.exists():
+    if unlisted := sorted(set(builds) - set(modules)):
+        return f"{unlisted[0]} has a build but is not to be compiled (run ./.ci/setup to compile again)"
+    try:
+        built = json.loads(manifest.read_text())
+        built_modules, built_from = built["modules"], built["sources"]
+    except (OSError, ValueError, KeyError, TypeError):
+        built_modules, built_from = None, {}
+    if set(builds) != set(modules) or built_modules != sorted(modules):
         return "the compiled build is incomplete (run ./.ci/setup, or reinstall the package)"
-    built_from = json.loads(manifest.read_text())
-    changed = [module for module, digest in source_hashes(modules, root).items() if built_from.get(module) != digest]
+    now = source_hashes(root, package)
+    changed = sorted(path for path in now.keys() | built_from.keys() if now.get(path) != built_from.get(path))
     if changed:
         more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
         return f"{changed[0]}{more} changed since the build (run ./.ci/setup to compile again)"
@@ -113,25 +135,26 @@ def interpreted_because(root: Path, modules: Sequence[str], manifest: Path, envi
 
 
 class SourceFirst(importlib.abc.MetaPathFinder):
-    """Imports `modules` (under `root`) from their .py files, whatever is built beside them."""
+    """Imports every module of `package` (under `root`) from its .py file, whatever is built beside it."""
 
-    def __init__(self, root: Path, modules: Sequence[str]) -> None:
+    def __init__(self, root: Path, package: str) -> None:
         self._root = root
-        self._names = frozenset(modules)
+        self._prefix = package + "."
 
     def find_spec(self, fullname: str, path: Sequence[str] | None,
                   target: ModuleType | None = None) -> ModuleSpec | None:
-        if fullname not in self._names:
-            return None
-        return importlib.util.spec_from_file_location(fullname, _source(self._root, fullname))
+        source = _source(self._root, fullname)
+        if not fullname.startswith(self._prefix) or not source.is_file():
+            return None  # not ours, or a package (its __init__.py is imported as usual)
+        return importlib.util.spec_from_file_location(fullname, source)
 
 
 def use_fresh_code() -> None:
-    """Import MODULES from their sources unless every compiled module was built from the source beside it."""
+    """Import the package from its sources unless its compiled build was made from exactly these sources."""
     global _reason
     _reason = interpreted_because(_ROOT, MODULES, Path(__file__).with_name(SOURCES_FILE), os.environ)
     if _reason and _reason != "not compiled" and not any(isinstance(f, SourceFirst) for f in sys.meta_path):
-        sys.meta_path.insert(0, SourceFirst(_ROOT, MODULES))
+        sys.meta_path.insert(0, SourceFirst(_ROOT, "server"))
 
 
 def state() -> str:

@@ -270,8 +270,11 @@ class DataPlane:
                 outcome, reason = ("error", "internal error") if isinstance(exc, Exception) else ("cancelled", "")
         # Not from a `finally`: compiled by mypyc, an await there lost the exception it was to raise again.
         if self._audit is not None:
-            await self._audit.write("admin", model, actor=principal.name, reason=reason, action=action,
-                                    identity=principal.name, source=creds.peer, outcome=outcome)
+            try:
+                await self._audit.write("admin", model, actor=principal.name, reason=reason, action=action,
+                                        identity=principal.name, source=creds.peer, outcome=outcome)
+            except Exception as audit_failed:
+                raise audit_failed from failure  # the operation's own failure stays on the record
         if failure is not None:
             raise failure
         return result

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.machinery
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from server import compiled
-from server.compiled import PURE_PYTHON_ENV, SourceFirst, interpreted_because, source_hashes
+from server.compiled import PURE_PYTHON_ENV, SourceFirst, interpreted_because, manifest_text
 
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 MODULES = ("pkg.fast", "pkg.sub.faster")
@@ -28,45 +28,64 @@ def _tree(root: Path, *, build: bool = True) -> Path:
         if build:
             source.with_suffix(SUFFIX).write_bytes(b"not an extension module")
     manifest = root / "pkg" / "built_from.json"
-    manifest.write_text(json.dumps(source_hashes(MODULES, root)))
+    manifest.write_text(manifest_text(MODULES, root, "pkg"))
     return manifest
+
+
+def _why(root: Path, manifest: Path, environ: dict[str, str] | None = None) -> str:
+    return interpreted_because(root, MODULES, manifest, environ or {}, "pkg")
 
 
 def test_a_build_from_the_sources_beside_it_runs(tmp_path: Path) -> None:
     manifest = _tree(tmp_path)
-    assert interpreted_because(tmp_path, MODULES, manifest, {}) == ""
+    assert _why(tmp_path, manifest) == ""
 
 
 def test_no_build_is_interpreted_and_says_so(tmp_path: Path) -> None:
     manifest = _tree(tmp_path, build=False)
-    assert interpreted_because(tmp_path, MODULES, manifest, {}) == "not compiled"
+    assert _why(tmp_path, manifest) == "not compiled"
 
 
 def test_an_edited_source_sends_every_module_to_its_source(tmp_path: Path) -> None:
     manifest = _tree(tmp_path)
     tmp_path.joinpath("pkg", "sub", "faster.py").write_text("WHERE = 'edited'\n")
-    reason = interpreted_because(tmp_path, MODULES, manifest, {})
-    assert reason == "pkg.sub.faster changed since the build (run ./.ci/setup to compile again)"
+    reason = _why(tmp_path, manifest)
+    assert reason == "pkg/sub/faster.py changed since the build (run ./.ci/setup to compile again)"
 
 
-@pytest.mark.parametrize("damage", ["no-manifest", "a-build-missing"])
+def test_a_source_the_compiled_modules_import_counts_too(tmp_path: Path) -> None:
+    manifest = _tree(tmp_path)
+    tmp_path.joinpath("pkg", "types_they_use.py").write_text("Rows = int\n")  # not compiled, but typed against
+    assert _why(tmp_path, manifest).startswith("pkg/types_they_use.py changed since the build")
+
+
+def test_a_build_of_a_module_no_longer_listed_is_not_run(tmp_path: Path) -> None:
+    manifest = _tree(tmp_path)
+    tmp_path.joinpath("pkg", "dropped.py").write_text("WHERE = 'source'\n")
+    tmp_path.joinpath("pkg", "dropped").with_suffix(SUFFIX).write_bytes(b"an old build")
+    assert _why(tmp_path, manifest).startswith("pkg.dropped has a build but is not to be compiled")
+
+
+@pytest.mark.parametrize("damage", ["no-manifest", "unreadable-manifest", "a-build-missing"])
 def test_an_incomplete_build_is_not_run(tmp_path: Path, damage: str) -> None:
     manifest = _tree(tmp_path)
     if damage == "no-manifest":
         manifest.unlink()
+    elif damage == "unreadable-manifest":
+        manifest.write_text("{not json")
     else:
         tmp_path.joinpath("pkg", "fast").with_suffix(SUFFIX).unlink()
-    assert interpreted_because(tmp_path, MODULES, manifest, {}).startswith("the compiled build is incomplete")
+    assert _why(tmp_path, manifest).startswith("the compiled build is incomplete")
 
 
 def test_the_environment_variable_turns_the_build_off(tmp_path: Path) -> None:
     manifest = _tree(tmp_path)
-    assert interpreted_because(tmp_path, MODULES, manifest, {PURE_PYTHON_ENV: "1"}) == f"{PURE_PYTHON_ENV} is set"
+    assert _why(tmp_path, manifest, {PURE_PYTHON_ENV: "1"}) == f"{PURE_PYTHON_ENV} is set"
 
 
 def test_the_finder_imports_the_listed_modules_from_their_sources(tmp_path: Path) -> None:
     _tree(tmp_path)
-    finder = f"sys.meta_path.insert(0, SourceFirst(Path({str(tmp_path)!r}), {MODULES!r})); "
+    finder = f"sys.meta_path.insert(0, SourceFirst(Path({str(tmp_path)!r}), 'pkg')); "
 
     def run(with_finder: bool) -> subprocess.CompletedProcess[str]:
         script = (f"import sys; from pathlib import Path; from server.compiled import SourceFirst; "
@@ -79,8 +98,11 @@ def test_the_finder_imports_the_listed_modules_from_their_sources(tmp_path: Path
     assert without.returncode != 0 and "ImportError" in without.stderr
 
 
-def test_the_finder_leaves_other_modules_alone(tmp_path: Path) -> None:
-    assert SourceFirst(tmp_path, MODULES).find_spec("pkg.other", None) is None
+def test_the_finder_leaves_other_packages_and_package_inits_alone(tmp_path: Path) -> None:
+    _tree(tmp_path)
+    finder = SourceFirst(tmp_path, "pkg")
+    assert finder.find_spec("elsewhere.fast", None) is None
+    assert finder.find_spec("pkg.sub", None) is None  # a package: imported as usual, from its __init__.py
 
 
 def test_the_server_runs_its_sources_when_told_to() -> None:
@@ -95,3 +117,67 @@ def test_the_server_runs_its_sources_when_told_to() -> None:
 def test_every_listed_module_exists() -> None:
     root = Path(compiled.__file__).resolve().parent.parent
     assert all(root.joinpath(*m.split(".")).with_suffix(".py").exists() for m in compiled.MODULES)
+
+
+# mypyc re-raises "the exception being handled" from the thread's state, which an await that suspends in between
+# replaces: a failed explicit load answered OK (DataPlane._admin awaited its audit line in a `finally`). So in a
+# compiled module nothing awaits between catching an exception and raising it again; an `async with` (its exit
+# awaits __aexit__, then re-raises) is allowed only where __aexit__ never suspends.
+ASYNC_WITH_ALLOWED = {
+    ("server/grpc_api/service.py", "self._writing"): "an asyncio.Lock: its __aexit__ only releases",
+    ("server/drift/tap.py", "asyncio.timeout(self._seconds_to_deadline())"): "asyncio.timeout: __aexit__ never awaits",
+}
+
+
+def _awaits(node: ast.AST) -> bool:
+    return any(isinstance(n, (ast.Await, ast.AsyncFor, ast.AsyncWith)) for n in ast.walk(node))
+
+
+def test_no_compiled_module_awaits_while_an_exception_is_on_its_way_out() -> None:
+    root = Path(compiled.__file__).resolve().parent.parent
+    found = []
+    for module in compiled.MODULES:
+        path = root.joinpath(*module.split(".")).with_suffix(".py")
+        name = path.relative_to(root).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Try) and any(_awaits(stmt) for stmt in node.finalbody):
+                found.append(f"{name}:{node.lineno}: an await in `finally`")
+            if isinstance(node, ast.ExceptHandler):
+                awaited = False
+                for stmt in node.body:
+                    if awaited and any(isinstance(n, ast.Raise) and n.exc is None for n in ast.walk(stmt)):
+                        found.append(f"{name}:{stmt.lineno}: `raise` after an await in `except`")
+                    awaited = awaited or _awaits(stmt)
+            if isinstance(node, ast.AsyncWith):
+                for item in node.items:
+                    if (name, ast.unparse(item.context_expr)) not in ASYNC_WITH_ALLOWED:
+                        found.append(f"{name}:{node.lineno}: `async with {ast.unparse(item.context_expr)}`")
+    assert found == []
+
+
+def test_a_compiled_class_that_extends_a_librarys_class_stays_a_plain_class() -> None:
+    """pip builds in an environment without our dependencies, where their classes are Any: a compiled class
+    extending one is laid out as if it had no base (HeaderDecoder read hpack's table at a wrong offset and
+    spun). Such a class must be marked `mypyc_attr(native_class=False)`."""
+    root = Path(compiled.__file__).resolve().parent.parent
+    found = []
+    for module in compiled.MODULES:
+        path = root.joinpath(*module.split(".")).with_suffix(".py")
+        tree = ast.parse(path.read_text())
+        library: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                top = node.module.split(".")[0]
+                if top != "server" and top not in sys.stdlib_module_names:
+                    library.update(alias.asname or alias.name for alias in node.names)
+            elif isinstance(node, ast.Import):
+                library.update((a.asname or a.name).split(".")[0] for a in node.names
+                               if a.name.split(".")[0] not in sys.stdlib_module_names)
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            bases = [ast.unparse(b).split(".")[0].split("[")[0] for b in node.bases]
+            plain = any("native_class=False" in ast.unparse(d) for d in node.decorator_list)
+            if any(base in library for base in bases) and not plain:
+                found.append(f"{path.relative_to(root)}:{node.lineno}: {node.name}")
+    assert found == []

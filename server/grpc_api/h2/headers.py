@@ -13,6 +13,7 @@ from typing import cast
 
 import hpack
 from hpack.table import HeaderTable
+from mypy_extensions import mypyc_attr
 
 __all__ = ["HeaderDecoder", "Headers", "well_formed_request"]
 
@@ -22,6 +23,7 @@ _REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":path", b":authority"))
 _CACHE_ENTRIES = 64
 
 
+@mypyc_attr(native_class=False)  # a subclass of a library's class: compiled as a native class, it read garbage
 class _CountedTable(HeaderTable):
     """hpack's dynamic table, counting insertions (each one moves the indices of the entries)."""
 
