@@ -7,8 +7,8 @@
 #   docker run -p 8000:8000 -p 8001:8001 -v $PWD/model_repository:/models tessera
 ARG BASE_IMAGE=python:3.11-slim
 
-# The wheel, its request path compiled with mypyc (setup.py): the C compiler stays in this stage. Built on the
-# same base as the image, so the extension modules match its Python.
+# The wheel, built on the same base as the image (with TESSERA_COMPILE=1 its extension modules must match the
+# image's Python); the C compiler stays in this stage.
 FROM ${BASE_IMAGE} AS wheel
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && \
     if ! command -v python3 >/dev/null 2>&1; then \
@@ -22,8 +22,10 @@ COPY pyproject.toml setup.py README.md ./
 COPY protos ./protos
 COPY server ./server
 COPY loadtests ./loadtests
+# --build-arg TESSERA_COMPILE=1 compiles the request path (opt-in; README, "The compiled request path").
+ARG TESSERA_COMPILE=0
 RUN /opt/build/bin/pip install --no-cache-dir --upgrade pip && \
-    /opt/build/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+    TESSERA_COMPILE=${TESSERA_COMPILE} /opt/build/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM ${BASE_IMAGE}
 

@@ -1,7 +1,7 @@
-"""Compiles the request path (server/compiled.py lists its modules) to C extensions with mypyc.
+"""Compiles the request path (server/compiled.py lists its modules) to C extensions with mypyc, when asked.
 
-`TESSERA_PURE_PYTHON=1 pip install ...` installs the same code interpreted, with no C compiler needed.
-Everything else about the package is in pyproject.toml.
+Opt-in (`TESSERA_COMPILE=1 pip install ...`; README, "The compiled request path"): by default the package
+installs interpreted and needs no C compiler. Everything else about the package is in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ MODULES: tuple[str, ...] = compiled["MODULES"]
 def _extensions() -> list[object]:
     manifest = ROOT / "server" / compiled["SOURCES_FILE"]
     # A module that left the list must not leave its old build behind (Python would import it).
-    for stale in (ROOT / "server").rglob("*.so"):
+    for stale in [*(ROOT / "server").rglob("*.so"), *ROOT.glob("tessera__mypyc*.so")]:
         stale.unlink()
     manifest.unlink(missing_ok=True)
-    if os.environ.get(compiled["PURE_PYTHON_ENV"]):
+    if os.environ.get(compiled["COMPILE_ENV"]) != "1" or os.environ.get(compiled["PURE_PYTHON_ENV"]):
         return []
     from mypyc.build import mypycify
 

@@ -1,8 +1,9 @@
 """Which of Tessera's modules run compiled to C (mypyc), and the rule that keeps a stale build from running.
 
-setup.py compiles MODULES when the package is installed: the request path, where the interpreter's own work
-was most of a small request's CPU (BENCHMARKS.md, "The request path compiled with mypyc"). The .py files stay
-the source and the fallback: installed or run with TESSERA_PURE_PYTHON=1, Tessera runs them interpreted.
+setup.py compiles MODULES when the package is installed with TESSERA_COMPILE=1 (opt-in): the request path,
+where the interpreter's own work was most of a small request's CPU (BENCHMARKS.md, "The request path compiled
+with mypyc"). The .py files stay the source and the default: without it, or run with TESSERA_PURE_PYTHON=1,
+Tessera runs them interpreted.
 
 Python imports an extension module in preference to the .py beside it, so a source edited or checked out
 after the build would silently run its old build. The build records the hash of every source of the package
@@ -28,8 +29,8 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["MODULES", "PURE_PYTHON_ENV", "SOURCES_FILE", "SourceFirst", "interpreted_because", "manifest_text",
-           "source_hashes", "state", "use_fresh_code"]
+__all__ = ["COMPILE_ENV", "MODULES", "PURE_PYTHON_ENV", "SOURCES_FILE", "SourceFirst", "interpreted_because",
+           "manifest_text", "source_hashes", "state", "use_fresh_code"]
 
 MODULES = (
     # gRPC: HTTP/2 framing, calls, the service
@@ -75,6 +76,8 @@ MODULES = (
 """Not here, on purpose: server.errors (exceptions take attributes set from anywhere: `note_route`), server.auth
 (tests replace an Authorizer's method), and anything off the request path, where compiling buys nothing."""
 
+COMPILE_ENV = "TESSERA_COMPILE"
+"""=1 at install time compiles MODULES (opt-in: see README, "The compiled request path")."""
 PURE_PYTHON_ENV = "TESSERA_PURE_PYTHON"
 SOURCES_FILE = "_compiled_sources.json"
 """Beside this file, written by setup.py: the modules compiled, and the sha256 of every source of the package
