@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import ast
 import importlib.machinery
+import importlib.metadata
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -155,29 +158,47 @@ def test_no_compiled_module_awaits_while_an_exception_is_on_its_way_out() -> Non
     assert found == []
 
 
-def test_a_compiled_class_that_extends_a_librarys_class_stays_a_plain_class() -> None:
-    """pip builds in an environment without our dependencies, where their classes are Any: a compiled class
-    extending one is laid out as if it had no base (HeaderDecoder read hpack's table at a wrong offset and
-    spun). Such a class must be marked `mypyc_attr(native_class=False)`."""
+def _build_requirements(root: Path) -> set[str]:
+    requires = tomllib.loads((root / "pyproject.toml").read_text())["build-system"]["requires"]
+    return {re.split(r"[<>=!~\[ ;]", item, maxsplit=1)[0].lower() for item in requires}
+
+
+def test_a_compiled_class_that_extends_a_librarys_class_is_built_against_that_library() -> None:
+    """pip builds in an isolated environment, where a dependency that is not among the build requirements
+    is Any. mypyc compiles a class extending an Any base wrongly, and silently: as a native class it is laid
+    out as if it had no base (HeaderDecoder read hpack's table at a wrong offset and spun); as a plain class
+    the base is dropped from it (the table lost hpack's `__init__`, and every connection failed). Such a
+    class must be a plain class (`mypyc_attr(native_class=False)`: a compiled class cannot extend an
+    interpreted one), and the package its base comes from must be a build requirement (setup.py's
+    `disallow_subclassing_any` then holds the build to it)."""
     root = Path(compiled.__file__).resolve().parent.parent
+    requirements = _build_requirements(root)
+    distributions = importlib.metadata.packages_distributions()
     found = []
     for module in compiled.MODULES:
         path = root.joinpath(*module.split(".")).with_suffix(".py")
         tree = ast.parse(path.read_text())
-        library: set[str] = set()
+        library: dict[str, str] = {}  # a name bound by an import -> its top-level package
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and not node.level and node.module:
                 top = node.module.split(".")[0]
                 if top != "server" and top not in sys.stdlib_module_names:
-                    library.update(alias.asname or alias.name for alias in node.names)
+                    library.update((alias.asname or alias.name, top) for alias in node.names)
             elif isinstance(node, ast.Import):
-                library.update((a.asname or a.name).split(".")[0] for a in node.names
+                library.update(((a.asname or a.name).split(".")[0], a.name.split(".")[0]) for a in node.names
                                if a.name.split(".")[0] not in sys.stdlib_module_names)
         for node in ast.walk(tree):
             if not isinstance(node, ast.ClassDef):
                 continue
-            bases = [ast.unparse(b).split(".")[0].split("[")[0] for b in node.bases]
             plain = any("native_class=False" in ast.unparse(d) for d in node.decorator_list)
-            if any(base in library for base in bases) and not plain:
-                found.append(f"{path.relative_to(root)}:{node.lineno}: {node.name}")
+            for base in (ast.unparse(b).split(".")[0].split("[")[0] for b in node.bases):
+                if base not in library:
+                    continue
+                where = f"{path.relative_to(root)}:{node.lineno}: {node.name}"
+                if not plain:
+                    found.append(f"{where} is not marked native_class=False")
+                packages = {d.lower() for d in distributions.get(library[base], [library[base]])}
+                if not packages & requirements:
+                    found.append(f"{where}: {'/'.join(sorted(packages))} is not a build requirement")
     assert found == []
+    assert "disallow_subclassing_any = True" in (root / "setup.py").read_text()
