@@ -9,6 +9,9 @@ tessera_batch_size on /metrics). Ratios are taken within a round, then the media
 
     PERF_ANALYZER_HOME=/tmp/pa python -m benchmarks.grpc_transport --rounds 3 --concurrency 1,8,32,64
     # the heavy model: --mlp 512,2048,2048,512 --concurrency 32 --targets ours,grpcio,http
+    # ... against in-process ONNX Runtime at batch 32, measured on the servers' CPUs in every round:
+    #     --inprocess-batch 32 (and a config that forms such batches: --batching "preferred_batch_size: [ 32 ]
+    #     max_queue_delay_microseconds: 3000")
     # requests of 64 rows each (figures then per row): --rows 64 --targets ours,http,grpcio
     # against the bare-bones HTTP/2 server with the model inline: --targets ours,bare,h2-inline
     # a change against its base, both transports' paths: --before REV --targets ours,before,ours-stream,before-stream
@@ -25,6 +28,7 @@ import json
 import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -134,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
                         "Inferences/Second, and so req/s and CPU per request here, then count rows")
     parser.add_argument("--batching", default="", help="dynamic_batching fields of the served model's config, "
                         "e.g. 'preferred_batch_size: [ 32 ] max_queue_delay_microseconds: 2000'")
+    parser.add_argument("--inprocess-batch", type=int, default=0, help="after each round's targets, run the "
+                        "model in process with ONNX Runtime at this batch size on --server-cpus "
+                        "(benchmarks.ort_inprocess; target `ort-inprocess`, its figures in rows/s)")
     parser.add_argument("--before", default="", help="git revision the `before` targets serve (a change's "
                         "base, measured in the same run)")
     parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "grpc_transport")
@@ -183,8 +190,22 @@ def main(argv: list[str] | None = None) -> None:
                     run = _measure(target, port, pid, metrics_port, model, concurrency, args, args.out, round_)
                     runs.append(run)
                     print(json.dumps(asdict(run)), flush=True)
+                if args.inprocess_batch:
+                    run = _inprocess(repository / model / "1" / "model.onnx", concurrency, round_, args)
+                    runs.append(run)
+                    print(json.dumps(asdict(run)), flush=True)
     (args.out / "runs.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))
-    _report(runs, targets)
+    _report(runs, [*targets, "ort-inprocess"] if args.inprocess_batch else targets)
+
+
+def _inprocess(model: Path, concurrency: int, round_: int, args: argparse.Namespace) -> Run:
+    """ONNX Runtime alone, one closed-loop caller at --inprocess-batch, on the servers' CPUs (they idle)."""
+    done = subprocess.run(["taskset", "-c", args.server_cpus, sys.executable, "-m", "benchmarks.ort_inprocess",
+                           str(model), "--concurrency", "1", "--batch", str(args.inprocess_batch), "--seconds", "3"],
+                          capture_output=True, text=True, check=True, cwd=ROOT)
+    figures = json.loads(done.stdout)
+    return Run("ort-inprocess", concurrency, round_, figures["rows_per_s"], figures["p50_us"] / 1000,
+               figures["p99_us"] / 1000, float("nan"), float(args.inprocess_batch))
 
 
 def _report(runs: list[Run], targets: list[str]) -> None:
@@ -205,9 +226,13 @@ def _report(runs: list[Run], targets: list[str]) -> None:
         for a, b in (("ours", "bare"), ("ours", "h2-inline"), ("h2-inline", "bare"), ("ours", "grpcio"),
                      ("ours", "http"), ("ours-stream", "ours"),
                      ("ours-w2", "ours"), ("ours", "ours-pool"), ("ours", "before"),
-                     ("ours-stream", "before-stream")):
+                     ("ours-stream", "before-stream"), ("ours", "ort-inprocess"), ("http", "ort-inprocess")):
             if a in targets and b in targets:
                 ratios = [by[(a, concurrency, n)].rps / by[(b, concurrency, n)].rps for n in rounds]
+                if b == "ort-inprocess":  # rows/s against rows/s; its latency is one run's, not a request's
+                    print(f"  {a}/{b}: rows/s {', '.join(f'{x:.3f}' for x in ratios)} (median "
+                          f"{statistics.median(ratios):.3f})")
+                    continue
                 p99 = [by[(a, concurrency, n)].p99_ms / by[(b, concurrency, n)].p99_ms for n in rounds]
                 cpu = [by[(a, concurrency, n)].cpu_us_per_request / by[(b, concurrency, n)].cpu_us_per_request
                        for n in rounds]
