@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import runpy
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,9 @@ compiled = runpy.run_path(str(ROOT / "server" / "compiled.py"))
 MODULES: tuple[str, ...] = compiled["MODULES"]
 
 
+_BUILDS = {"build", "build_ext", "bdist_wheel", "editable_wheel", "develop", "install", "bdist_egg"}
+
+
 def _extensions() -> list[object]:
     manifest = ROOT / "server" / compiled["SOURCES_FILE"]
     # A module that left the list must not leave its old build behind (Python would import it).
@@ -25,6 +29,10 @@ def _extensions() -> list[object]:
         stale.unlink()
     manifest.unlink(missing_ok=True)
     if os.environ.get(compiled["COMPILE_ENV"]) != "1" or os.environ.get(compiled["PURE_PYTHON_ENV"]):
+        return []
+    # pip runs this file three times a build: for the build's requirements (egg_info), its metadata
+    # (dist_info), then to build. Only the last needs the extensions, and each type check starts afresh.
+    if {"egg_info", "dist_info"} & set(sys.argv) and not _BUILDS & set(sys.argv):
         return []
     from mypyc.build import mypycify
 
