@@ -62,7 +62,9 @@ def local_ray() -> Iterator[Any]:
                          _temp_dir=temp, logging_level="WARNING", log_to_driver=False)
                 error = None
                 break
-            except RuntimeError as exc:  # e.g. "Timed out waiting for file .../gcs_server_port..."
+            # Ray raises RuntimeError ("Timed out waiting for file .../gcs_server_port...") or a bare
+            # Exception ("The current node timed out during startup...") when its processes start slowly.
+            except Exception as exc:
                 error = exc
                 ray.shutdown()
         if error is not None:
