@@ -50,7 +50,7 @@ def _extensions() -> list[object]:
         config.write_text(f"[mypy]\nignore_missing_imports = True\nfollow_imports = silent\n"
                           f"[mypy-{','.join(MODULES)}]\ndisallow_subclassing_any = True\n")
         return mypycify(["--config-file", str(config), "--cache-dir", str(Path(work, "cache")), *paths],
-                        opt_level="3", debug_level="0", group_name="tessera")
+                        opt_level="3", debug_level="0", group_name=compiled["GROUP"])
 
 
 setup(ext_modules=_extensions())

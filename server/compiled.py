@@ -29,7 +29,7 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["COMPILE_ENV", "MODULES", "PURE_PYTHON_ENV", "SOURCES_FILE", "SourceFirst", "interpreted_because",
+__all__ = ["COMPILE_ENV", "GROUP", "MODULES", "PURE_PYTHON_ENV", "SOURCES_FILE", "SourceFirst", "interpreted_because",
            "manifest_text", "source_hashes", "state", "use_fresh_code"]
 
 MODULES = (
@@ -82,6 +82,9 @@ PURE_PYTHON_ENV = "TESSERA_PURE_PYTHON"
 SOURCES_FILE = "_compiled_sources.json"
 """Beside this file, written by setup.py: the modules compiled, and the sha256 of every source of the package
 they were built with."""
+GROUP = "tessera"
+"""setup.py's mypyc group: the C of every compiled module is one shared library, `tessera__mypyc`, installed
+beside the package (not in it); each module's own extension only loads it."""
 
 _ROOT = Path(__file__).resolve().parent.parent  # the directory that holds `server/`
 _reason = "not compiled"
@@ -113,7 +116,7 @@ def manifest_text(modules: Sequence[str], root: Path = _ROOT, package: str = "se
 
 
 def interpreted_because(root: Path, modules: Sequence[str], manifest: Path, environ: Mapping[str, str],
-                        package: str = "server") -> str:
+                        package: str = "server", group: str = GROUP) -> str:
     """Why the package's modules (under `root`) must run from their sources: "" when its compiled build may run."""
     builds = _builds(root, package)
     if not builds:
@@ -129,6 +132,11 @@ def interpreted_because(root: Path, modules: Sequence[str], manifest: Path, envi
         built_modules, built_from = None, {}
     if set(builds) != set(modules) or built_modules != sorted(modules):
         return "the compiled build is incomplete (run ./.ci/setup, or reinstall the package)"
+    library = f"{group}__mypyc"
+    if not any((root / f"{library}{suffix}").is_file() for suffix in importlib.machinery.EXTENSION_SUFFIXES):
+        # A package copied without it: every compiled module would fail to import.
+        return (f"the compiled build is incomplete: {library} is not beside {package}/ (run ./.ci/setup, "
+                "or reinstall the package)")
     now = source_hashes(root, package)
     changed = sorted(path for path in now.keys() | built_from.keys() if now.get(path) != built_from.get(path))
     if changed:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from server import compiled
-from server.compiled import PURE_PYTHON_ENV, SourceFirst, interpreted_because, manifest_text
+from server.compiled import GROUP, PURE_PYTHON_ENV, SourceFirst, interpreted_because, manifest_text
 
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 MODULES = ("pkg.fast", "pkg.sub.faster")
@@ -30,6 +30,8 @@ def _tree(root: Path, *, build: bool = True) -> Path:
         source.write_text(f"WHERE = 'source of {module}'\n")
         if build:
             source.with_suffix(SUFFIX).write_bytes(b"not an extension module")
+    if build:
+        root.joinpath(f"{GROUP}__mypyc{SUFFIX}").write_bytes(b"not a shared library either")
     manifest = root / "pkg" / "built_from.json"
     manifest.write_text(manifest_text(MODULES, root, "pkg"))
     return manifest
@@ -67,6 +69,15 @@ def test_a_build_of_a_module_no_longer_listed_is_not_run(tmp_path: Path) -> None
     tmp_path.joinpath("pkg", "dropped.py").write_text("WHERE = 'source'\n")
     tmp_path.joinpath("pkg", "dropped").with_suffix(SUFFIX).write_bytes(b"an old build")
     assert _why(tmp_path, manifest).startswith("pkg.dropped has a build but is not to be compiled")
+
+
+def test_a_build_without_its_shared_library_is_not_run(tmp_path: Path) -> None:
+    """Each compiled module only loads the group's shared library, which sits beside the package: a package
+    copied without it would fail on its first import instead of running its sources."""
+    manifest = _tree(tmp_path)
+    tmp_path.joinpath(f"{GROUP}__mypyc{SUFFIX}").unlink()
+    assert _why(tmp_path, manifest) == (f"the compiled build is incomplete: {GROUP}__mypyc is not beside pkg/ "
+                                        "(run ./.ci/setup, or reinstall the package)")
 
 
 @pytest.mark.parametrize("damage", ["no-manifest", "unreadable-manifest", "a-build-missing"])
