@@ -25,7 +25,7 @@ _BUILDS = {"build", "build_ext", "bdist_wheel", "editable_wheel", "develop", "in
 def _extensions() -> list[object]:
     manifest = ROOT / "server" / compiled["SOURCES_FILE"]
     # A module that left the list must not leave its old build behind (Python would import it).
-    for stale in [*(ROOT / "server").rglob("*.so"), *ROOT.glob("tessera__mypyc*.so")]:
+    for stale in [*(ROOT / "server").rglob("*.so"), *ROOT.glob(f"{compiled['GROUP']}__mypyc*.so")]:
         stale.unlink()
     manifest.unlink(missing_ok=True)
     if os.environ.get(compiled["COMPILE_ENV"]) != "1" or os.environ.get(compiled["PURE_PYTHON_ENV"]):
