@@ -44,13 +44,16 @@ sys.path.insert(0, str(ROOT / "model_repository"))
 import make_models  # noqa: E402 - the sample models' builder lives beside them
 
 TARGETS = ("ours", "grpcio", "http", "bare", "ours-stream")
-OPTIONAL_TARGETS = ("ours-w2", "ours-pool", "before", "before-stream", "h2-inline")
+OPTIONAL_TARGETS = ("ours-w2", "ours-pool", "ours-nowait", "before", "before-stream", "h2-inline")
 """before, before-stream: our transport as it was at --before REV, unary and ModelStreamInfer.
 h2-inline: benchmarks.h2_inline_server, the bare-bones HTTP/2 server running the model inline per
 request, which issue 13 states its 3x-echo and 64-row targets against."""
 """Name them in --targets: `--workers 2` over our transport; ours with every model run handed to the
-executor's pool (`--inline-run-us 0`, as before short runs were made on the event loop)."""
+executor's pool (`--inline-run-us 0`, as before short runs were made on the event loop); ours serving
+the model with `adaptive_batching: false` (no queue delay while the loop is saturated: Triton's
+semantics for a config without one)."""
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+NO_ADAPTIVE_BATCHING = 'parameters { key: "adaptive_batching" value: { string_value: "false" } }\n'
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     model = "mlp"
     repository = Path(tempfile.mkdtemp(prefix="tessera-bench-"))
-    make_models.make_mlp(repository, model, [int(size) for size in args.mlp.split(",")],
-                         config_extra=f"dynamic_batching {{ {args.batching} }}\n")
+    sizes = [int(size) for size in args.mlp.split(",")]
+    batching = f"dynamic_batching {{ {args.batching} }}\n"
+    make_models.make_mlp(repository, model, sizes, config_extra=batching)
+    nowait_repository = Path(tempfile.mkdtemp(prefix="tessera-bench-nowait-"))
+    make_models.make_mlp(nowait_repository, model, sizes, config_extra=batching + NO_ADAPTIVE_BATCHING)
     targets = args.targets.split(",")
     ours, ours_http, ours_grpc = _tessera(repository, "ours", args.server_cpus, args.out)
     grpcio, grpcio_http, grpcio_grpc = _tessera(repository, "grpcio", args.server_cpus, args.out)
@@ -164,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     w2, w2_http, w2_grpc = _tessera(repository, "ours", args.server_cpus, args.out, workers=2)
     pool, pool_http, pool_grpc = _tessera(repository, "ours", args.server_cpus, args.out, name="ours-pool",
                                           extra=("--inline-run-us", "0"))
+    nowait, nowait_http, nowait_grpc = _tessera(nowait_repository, "ours", args.server_cpus, args.out,
+                                                name="ours-nowait")
     wants_before = any(t.startswith("before") for t in targets)
     if wants_before and not args.before:
         parser.error("the before targets need --before REV")
@@ -172,12 +180,14 @@ def main(argv: list[str] | None = None) -> None:
     runs: list[Run] = []
     with ours, grpcio, bare, (w2 if "ours-w2" in targets else contextlib.nullcontext()), \
             (pool if "ours-pool" in targets else contextlib.nullcontext()), \
+            (nowait if "ours-nowait" in targets else contextlib.nullcontext()), \
             (old if wants_before else contextlib.nullcontext()), \
             (inline if "h2-inline" in targets else contextlib.nullcontext()):
         where = {"ours": (ours_grpc, ours.pid, ours_http), "grpcio": (grpcio_grpc, grpcio.pid, grpcio_http),
                  "ours-stream": (ours_grpc, ours.pid, ours_http),
                  "ours-w2": (w2_grpc, w2.pid if w2.proc else 0, w2_http),
                  "ours-pool": (pool_grpc, pool.pid if pool.proc else 0, pool_http),
+                 "ours-nowait": (nowait_grpc, nowait.pid if nowait.proc else 0, nowait_http),
                  "before": (old_grpc, old.pid if old.proc else 0, old_http),
                  "before-stream": (old_grpc, old.pid if old.proc else 0, old_http),
                  "http": (ours_http, ours.pid, ours_http), "bare": (bare_port, bare.pid, None),
@@ -225,7 +235,7 @@ def _report(runs: list[Run], targets: list[str]) -> None:
                   f"rows/batch {statistics.median(batch) if batch else float('nan'):5.1f}")
         for a, b in (("ours", "bare"), ("ours", "h2-inline"), ("h2-inline", "bare"), ("ours", "grpcio"),
                      ("ours", "http"), ("ours-stream", "ours"),
-                     ("ours-w2", "ours"), ("ours", "ours-pool"), ("ours", "before"),
+                     ("ours-w2", "ours"), ("ours", "ours-pool"), ("ours", "ours-nowait"), ("ours", "before"),
                      ("ours-stream", "before-stream"), ("ours", "ort-inprocess"), ("http", "ort-inprocess")):
             if a in targets and b in targets:
                 ratios = [by[(a, concurrency, n)].rps / by[(b, concurrency, n)].rps for n in rounds]

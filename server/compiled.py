@@ -60,6 +60,7 @@ MODULES = (
     "server.admission",
     "server.batching.batcher",
     "server.batching.fairness",
+    "server.batching.load",
     "server.batching.stacking",
     "server.dataplane",
     "server.datatypes",

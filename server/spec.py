@@ -101,6 +101,8 @@ class ModelSpec:
     allow_spinning: bool = False
     inline_run_us: int | None = None
     """The model's `inline_run_us` parameter (executor/runner.py); None: the server's --inline-run-us."""
+    adaptive_batching: bool = True
+    """The model's `adaptive_batching` parameter: a queue delay while the loop is saturated (batching/batcher.py)."""
 
     @property
     def batched(self) -> bool:

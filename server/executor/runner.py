@@ -16,9 +16,12 @@ The default limit depends on what the pool can buy. With several CPUs a pooled r
 loop's own work, so only runs shorter than the hand-off stay on the loop (20 us). A process that can
 use one CPU (`usable_cpus`: its affinity, or a container's quota; under `--workers N` each worker's
 share) gets no overlap: the pooled run takes the same core from the loop and the hand-off comes on
-top, so runs up to 100 us stay on the loop: long enough for a 64-row batch of a small model, short
-enough that a run typically delays the loop's other connections by a tenth of a millisecond at most
-(the limit applies to a batch size's moving average, so one run can take longer).
+top, so runs up to 500 us stay on the loop: long enough for a 64-row batch of a small model on a slow
+core (100 us was, on a faster machine; on a slower one its 64-row runs took ~110 us, went to the pool,
+and 64-row requests lost 40-50% of their rows/s: BENCHMARKS.md, "A queue delay while the loop is
+saturated"), short enough that a run delays the loop's other connections by half a millisecond at most
+(the limit applies to a batch size's moving average, so one run can take longer). A heavy model's
+batches, milliseconds each, still go to the pool.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ __all__ = ["INLINE_RUN_US_MANY_CPUS", "INLINE_RUN_US_ONE_CPU", "OrtRunner", "def
 
 _SMOOTHING = 0.25  # weight of the newest run in a bucket's moving average
 INLINE_RUN_US_MANY_CPUS = 20
-INLINE_RUN_US_ONE_CPU = 100
+INLINE_RUN_US_ONE_CPU = 500
 
 
 def default_inline_run_us(cpus: float) -> int:

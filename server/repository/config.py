@@ -218,6 +218,20 @@ def _instance_groups(config: mc.ModelConfig, gpu_available: bool) -> tuple[Insta
     return tuple(groups)
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _bool_parameter(config: mc.ModelConfig, key: str, default: bool) -> bool:
+    if key not in config.parameters:
+        return default
+    value = config.parameters[key].string_value
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ModelLoadError(f"parameters.{key}: '{value}' is not true or false")
+
+
 def _int_parameter(config: mc.ModelConfig, key: str, default: int) -> int:
     if key not in config.parameters:
         return default
@@ -255,4 +269,5 @@ def build_spec(config: mc.ModelConfig, version: int, model_path: Path, *, gpu_av
         allow_spinning=spinning.lower() in ("1", "true", "yes"),
         inline_run_us=max(_int_parameter(config, "inline_run_us", 0), 0) if "inline_run_us" in config.parameters
         else None,
+        adaptive_batching=_bool_parameter(config, "adaptive_batching", True),
     )

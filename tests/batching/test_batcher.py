@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 
 from server._generated import model_config_pb2 as mc
 from server.batching.batcher import DynamicBatcher
+from server.batching.load import WINDOW_NS, LoopLoad
 from server.errors import DeadlineExceeded, ModelNotReady, Overloaded
 from server.metrics import Metrics
 from server.model_statistics import ModelStatistics
@@ -314,4 +317,122 @@ async def test_a_batch_that_fails_after_its_run_fails_its_requests_and_the_batch
     runner.broken = False
     outputs, _, _ = await asyncio.wait_for(batcher.submit({"x": rows([3])}, 1), 5)
     np.testing.assert_array_equal(outputs["y"], rows([3]) * 2)
+    await batcher.stop()
+
+
+def fixed_load(saturated: bool) -> LoopLoad:
+    """A LoopLoad whose clocks say the loop's thread is always busy, or never."""
+    ticks = itertools.count(0, WINDOW_NS)  # a window passes between any two readings
+    now = [0]
+
+    def clock() -> int:
+        now[0] = next(ticks)
+        return now[0]
+
+    return LoopLoad(clock=clock, cpu=lambda: now[0] if saturated else 0)
+
+
+async def _arrive(batcher: DynamicBatcher, together: int = 2, then: int = 3) -> list[asyncio.Task]:
+    """`together` one-row requests in one turn (as one read brings them), then `then` more one per loop
+    turn (as reads from other connections bring them); wait for all."""
+    tasks = [asyncio.create_task(batcher.submit({"x": rows([i])}, 1)) for i in range(together)]
+    await queued()
+    for i in range(together, together + then):
+        tasks.append(asyncio.create_task(batcher.submit({"x": rows([i])}, 1)))
+        await queued()
+    await asyncio.gather(*tasks)
+    return tasks
+
+
+async def _turns_until(awaitable) -> int:
+    """Loop turns that pass while `awaitable` completes."""
+    turns = 0
+    job = asyncio.ensure_future(awaitable)
+    while not job.done():
+        turns += 1
+        await asyncio.sleep(0)
+    await job
+    return turns
+
+
+@pytest.mark.parametrize("saturated", [True, False], ids=["saturated", "idle"])
+async def test_a_saturated_loop_waits_for_requests_that_arrive_turn_after_turn(saturated):
+    runner = InlineRunner(short=8)
+    batcher = DynamicBatcher(runner, make_spec(), ModelStatistics("m", "1"), Metrics(), ("m", "1"),
+                             load=fixed_load(saturated))
+    batcher.start()
+    tasks = await _arrive(batcher)
+    for i, task in enumerate(tasks):
+        np.testing.assert_array_equal(task.result()[0]["y"], rows([i]) * 2)
+    if saturated:
+        assert runner.batches[0] >= 4, runner.batches  # the first two waited for those behind them
+    else:
+        assert runner.batches == [2, 1, 1, 1]  # Triton's semantics: whatever is queued goes at once
+    await batcher.stop()
+
+
+async def test_a_lone_clients_requests_never_wait_even_on_a_saturated_loop():
+    turns = {}
+    for saturated in (False, True):
+        runner = InlineRunner(short=8)
+        batcher = DynamicBatcher(runner, make_spec(), ModelStatistics("m", "1"), Metrics(), ("m", "1"),
+                                 load=fixed_load(saturated))
+        batcher.start()
+        # Never more than one request queued: nobody to wait for, not even one loop turn.
+        turns[saturated] = [await _turns_until(batcher.submit({"x": rows([1])}, 1)) for _ in range(5)]
+        assert runner.batches == [1] * 5
+        await batcher.stop()
+    assert turns[True] == turns[False]
+
+
+async def test_the_wait_ends_at_the_first_turn_that_brings_no_request():
+    turns = {}
+    for saturated in (False, True):
+        runner = InlineRunner(short=8)
+        batcher = DynamicBatcher(runner, make_spec(), ModelStatistics("m", "1"), Metrics(), ("m", "1"),
+                                 load=fixed_load(saturated))
+        batcher.start()
+        both = asyncio.gather(*(batcher.submit({"x": rows([i])}, 1) for i in range(2)))
+        turns[saturated] = await _turns_until(both)
+        assert runner.batches == [2]
+        await batcher.stop()
+    # One turn more to learn that nothing else came, not the hundreds an idle loop turns in ADAPTIVE_DELAY_US.
+    assert turns[True] <= turns[False] + 1, turns
+
+
+@pytest.mark.parametrize(("batching", "batches"), [
+    pytest.param(BatchingSpec(max_queue_delay_us=1), [2, 1, 1, 1], id="own-delay"),
+    pytest.param(None, [1, 1, 1, 1, 1], id="no-dynamic-batching"),
+])
+async def test_a_model_with_its_own_delay_or_no_batching_never_gets_the_adaptive_one(batching, batches):
+    runner = InlineRunner(short=8)
+    batcher = DynamicBatcher(runner, make_spec(batching=batching), ModelStatistics("m", "1"), Metrics(),
+                             ("m", "1"), load=fixed_load(True))
+    batcher.start()
+    await _arrive(batcher)
+    assert runner.batches == batches
+    await batcher.stop()
+
+
+async def test_a_batch_whose_run_goes_to_the_pool_never_waits():
+    batches = {}
+    for saturated in (False, True):
+        runner = InlineRunner(short=1)  # two rows or more: a run on the pool, whose instance would idle
+        batcher = DynamicBatcher(runner, make_spec(), ModelStatistics("m", "1"), Metrics(), ("m", "1"),
+                                 load=fixed_load(saturated))
+        batcher.start()
+        await _arrive(batcher)
+        batches[saturated] = runner.batches
+        await batcher.stop()
+    assert batches[True] == batches[False]
+
+
+async def test_the_adaptive_batching_parameter_turns_the_wait_off():
+    runner = InlineRunner(short=8)
+    spec = dataclasses.replace(make_spec(), adaptive_batching=False)
+    batcher = DynamicBatcher(runner, spec, ModelStatistics("m", "1"), Metrics(), ("m", "1"),
+                             load=fixed_load(True))
+    batcher.start()
+    await _arrive(batcher)
+    assert runner.batches == [2, 1, 1, 1]
     await batcher.stop()

@@ -137,7 +137,7 @@ def test_a_bad_inline_parameter_is_a_load_error(tmp_path: Path) -> None:
 
 
 def test_the_default_limit_follows_the_cpus_and_a_servers_own_limit_is_kept(tmp_path: Path) -> None:
-    for cpus, expected in ((1.0, 100), (0.5, 100), (2.0, 20), (1.5, 20)):
+    for cpus, expected in ((1.0, 500), (0.5, 500), (2.0, 20), (1.5, 20)):
         assert default_inline_run_us(cpus) == expected
     runner, _ = _recorded_runner(_spec(tmp_path, "mlp"), inline_run_us=7)
     try:

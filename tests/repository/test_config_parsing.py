@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 
 from server.errors import ModelLoadError
+from server.executor.session import graph_tensors
 from server.metrics import Metrics
-from server.repository.config import complete_config, read_config
+from server.repository.config import build_spec, complete_config, read_config
 from server.repository.manager import ModelManager
 from server.settings import ServerSettings
+from server.spec import ModelSpec
 
 from ..sample_models import make_models
 
@@ -97,3 +99,24 @@ async def test_kind_gpu_without_cuda_fails_with_a_reason_that_says_so(tmp_path):
     manager = _manager(tmp_path)
     with pytest.raises(ModelLoadError, match="KIND_GPU but this onnxruntime has no CUDA execution provider"):
         await manager.load("gpu")
+
+
+def _built_spec(root: Path, config_extra: str) -> ModelSpec:
+    make_models.make_mlp(root, "m", [4, 10], config_extra=config_extra)
+    model_file = root / "m" / "1" / "model.onnx"
+    inputs, outputs = graph_tensors(str(model_file))
+    config = complete_config(read_config(root / "m"), "m", inputs, outputs)
+    return build_spec(config, 1, model_file, gpu_available=False, intra_op_threads=1, allow_spinning=False)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("false", False), ("0", False), ("TRUE", True), (None, True)])
+def test_the_adaptive_batching_parameter_is_read_as_a_boolean(tmp_path, value, expected):
+    extra = "dynamic_batching { }\n"
+    if value is not None:
+        extra += f'parameters {{ key: "adaptive_batching" value: {{ string_value: "{value}" }} }}\n'
+    assert _built_spec(tmp_path, extra).adaptive_batching is expected
+
+
+def test_an_adaptive_batching_value_that_is_not_a_boolean_fails_the_load(tmp_path):
+    with pytest.raises(ModelLoadError, match="adaptive_batching: 'sometimes' is not true or false"):
+        _built_spec(tmp_path, 'parameters { key: "adaptive_batching" value: { string_value: "sometimes" } }\n')

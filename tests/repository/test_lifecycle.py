@@ -18,6 +18,7 @@ import onnxruntime as ort
 import pytest
 
 from server.errors import ModelLoadError, ModelNotFound, ModelNotReady, Unsupported
+from server.executor.runner import INLINE_RUN_US_MANY_CPUS, INLINE_RUN_US_ONE_CPU
 from server.metrics import Metrics
 from server.repository.manager import ModelManager
 from server.settings import ServerSettings
@@ -274,7 +275,7 @@ def test_rss_after_20_load_unload_cycles_stays_within_10_percent_of_the_first() 
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize(("workers", "limit"), [(1, 20), (2, 100)])
+@pytest.mark.parametrize(("workers", "limit"), [(1, INLINE_RUN_US_MANY_CPUS), (2, INLINE_RUN_US_ONE_CPU)])
 async def test_each_worker_gets_the_inline_limit_of_its_share_of_the_cpus(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int, limit: int) -> None:
     import server.repository.versions as versions

@@ -1,0 +1,82 @@
+"""LoopLoad: the event loop thread's CPU share, with hysteresis, renewed once a window."""
+
+from __future__ import annotations
+
+import time
+
+from server.batching.load import ENTER_SHARE, LEAVE_SHARE, WINDOW_NS, LoopLoad
+
+
+class Clocks:
+    """Wall and CPU clocks the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.wall = 0
+        self.cpu = 0
+
+    def spend(self, busy_share: float, windows: float = 1.0) -> None:
+        elapsed = int(WINDOW_NS * windows)
+        self.wall += elapsed
+        self.cpu += int(elapsed * busy_share)
+
+
+def test_the_verdict_enters_at_the_high_share_and_leaves_only_under_the_low_one():
+    clocks = Clocks()
+    load = LoopLoad(clock=lambda: clocks.wall, cpu=lambda: clocks.cpu)
+    clocks.spend(ENTER_SHARE - 0.02)
+    assert load.update() is False
+    clocks.spend(ENTER_SHARE + 0.02)
+    assert load.update() is True
+    clocks.spend(LEAVE_SHARE + 0.05)  # waiting for rows lowers the loop's share: still saturated
+    assert load.update() is True
+    clocks.spend(LEAVE_SHARE - 0.05)
+    assert load.update() is False
+    clocks.spend(LEAVE_SHARE + 0.05)  # back up, but not to the entry share
+    assert load.update() is False
+
+
+def test_within_a_window_the_last_verdict_holds_and_the_cpu_clock_is_not_read():
+    clocks = Clocks()
+    reads = []
+
+    def cpu() -> int:
+        reads.append(clocks.cpu)
+        return clocks.cpu
+
+    load = LoopLoad(clock=lambda: clocks.wall, cpu=cpu)
+    clocks.spend(1.0)
+    assert load.update() is True
+    clocks.spend(0.0, windows=0.5)
+    before = len(reads)
+    assert load.update() is True
+    assert len(reads) == before
+    clocks.spend(0.0, windows=0.6)  # the window that started at the last renewal is over: idle time counts
+    assert load.update() is False
+
+
+def test_a_long_idle_spell_ends_saturation_at_the_next_batch():
+    clocks = Clocks()
+    load = LoopLoad(clock=lambda: clocks.wall, cpu=lambda: clocks.cpu)
+    clocks.spend(1.0)
+    assert load.update() is True
+    clocks.spend(0.0, windows=50)  # no batch for a second: the next one sees the whole spell
+    assert load.update() is False
+
+
+def _spin(windows: float) -> None:
+    deadline = time.perf_counter_ns() + int(windows * WINDOW_NS)
+    while time.perf_counter_ns() < deadline:
+        pass
+
+
+def test_the_real_clocks_tell_a_busy_thread_from_a_sleeping_one():
+    load = LoopLoad()
+    # Another process may take this core for part of a window; a thread that spins through a few
+    # windows must read saturated in one of them.
+    for _ in range(5):
+        _spin(1.2)
+        if load.update():
+            break
+    assert load.saturated
+    time.sleep(3 * WINDOW_NS / 1e9)
+    assert load.update() is False
