@@ -102,7 +102,8 @@ class DynamicBatcher:
     """Schedules one model version's requests onto its runner."""
 
     def __init__(self, runner: Runner, spec: ModelSpec, stats: ModelStatistics, metrics: Metrics,
-                 labels: Labels, load: LoopLoad | None = None) -> None:
+                 labels: Labels, load: LoopLoad | None = None,
+                 adaptive_delay_us: int = ADAPTIVE_DELAY_US) -> None:
         self._runner = runner
         self._spec = spec
         self._stats = stats
@@ -116,7 +117,7 @@ class DynamicBatcher:
         )
         self._delay_ns = (batching.max_queue_delay_us * 1000) if batching else 0
         adaptive = self._merge and not self._delay_ns and spec.adaptive_batching
-        self._adaptive_ns = ADAPTIVE_DELAY_US * 1000 if adaptive else 0
+        self._adaptive_ns = adaptive_delay_us * 1000 if adaptive else 0
         self._load = load or LoopLoad()
         self._arrivals = 0  # requests ever queued: tells whether a loop turn brought any
         self._company_ns = -COMPANY_NS  # when a batch last began with more than one request queued
@@ -328,8 +329,9 @@ class DynamicBatcher:
             seen = self._arrivals
             await asyncio.sleep(0)  # one turn: the loop polls its sockets and other calls submit
             if self._arrivals == seen:
-                return
-            await self._wait_for_work()  # the head may have expired meanwhile
+                break
+            await self._wait_for_work()
+        await self._wait_for_work()  # the head may have expired or been cancelled during the last turn
 
     async def _compute(self, feeds: dict[str, Tensor], rows: int) -> dict[str, Tensor]:
         """One run, or a run per step of rows when the batch carries many string elements."""

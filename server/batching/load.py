@@ -4,8 +4,8 @@ A batcher whose loop is saturated gains from waiting a little for more rows: the
 requests to read and parse meanwhile, so the wait costs no throughput, and every row that joins a batch
 saves the per-batch work (the run's fixed cost, a wake-up, a write) that dominates when batches are
 small. On a loop with idle time the same wait is pure latency. The measure is the loop thread's CPU
-time over wall time in windows of a few milliseconds, with hysteresis: waiting lowers the loop's CPU
-per request, and the verdict must not flip back for that alone.
+time over wall time in windows of 20 ms (longer when no batch forms to renew it), with hysteresis:
+waiting lowers the loop's CPU per request, and the verdict must not flip back for that alone.
 """
 
 from __future__ import annotations

@@ -332,6 +332,15 @@ def fixed_load(saturated: bool) -> LoopLoad:
     return LoopLoad(clock=clock, cpu=lambda: now[0] if saturated else 0)
 
 
+def adaptive_batcher(runner, saturated: bool, spec: ModelSpec | None = None) -> DynamicBatcher:
+    """A started batcher whose loop reads saturated or not. The wait's cap is a second, far above any
+    loop turn even on a loaded machine: what ends a wait in these tests is a turn without a request."""
+    batcher = DynamicBatcher(runner, spec or make_spec(), ModelStatistics("m", "1"), Metrics(), ("m", "1"),
+                             load=fixed_load(saturated), adaptive_delay_us=1_000_000)
+    batcher.start()
+    return batcher
+
+
 async def _arrive(batcher: DynamicBatcher, together: int = 2, then: int = 3) -> list[asyncio.Task]:
     """`together` one-row requests in one turn (as one read brings them), then `then` more one per loop
     turn (as reads from other connections bring them); wait for all."""
@@ -358,9 +367,7 @@ async def _turns_until(awaitable) -> int:
 @pytest.mark.parametrize("saturated", [True, False], ids=["saturated", "idle"])
 async def test_a_saturated_loop_waits_for_requests_that_arrive_turn_after_turn(saturated):
     runner = InlineRunner(short=8)
-    batcher = DynamicBatcher(runner, make_spec(), ModelStatistics("m", "1"), Metrics(), ("m", "1"),
-                             load=fixed_load(saturated))
-    batcher.start()
+    batcher = adaptive_batcher(runner, saturated)
     tasks = await _arrive(batcher)
     for i, task in enumerate(tasks):
         np.testing.assert_array_equal(task.result()[0]["y"], rows([i]) * 2)
@@ -375,9 +382,7 @@ async def test_a_lone_clients_requests_never_wait_even_on_a_saturated_loop():
     turns = {}
     for saturated in (False, True):
         runner = InlineRunner(short=8)
-        batcher = DynamicBatcher(runner, make_spec(), ModelStatistics("m", "1"), Metrics(), ("m", "1"),
-                                 load=fixed_load(saturated))
-        batcher.start()
+        batcher = adaptive_batcher(runner, saturated)
         # Never more than one request queued: nobody to wait for, not even one loop turn.
         turns[saturated] = [await _turns_until(batcher.submit({"x": rows([1])}, 1)) for _ in range(5)]
         assert runner.batches == [1] * 5
@@ -389,14 +394,12 @@ async def test_the_wait_ends_at_the_first_turn_that_brings_no_request():
     turns = {}
     for saturated in (False, True):
         runner = InlineRunner(short=8)
-        batcher = DynamicBatcher(runner, make_spec(), ModelStatistics("m", "1"), Metrics(), ("m", "1"),
-                                 load=fixed_load(saturated))
-        batcher.start()
+        batcher = adaptive_batcher(runner, saturated)
         both = asyncio.gather(*(batcher.submit({"x": rows([i])}, 1) for i in range(2)))
         turns[saturated] = await _turns_until(both)
         assert runner.batches == [2]
         await batcher.stop()
-    # One turn more to learn that nothing else came, not the hundreds an idle loop turns in ADAPTIVE_DELAY_US.
+    # One turn more to learn that nothing else came, not the thousands an idle loop turns in the cap.
     assert turns[True] <= turns[False] + 1, turns
 
 
@@ -406,9 +409,7 @@ async def test_the_wait_ends_at_the_first_turn_that_brings_no_request():
 ])
 async def test_a_model_with_its_own_delay_or_no_batching_never_gets_the_adaptive_one(batching, batches):
     runner = InlineRunner(short=8)
-    batcher = DynamicBatcher(runner, make_spec(batching=batching), ModelStatistics("m", "1"), Metrics(),
-                             ("m", "1"), load=fixed_load(True))
-    batcher.start()
+    batcher = adaptive_batcher(runner, True, make_spec(batching=batching))
     await _arrive(batcher)
     assert runner.batches == batches
     await batcher.stop()
@@ -418,9 +419,7 @@ async def test_a_batch_whose_run_goes_to_the_pool_never_waits():
     batches = {}
     for saturated in (False, True):
         runner = InlineRunner(short=1)  # two rows or more: a run on the pool, whose instance would idle
-        batcher = DynamicBatcher(runner, make_spec(), ModelStatistics("m", "1"), Metrics(), ("m", "1"),
-                                 load=fixed_load(saturated))
-        batcher.start()
+        batcher = adaptive_batcher(runner, saturated)
         await _arrive(batcher)
         batches[saturated] = runner.batches
         await batcher.stop()
@@ -430,9 +429,7 @@ async def test_a_batch_whose_run_goes_to_the_pool_never_waits():
 async def test_the_adaptive_batching_parameter_turns_the_wait_off():
     runner = InlineRunner(short=8)
     spec = dataclasses.replace(make_spec(), adaptive_batching=False)
-    batcher = DynamicBatcher(runner, spec, ModelStatistics("m", "1"), Metrics(), ("m", "1"),
-                             load=fixed_load(True))
-    batcher.start()
+    batcher = adaptive_batcher(runner, True, spec)
     await _arrive(batcher)
     assert runner.batches == [2, 1, 1, 1]
     await batcher.stop()

@@ -71,9 +71,9 @@ def _spin(windows: float) -> None:
 
 def test_the_real_clocks_tell_a_busy_thread_from_a_sleeping_one():
     load = LoopLoad()
-    # Another process may take this core for part of a window; a thread that spins through a few
+    # Another process may take this core for part of a window; a thread that spins through ten
     # windows must read saturated in one of them.
-    for _ in range(5):
+    for _ in range(10):
         _spin(1.2)
         if load.update():
             break
