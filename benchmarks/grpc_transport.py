@@ -145,7 +145,9 @@ def main(argv: list[str] | None = None) -> None:
                         "model in process with ONNX Runtime at this batch size on --server-cpus "
                         "(benchmarks.ort_inprocess; target `ort-inprocess`, its figures in rows/s)")
     parser.add_argument("--before", default="", help="git revision the `before` targets serve (a change's "
-                        "base, measured in the same run)")
+                        "base, measured in the same run), or a directory holding a built `server/` package "
+                        "to serve, such as a compiled build of that revision (a revision's sources run "
+                        "interpreted)")
     parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "grpc_transport")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     if wants_before and not args.before:
         parser.error("the before targets need --before REV")
     old, old_http, old_grpc = _tessera(repository, "ours", args.server_cpus, args.out, name="before",
-                                       cwd=source_tree(args.before, args.out / "trees") if wants_before else ROOT)
+                                       cwd=_before_tree(args) if wants_before else ROOT)
     runs: list[Run] = []
     with ours, grpcio, bare, (w2 if "ours-w2" in targets else contextlib.nullcontext()), \
             (pool if "ours-pool" in targets else contextlib.nullcontext()), \
@@ -206,6 +208,13 @@ def main(argv: list[str] | None = None) -> None:
                     print(json.dumps(asdict(run)), flush=True)
     (args.out / "runs.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))
     _report(runs, [*targets, "ort-inprocess"] if args.inprocess_batch else targets)
+
+
+def _before_tree(args: argparse.Namespace) -> Path:
+    built = Path(args.before)
+    if (built / "server" / "__main__.py").is_file():
+        return built.resolve()
+    return source_tree(args.before, args.out / "trees")
 
 
 def _inprocess(model: Path, concurrency: int, round_: int, args: argparse.Namespace) -> Run:

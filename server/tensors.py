@@ -21,6 +21,10 @@ Served = tuple[int, int, str, str, BatchRun]
 """How the dataplane served a request: (rows, ns it waited in the batch queue, routing label (stable,
 candidate or pinned), the caller's name, its batch). A plain tuple: it is made for every request."""
 
+# The classes below are made for every request and write their own __init__: the one @dataclass
+# generates is interpreted code even when mypyc compiles the module (0.18 against 0.06 us a call here),
+# while dataclass still gives them eq, repr and replace. Keep each __init__'s parameters as the fields.
+
 
 @dataclass(slots=True)
 class RequestedOutput:
@@ -29,6 +33,11 @@ class RequestedOutput:
     name: str
     binary: bool | None = None
     parameters: Parameters = field(default_factory=dict)
+
+    def __init__(self, name: str, binary: bool | None = None, parameters: Parameters | None = None) -> None:
+        self.name = name
+        self.binary = binary
+        self.parameters = {} if parameters is None else parameters
 
 
 @dataclass(slots=True)
@@ -51,6 +60,20 @@ class InferRequest:
     timeout_us: int = 0
     routing_key: str | None = None
 
+    def __init__(self, model_name: str, inputs: dict[str, Tensor], datatypes: dict[str, str],
+                 model_version: str | None = None, id: str = "", outputs: list[RequestedOutput] | None = None,
+                 parameters: Parameters | None = None, timeout_us: int = 0, routing_key: str | None = None
+                 ) -> None:
+        self.model_name = model_name
+        self.inputs = inputs
+        self.datatypes = datatypes
+        self.model_version = model_version
+        self.id = id
+        self.outputs = [] if outputs is None else outputs
+        self.parameters = {} if parameters is None else parameters
+        self.timeout_us = timeout_us
+        self.routing_key = routing_key
+
     def batch_rows(self) -> int:
         """Rows along the first dimension of the first input (1 for a scalar-shaped input)."""
         for array in self.inputs.values():
@@ -70,4 +93,14 @@ class InferResponse:
     parameters: Parameters = field(default_factory=dict)
     served: Served | None = None
     """How it was served, for the request log; never sent to the client."""
+
+    def __init__(self, model_name: str, model_version: str, outputs: dict[str, Tensor], datatypes: dict[str, str],
+                 id: str = "", parameters: Parameters | None = None, served: Served | None = None) -> None:
+        self.model_name = model_name
+        self.model_version = model_version
+        self.outputs = outputs
+        self.datatypes = datatypes
+        self.id = id
+        self.parameters = {} if parameters is None else parameters
+        self.served = served
 

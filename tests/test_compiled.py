@@ -213,3 +213,56 @@ def test_a_compiled_class_that_extends_a_librarys_class_is_built_against_that_li
                     found.append(f"{where}: {'/'.join(sorted(packages))} is not a build requirement")
     assert found == []
     assert "disallow_subclassing_any = True" in (root / "setup.py").read_text()
+
+
+def _is_dataclass_decorator(node: ast.expr) -> bool:
+    target = node.func if isinstance(node, ast.Call) else node
+    return isinstance(target, ast.Name) and target.id == "dataclass"
+
+
+def _dataclass_fields(cls: ast.ClassDef) -> list[tuple[str, str | None]]:
+    """(name, default as written; 'factory' for field(default_factory=...), None when required)."""
+    out: list[tuple[str, str | None]] = []
+    for stmt in cls.body:
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+            value = stmt.value
+            if value is None:
+                out.append((stmt.target.id, None))
+            elif isinstance(value, ast.Call) and ast.unparse(value.func) == "field":
+                keywords = {k.arg: k.value for k in value.keywords}
+                out.append((stmt.target.id, "factory" if "default_factory" in keywords
+                            else ast.unparse(keywords["default"]) if "default" in keywords else None))
+            else:
+                out.append((stmt.target.id, ast.unparse(value)))
+    return out
+
+
+def test_a_dataclass_with_its_own_init_takes_and_sets_every_field() -> None:
+    """Request-path dataclasses write their own __init__ (the generated one runs interpreted under mypyc):
+    it must take each field in order, with the field's default (None for a default_factory, which it then
+    makes), and set each one."""
+    root = Path(compiled.__file__).resolve().parent.parent
+    checked, found = [], []
+    for module in compiled.MODULES:
+        path = root.joinpath(*module.split(".")).with_suffix(".py")
+        for cls in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(cls, ast.ClassDef) or not any(map(_is_dataclass_decorator, cls.decorator_list)):
+                continue
+            init = next((s for s in cls.body if isinstance(s, ast.FunctionDef) and s.name == "__init__"), None)
+            if init is None:
+                continue
+            where = f"{path.relative_to(root).as_posix()}:{cls.name}"
+            checked.append(where)
+            fields = _dataclass_fields(cls)
+            params = init.args.args[1:]
+            defaults = [None] * (len(params) - len(init.args.defaults)) + [ast.unparse(d) for d in init.args.defaults]
+            taken = [(p.arg, d) for p, d in zip(params, defaults, strict=True)]
+            wanted = [(name, "None" if default == "factory" else default) for name, default in fields]
+            if taken != wanted:
+                found.append(f"{where}: __init__ takes {taken}, the fields are {wanted}")
+            assigned = {t.attr for s in ast.walk(init) if isinstance(s, ast.Assign) for t in s.targets
+                        if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}
+            if missing := [name for name, _ in fields if name not in assigned]:
+                found.append(f"{where}: __init__ never sets {missing}")
+    assert len(checked) >= 7, checked
+    assert found == []

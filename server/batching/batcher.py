@@ -64,6 +64,7 @@ ADAPTIVE_DELAY_US = 300
 # How long a sight of several requests queued together keeps the adaptive wait allowed.
 COMPANY_NS = 20_000_000
 
+_EXECUTE_TASK = "batch"
 Result = tuple[dict[str, Tensor], int, BatchRun]
 """What `submit` answers: the request's outputs, the ns it waited in the queue, the batch it ran in."""
 
@@ -77,6 +78,18 @@ class _Pending:
     enqueued_ns: int
     timer: asyncio.TimerHandle | None = field(default=None)
     observation: RequestObservation | None = field(default=None)
+
+    def __init__(self, feeds: dict[str, Tensor], rows: int, key: BatchKey, future: asyncio.Future[Result],
+                 enqueued_ns: int, timer: asyncio.TimerHandle | None = None,
+                 observation: RequestObservation | None = None) -> None:
+        # Its own __init__, compiled: one @dataclass generates runs interpreted (tensors.py says more).
+        self.feeds = feeds
+        self.rows = rows
+        self.key = key
+        self.future = future
+        self.enqueued_ns = enqueued_ns
+        self.timer = timer
+        self.observation = observation
 
     @property
     def live(self) -> bool:
@@ -135,9 +148,12 @@ class DynamicBatcher:
         self._pending = 0  # what the gauge shows, set from here at most once per loop turn
         self._pending_due = False
         self._loop_task: asyncio.Task[None] | None = None
+        # Kept: asyncio.get_running_loop() is a getpid system call on Python 3.11, and a request asked twice.
+        self._event_loop: asyncio.AbstractEventLoop | None = None
 
     # -- public --------------------------------------------------------------------------------
     def start(self) -> None:
+        self._event_loop = asyncio.get_running_loop()
         self._loop_task = spawn(self._run(), f"batcher-{self._labels}")
 
     async def submit(self, feeds: dict[str, Tensor], rows: int, timeout_us: int = 0,
@@ -171,7 +187,7 @@ class DynamicBatcher:
 
     async def _submit(self, feeds: dict[str, Tensor], rows: int, timeout_us: int,
                       observation: RequestObservation | None = None) -> Result:
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         pending = _Pending(feeds, rows, batch_key(feeds) if self._merge else (), loop.create_future(),
                            time.perf_counter_ns(), observation=observation)
         timeout = self._effective_timeout_us(timeout_us)
@@ -194,7 +210,13 @@ class DynamicBatcher:
         self._pending += change
         if not self._pending_due:
             self._pending_due = True
-            asyncio.get_running_loop().call_soon(self._show_pending)
+            self._loop().call_soon(self._show_pending)
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._event_loop
+        if loop is None:  # a request before start(): the loop that runs it
+            loop = self._event_loop = asyncio.get_running_loop()
+        return loop
 
     def _show_pending(self) -> None:
         self._pending_due = False
@@ -242,7 +264,7 @@ class DynamicBatcher:
                 # Made on the loop right now (the runner's measure): no task, no extra loop turn.
                 await self._execute(batch)
                 continue
-            task = asyncio.get_running_loop().create_task(self._execute(batch))
+            task = asyncio.Task(self._execute(batch), loop=self._loop(), name=_EXECUTE_TASK)  # no "Task-N" to format
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -10,12 +11,13 @@ from ..tensors import Tensor
 
 __all__ = ["batch_key", "split_outputs", "stack_inputs"]
 
-BatchKey = tuple[tuple[str, str, tuple[int, ...]], ...]
+BatchKey = tuple[tuple[str, np.dtype[Any], tuple[int, ...]], ...]
 
 
 def batch_key(feeds: dict[str, Tensor]) -> BatchKey:
     """Requests merge only when every input agrees on dtype and non-batch dims."""
-    return tuple((name, array.dtype.str, tuple(array.shape[1:])) for name, array in feeds.items())
+    # The dtype itself, not its .str: numpy formats that string anew on every read.
+    return tuple((name, array.dtype, tuple(array.shape[1:])) for name, array in feeds.items())
 
 
 def stack_inputs(parts: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:

@@ -70,7 +70,7 @@ class GrpcProtocol(asyncio.Protocol):
         self._conn = H2Connection(server.limits, server.counters)
         self._calls: dict[int, Call] = {}
         self._transport: asyncio.Transport | None = None
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()  # calls start their tasks on it (CallSink.loop)
         self._flush_pending = False
         self._writing_paused = False
         self._reading_paused = False
@@ -160,14 +160,14 @@ class GrpcProtocol(asyncio.Protocol):
             self._answer(stream_id, grpc.StatusCode.UNIMPLEMENTED,
                          f"grpc-encoding {encoding.decode('latin-1')} is not supported")
             return
-        deadline = None if timeout is None else self._loop.time() + timeout
+        deadline = None if timeout is None else self.loop.time() + timeout
         call = Call(self, stream_id, rpc, CallContext(metadata, self._peer, self._auth, deadline),
                     encoding, self._server.max_message_bytes, self._server.limits.stream_recv_buffer_bytes)
         if rpc.kind != "unary_unary":
             call.context.attach_writer(call.write)  # streaming handlers that call context.write()
         self._calls[stream_id] = call
         if deadline is not None:
-            call.timer = self._loop.call_at(deadline, self._expire, call)
+            call.timer = self.loop.call_at(deadline, self._expire, call)
         if rpc.kind == "stream_stream":
             call.start_streaming()
         if event.end_stream:
@@ -212,7 +212,7 @@ class GrpcProtocol(asyncio.Protocol):
         while (not call.finished and self._transport is not None and not self._transport.is_closing()
                and (self._writing_paused or self._conn.pending_send_bytes(call.stream_id) > limit)):
             if self._writable is None or self._writable.done():
-                self._writable = self._loop.create_future()
+                self._writable = self.loop.create_future()
             await self._writable
 
     def _wake_writers(self) -> None:
@@ -223,7 +223,7 @@ class GrpcProtocol(asyncio.Protocol):
     def _schedule_flush(self) -> None:
         if not self._flush_pending:
             self._flush_pending = True
-            self._loop.call_soon(self._flush)
+            self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_pending = False

@@ -102,7 +102,9 @@ def decode_infer_request(msg: pb.ModelInferRequest, routing_key: str | None = No
     CPU-bound for big messages: transports call it off the event loop above a size threshold.
     """
     raw = msg.raw_input_contents
-    tensors = msg.inputs
+    # Repeated fields are read as slices (lists, made in C): iterating the container itself ends on an
+    # IndexError whose message protobuf formats, 1.5% of a one-row request's CPU (BENCHMARKS.md).
+    tensors = msg.inputs[:]
     if raw and len(raw) != len(tensors):
         raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(tensors)} inputs")
     # (tensor, name, datatype, shape) per input: protobuf builds a new str on every field read.
@@ -113,7 +115,7 @@ def decode_infer_request(msg: pb.ModelInferRequest, routing_key: str | None = No
         numpy_type = V2_TO_NUMPY.get(datatype)
         if numpy_type is None:
             raise InvalidInput(f"input '{name}': unknown datatype '{datatype}'")
-        shape = limits.check(name, datatype, tensor.shape, model_check, (elements, nbytes))
+        shape = limits.check(name, datatype, tensor.shape[:], model_check, (elements, nbytes))
         count = math.prod(shape)
         elements += count
         nbytes += count * numpy_type.itemsize if datatype != "BYTES" else _payload_bytes(
@@ -138,7 +140,7 @@ def decode_infer_request(msg: pb.ModelInferRequest, routing_key: str | None = No
         id=msg.id,
         inputs=inputs,
         datatypes=datatypes,
-        outputs=[RequestedOutput(o.name) for o in msg.outputs] if msg.outputs else [],
+        outputs=[RequestedOutput(o.name) for o in msg.outputs[:]] if msg.outputs else [],
         parameters=parameters,
         timeout_us=timeout_us(parameters) if parameters else 0,
         routing_key=routing_key,

@@ -28,6 +28,12 @@ class Route:
     rollout: Rollout | None  # set when the request counts as rollout evidence
     arm: str  # "stable", "candidate", or "pinned"
 
+    def __init__(self, version: ModelVersion, rollout: Rollout | None, arm: str) -> None:
+        # Its own __init__, compiled: one @dataclass generates runs interpreted (server/tensors.py says more).
+        self.version = version
+        self.rollout = rollout
+        self.arm = arm
+
 
 class Router:
     def __init__(self, manager: ModelManager, controller: RolloutController) -> None:

@@ -18,6 +18,7 @@ class RecordingSink:
     """A CallSink that records acknowledgements and the final header block."""
 
     def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.acknowledged = 0
         self.ended = False
 

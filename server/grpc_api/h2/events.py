@@ -11,11 +11,20 @@ __all__ = [
 ]
 
 
+# The two events of every request write their own __init__: mypyc compiles it, where the one
+# @dataclass generates runs interpreted (server/tensors.py says more).
+
+
 @dataclass(slots=True)
 class RequestReceived:
     stream_id: int
     headers: Headers
     end_stream: bool
+
+    def __init__(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        self.stream_id = stream_id
+        self.headers = headers
+        self.end_stream = end_stream
 
 
 @dataclass(slots=True)
@@ -25,6 +34,11 @@ class DataReceived:
     stream_id: int
     data: bytes
     end_stream: bool
+
+    def __init__(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        self.stream_id = stream_id
+        self.data = data
+        self.end_stream = end_stream
 
 
 @dataclass(slots=True)
