@@ -226,7 +226,7 @@ class Call:
     async def _run_unary(self, request: Any) -> None:
         try:
             response = await self.rpc.handler(request, self.context)
-            body = response.SerializeToString()
+            body = response if isinstance(response, bytes) else response.SerializeToString()  # ModelInfer: bytes
         except asyncio.CancelledError:
             return  # reset or deadline: whoever cancelled has answered
         except AbortError as abort:

@@ -20,7 +20,13 @@ from ..admission import Admission
 from ..auth import Credentials, Principal, Scope
 from ..batching import QueueShare, current_share
 from ..dataplane import DataPlane
-from ..protocol.grpc_codec import decode_infer_request, encode_infer_response, encode_statistics, parse_message
+from ..protocol.grpc_codec import (
+    append_varint,
+    decode_infer_request,
+    encode_statistics,
+    infer_response_bytes,
+    parse_message,
+)
 from ..protocol.limits import DEFAULT_LIMITS, DecodeLimits, response_bytes
 from ..validation import model_shape_check
 from .credentials import credentials_from_context as _creds
@@ -54,23 +60,15 @@ def _routing_key(context: Ctx) -> str | None:
     return None
 
 
-def _stream_response(response: pb.ModelInferResponse) -> bytes:
-    """ModelStreamInferResponse{infer_response: response}, serialized: the response's bytes behind field 2's
-    tag and length. Wrapping the message object would copy it, outputs and all, before serializing."""
-    body = response.SerializeToString()
-    return _INFER_RESPONSE_TAG + _varint(len(body)) + body
+def _stream_response(body: bytes) -> bytes:
+    """ModelStreamInferResponse{infer_response: the serialized ModelInferResponse `body`}, serialized: its
+    bytes behind field 2's tag and length. Wrapping a message object would copy it, outputs and all."""
+    head = bytearray(_INFER_RESPONSE_TAG)
+    append_varint(head, len(body))
+    return bytes(head) + body
 
 
 _INFER_RESPONSE_TAG = b"\x12"  # field 2 (infer_response), wire type 2 (length-delimited)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 class InferStream:
@@ -81,7 +79,7 @@ class InferStream:
 
     def __init__(self, infer: Callable[[bytes, Credentials, str | None, list[str],
                                         observation.RequestObservation | None, str | None],
-                                       Awaitable[pb.ModelInferResponse]],
+                                       Awaitable[bytes]],
                  queue_share: float, context: Ctx) -> None:
         self._infer = infer
         self._context = context
@@ -133,7 +131,7 @@ class InferenceService:
 
     async def _infer(self, raw: bytes, creds: Credentials, key: str | None, ids: list[str],
                      observed: observation.RequestObservation | None, traceparent: str | None
-                     ) -> pb.ModelInferResponse:
+                     ) -> bytes:
         """Parse (off the loop for big messages; the request's id is appended to `ids`), check the caller
         before the tensors are decoded, decode, infer, encode; and write the request log's line (its trace
         id: the observed request's, else the caller's `traceparent`)."""
@@ -157,8 +155,8 @@ class InferenceService:
                            else await limits.off_loop(len(raw), decode_infer_request, msg, key, limits, check))
                 response = await self._dp.infer(request, creds, principal, observed)
             size = response_bytes(response)
-            encoded = (encode_infer_response(response) if size < limits.off_loop_bytes
-                       else await limits.off_loop(size, encode_infer_response, response))
+            encoded = (infer_response_bytes(response) if size < limits.off_loop_bytes
+                       else await limits.off_loop(size, infer_response_bytes, response))
         except Exception as exc:  # mapped to a status by the server; logged here, where its figures are
             if log is not None:
                 log.failed(start, msg.id if msg is not None else "", trace, msg.model_name if msg is not None else "",
@@ -197,7 +195,7 @@ class InferenceService:
         return pb.ModelConfigResponse(config=self._dp.model_config(request.name, request.version,
                                                                               _creds(context)))
 
-    async def model_infer(self, raw: bytes, context: Ctx) -> pb.ModelInferResponse:
+    async def model_infer(self, raw: bytes, context: Ctx) -> bytes:
         observed = observation.begin_grpc(context.invocation_metadata()) if observation.ACTIVE is not None else None
         # The caller's traceparent, for the request log's line of a request that is not observed.
         traceparent = observation.grpc_traceparent(context.invocation_metadata()) \

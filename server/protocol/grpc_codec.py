@@ -24,7 +24,10 @@ from ..tensors import InferRequest, InferResponse, Parameters, RequestedOutput, 
 from .limits import DEFAULT_LIMITS, DecodeLimits, ShapeCheck
 from .request_core import check_new_input, raw_tensor, shape_text, timeout_us
 
-__all__ = ["decode_infer_request", "encode_infer_response", "encode_statistics", "parse_message"]
+__all__ = [
+    "append_varint", "decode_infer_request", "encode_infer_response", "encode_statistics", "infer_response_bytes",
+    "parse_message",
+]
 
 _M = TypeVar("_M", bound=Message)
 
@@ -160,6 +163,56 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
         else:
             raw.append(np.ascontiguousarray(array, dtype=V2_TO_WIRE_DTYPE[datatype]).tobytes())
     return msg
+
+
+def infer_response_bytes(response: InferResponse) -> bytes:
+    """The serialized ModelInferResponse of `response`: the bytes `encode_infer_response(response)
+    .SerializeToString()` gives, written directly. Building the message object, then serializing it,
+    took a twentieth of a one-row request's CPU and copied every output twice (BENCHMARKS.md)."""
+    head = bytearray()
+    _text_field(head, 0x0A, response.model_name)  # field 1, length-delimited
+    _text_field(head, 0x12, response.model_version)  # 2
+    _text_field(head, 0x1A, response.id)  # 3
+    parts: list[bytes] = [b""]
+    for name, array in response.outputs.items():
+        datatype = response.datatypes[name]
+        tensor = bytearray()
+        _text_field(tensor, 0x0A, name)
+        _text_field(tensor, 0x12, datatype)
+        if array.ndim:  # shape, packed: proto3 writes repeated int64 that way
+            dims = bytearray()
+            for dim in array.shape:
+                append_varint(dims, dim)
+            tensor.append(0x1A)
+            append_varint(tensor, len(dims))
+            tensor += dims
+        head.append(0x2A)  # 5: outputs, in order
+        append_varint(head, len(tensor))
+        head += tensor
+        data = (serialize_bytes_tensor(array) if datatype == "BYTES"
+                else np.ascontiguousarray(array, dtype=V2_TO_WIRE_DTYPE[datatype]).tobytes())
+        prefix = bytearray(b"\x32")  # 6: raw_output_contents, one per output, after every output's metadata
+        append_varint(prefix, len(data))
+        parts.append(bytes(prefix))
+        parts.append(data)
+    parts[0] = bytes(head)
+    return b"".join(parts)
+
+
+def _text_field(out: bytearray, tag: int, text: str) -> None:
+    if text:  # proto3 leaves empty strings out
+        data = text.encode()
+        out.append(tag)
+        append_varint(out, len(data))
+        out += data
+
+
+def append_varint(out: bytearray, value: int) -> None:
+    """Appends a non-negative `value` (lengths, dimensions) as a protobuf varint."""
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
 
 
 def _duration(target: pb.StatisticDuration, source: Duration) -> None:

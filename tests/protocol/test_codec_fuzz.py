@@ -559,8 +559,24 @@ def test_grpc_valid_tensors_round_trip_through_decode_and_encode(datatype: str, 
     response = InferResponse("m", "1", outputs=request.inputs, datatypes=request.datatypes,
                              id=request.id)
     encoded = grpc_codec.encode_infer_response(response)
+    assert grpc_codec.infer_response_bytes(response) == encoded.SerializeToString()
     assert [(o.name, o.datatype, tuple(o.shape)) for o in encoded.outputs] == [
         (f"t{i}", d, a.shape) for i, (d, a) in enumerate(items)]
     for (datatype, array), raw in zip(items, encoded.raw_output_contents, strict=True):
         assert raw == _wire_bytes(array, datatype)
     assert request.outputs == [RequestedOutput(o.name) for o in message.outputs]
+
+
+@FUZZ
+@given(items=st.lists(tensors(), max_size=3), names=st.lists(st.text(max_size=12), min_size=3, max_size=3),
+       response_id=st.text(max_size=40))
+def test_grpc_responses_written_directly_are_the_bytes_protobuf_writes(
+        items: list[tuple[str, Tensor]], names: list[str], response_id: str) -> None:
+    """infer_response_bytes is the serialization of encode_infer_response, byte for byte: any names and ids
+    (empty ones are left out), and outputs with empty dimensions, no dimensions, or BYTES elements."""
+    outputs = {f"{names[2]}{index}": array for index, (_, array) in enumerate(items)}
+    datatypes = {f"{names[2]}{index}": datatype for index, (datatype, _) in enumerate(items)}
+    response = InferResponse(names[0], names[1], outputs, datatypes, id=response_id)
+    written = grpc_codec.infer_response_bytes(response)
+    assert written == grpc_codec.encode_infer_response(response).SerializeToString()
+    assert pb.ModelInferResponse.FromString(written).id == response_id
