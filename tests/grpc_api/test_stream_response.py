@@ -1,4 +1,4 @@
-"""ModelStreamInfer's responses are serialized without wrapping (copying) the ModelInferResponse."""
+"""ModelStreamInfer's responses are the serialized ModelInferResponse behind a tag and length, not a wrapped message."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ def test_the_bytes_are_those_of_the_wrapped_message(size: int) -> None:
                                      raw_output_contents=[bytes(range(256)) * (size // 256) + b"\x07" * (size % 256)])
     response.outputs.add(name="out", datatype="UINT8", shape=[size])
     wrapped = pb.ModelStreamInferResponse(infer_response=response)
-    assert _stream_response(response) == wrapped.SerializeToString()
-    assert pb.ModelStreamInferResponse.FromString(_stream_response(response)) == wrapped
+    assert _stream_response(response.SerializeToString()) == wrapped.SerializeToString()
+    assert pb.ModelStreamInferResponse.FromString(_stream_response(response.SerializeToString())) == wrapped
 
 
 def test_an_empty_response_is_still_present() -> None:
-    parsed = pb.ModelStreamInferResponse.FromString(_stream_response(pb.ModelInferResponse()))
+    parsed = pb.ModelStreamInferResponse.FromString(_stream_response(b""))
     assert parsed.HasField("infer_response") and not parsed.error_message
