@@ -54,6 +54,7 @@ MODULES = (
     "server.http_api.routes",
     "server.protocol.grpc_codec",
     "server.protocol.http_codec",
+    "server.protocol.infer_wire",
     "server.protocol.limits",
     "server.protocol.request_core",
     # one request through the dataplane and the batcher, and what it feeds on the way

@@ -26,7 +26,9 @@ from ..protocol.grpc_codec import (
     encode_statistics,
     infer_response_bytes,
     parse_message,
+    read_infer_message,
 )
+from ..protocol.infer_wire import WireRequest
 from ..protocol.limits import DEFAULT_LIMITS, DecodeLimits, response_bytes
 from ..validation import model_shape_check
 from .credentials import credentials_from_context as _creds
@@ -140,13 +142,12 @@ class InferenceService:
         trace = traceparent if observed is None else observed.trace_id  # what the log line's trace id is made of
         limits = self._limits
         small = len(raw) < limits.off_loop_bytes  # the usual case: no thread hop, and no awaits for it
-        msg: pb.ModelInferRequest | None = None
+        msg: pb.ModelInferRequest | WireRequest | None = None
         principal: Principal | None = None
         try:
             with self._admission.bodies.hold() as hold:  # held until the model is done with the views
                 hold.grow(len(raw))
-                msg = (parse_message(pb.ModelInferRequest, raw) if small
-                       else await limits.off_loop(len(raw), parse_message, pb.ModelInferRequest, raw))
+                msg = read_infer_message(raw) if small else await limits.off_loop(len(raw), read_infer_message, raw)
                 ids.append(msg.id)
                 principal = self._dp.authorize(creds, Scope.INFER, "infer", msg.model_name)
                 self._admission.admit_caller(principal, creds)

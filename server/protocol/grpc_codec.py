@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
@@ -21,12 +22,13 @@ from ..datatypes import (
 from ..errors import InvalidInput
 from ..model_statistics import Duration, ModelStatistics
 from ..tensors import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
+from .infer_wire import WireRequest, read_infer_request
 from .limits import DEFAULT_LIMITS, DecodeLimits, ShapeCheck
 from .request_core import check_new_input, raw_tensor, shape_text, timeout_us
 
 __all__ = [
     "append_varint", "decode_infer_request", "encode_infer_response", "encode_statistics", "infer_response_bytes",
-    "parse_message",
+    "parse_message", "read_infer_message",
 ]
 
 _M = TypeVar("_M", bound=Message)
@@ -54,6 +56,13 @@ def parse_message(message: type[_M], data: bytes) -> _M:
         return message.FromString(data)
     except DecodeError:
         raise InvalidInput(f"malformed {message.DESCRIPTOR.name} message") from None
+
+
+def read_infer_message(data: bytes) -> pb.ModelInferRequest | WireRequest:
+    """A ModelInferRequest read straight from its bytes where `infer_wire` reads it (the messages clients
+    send every request), else parsed by protobuf; either goes to `decode_infer_request`. Raises
+    InvalidInput when the bytes are malformed."""
+    return read_infer_request(data) or parse_message(pb.ModelInferRequest, data)
 
 
 def _parameters(params: object) -> Parameters:
@@ -87,67 +96,93 @@ def _from_contents(tensor: pb.ModelInferRequest.InferInputTensor, datatype: str,
     return np.asarray(values, dtype=dtype).reshape(shape)
 
 
-def _payload_bytes(tensor: pb.ModelInferRequest.InferInputTensor, datatype: str, raw: bytes | None) -> int:
+def _payload_bytes(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> int:
     """Bytes a BYTES input carries (its payload is not known from the shape)."""
-    if datatype != "BYTES":
-        return 0
     if raw is not None:
         return len(raw)
     return tensor.contents.ByteSize()
 
 
-def decode_infer_request(msg: pb.ModelInferRequest, routing_key: str | None = None,
+def decode_infer_request(msg: pb.ModelInferRequest | WireRequest, routing_key: str | None = None,
                          limits: DecodeLimits = DEFAULT_LIMITS, model_check: ShapeCheck | None = None
                          ) -> InferRequest:
-    """Build an InferRequest from a ModelInferRequest. Raises InvalidInput with the exact problem.
+    """Build an InferRequest from a ModelInferRequest, parsed or read from the wire (`infer_wire`).
+    Raises InvalidInput with the exact problem.
 
     Every input's declared shape passes `limits` (and the model's check) before its data is decoded.
     CPU-bound for big messages: transports call it off the event loop above a size threshold.
     """
+    if isinstance(msg, WireRequest):
+        return _decode_read(msg, routing_key, limits, model_check)
     raw = msg.raw_input_contents
     # Repeated fields are read as slices (lists, made in C): iterating the container itself ends on an
     # IndexError whose message protobuf formats, 1.5% of a one-row request's CPU (BENCHMARKS.md).
     tensors = msg.inputs[:]
-    if raw and len(raw) != len(tensors):
-        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(tensors)} inputs")
-    # (tensor, name, datatype, shape) per input: protobuf builds a new str on every field read.
-    declared: list[tuple[pb.ModelInferRequest.InferInputTensor, str, str, tuple[int, ...]]] = []
-    elements = nbytes = 0
-    for index, tensor in enumerate(tensors):
-        name, datatype = tensor.name, tensor.datatype
-        numpy_type = V2_TO_NUMPY.get(datatype)
-        if numpy_type is None:
-            raise InvalidInput(f"input '{name}': unknown datatype '{datatype}'")
-        shape = limits.check(name, datatype, tensor.shape[:], model_check, (elements, nbytes))
-        count = math.prod(shape)
-        elements += count
-        nbytes += count * numpy_type.itemsize if datatype != "BYTES" else _payload_bytes(
-            tensor, datatype, raw[index] if raw else None)
-        limits.check_bytes(name, nbytes)
-        declared.append((tensor, name, datatype, shape))
+    _check_raw_count(len(raw), len(tensors))
+    declared = _declare([(t.name, t.datatype, t.shape[:]) for t in tensors],
+                        lambda index: _payload_bytes(tensors[index], raw[index] if raw else None), limits, model_check)
     inputs: dict[str, Tensor] = {}
     datatypes: dict[str, str] = {}
-    for index, (tensor, name, datatype, shape) in enumerate(declared):
+    for index, (name, datatype, shape) in enumerate(declared):
         check_new_input(name, inputs)
         if raw:
-            if tensor.HasField("contents"):
+            if tensors[index].HasField("contents"):
                 raise InvalidInput(f"input '{name}': contents and raw_input_contents are exclusive")
             inputs[name] = raw_tensor(name, datatype, shape, raw[index])
         else:
-            inputs[name] = _from_contents(tensor, datatype, shape)
+            inputs[name] = _from_contents(tensors[index], datatype, shape)
         datatypes[name] = datatype
-    parameters = _parameters(msg.parameters) if msg.parameters else {}
-    return InferRequest(
-        model_name=msg.model_name,
-        model_version=msg.model_version or None,
-        id=msg.id,
-        inputs=inputs,
-        datatypes=datatypes,
-        outputs=[RequestedOutput(o.name) for o in msg.outputs[:]] if msg.outputs else [],
-        parameters=parameters,
-        timeout_us=timeout_us(parameters) if parameters else 0,
-        routing_key=routing_key,
-    )
+    return _request(msg.model_name, msg.model_version, msg.id, inputs, datatypes,
+                    _parameters(msg.parameters) if msg.parameters else {},
+                    [RequestedOutput(o.name) for o in msg.outputs[:]] if msg.outputs else [], routing_key)
+
+
+def _decode_read(msg: WireRequest, routing_key: str | None, limits: DecodeLimits,
+                 model_check: ShapeCheck | None) -> InferRequest:
+    """decode_infer_request of a message read from the wire: every input is in raw_input_contents."""
+    raw = msg.raw_input_contents
+    _check_raw_count(len(raw), len(msg.inputs))
+    declared = _declare([(t.name, t.datatype, t.shape) for t in msg.inputs], lambda index: len(raw[index]),
+                        limits, model_check)
+    inputs: dict[str, Tensor] = {}
+    datatypes: dict[str, str] = {}
+    for index, (name, datatype, shape) in enumerate(declared):
+        check_new_input(name, inputs)
+        inputs[name] = raw_tensor(name, datatype, shape, raw[index])
+        datatypes[name] = datatype
+    return _request(msg.model_name, msg.model_version, msg.id, inputs, datatypes, msg.parameters,
+                    [RequestedOutput(name) for name in msg.outputs], routing_key)
+
+
+def _check_raw_count(raw: int, inputs: int) -> None:
+    if raw and raw != inputs:
+        raise InvalidInput(f"raw_input_contents has {raw} entries for {inputs} inputs")
+
+
+def _declare(heads: list[tuple[str, str, list[int]]], payload_bytes: Callable[[int], int], limits: DecodeLimits,
+             model_check: ShapeCheck | None) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(name, datatype, shape) of each input, once its declared shape and the request's totals so far pass
+    `limits`; `payload_bytes(index)` is what a BYTES input carries (its shape does not say)."""
+    declared: list[tuple[str, str, tuple[int, ...]]] = []
+    elements = nbytes = 0
+    for index, (name, datatype, dims) in enumerate(heads):
+        numpy_type = V2_TO_NUMPY.get(datatype)
+        if numpy_type is None:
+            raise InvalidInput(f"input '{name}': unknown datatype '{datatype}'")
+        shape = limits.check(name, datatype, dims, model_check, (elements, nbytes))
+        count = math.prod(shape)
+        elements += count
+        nbytes += count * numpy_type.itemsize if datatype != "BYTES" else payload_bytes(index)
+        limits.check_bytes(name, nbytes)
+        declared.append((name, datatype, shape))
+    return declared
+
+
+def _request(model_name: str, model_version: str, request_id: str, inputs: dict[str, Tensor],
+             datatypes: dict[str, str], parameters: Parameters, outputs: list[RequestedOutput],
+             routing_key: str | None) -> InferRequest:
+    return InferRequest(model_name, inputs, datatypes, model_version or None, request_id, outputs, parameters,
+                        timeout_us(parameters) if parameters else 0, routing_key)
 
 
 def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:

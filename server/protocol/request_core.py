@@ -40,7 +40,8 @@ def raw_tensor(name: str, datatype: str, shape: tuple[int, ...], data: bytes | m
     if len(data) != expected:
         raise InvalidInput(f"input '{name}': {shape_text(datatype, shape)} needs {expected} bytes of raw "
                            f"data, got {len(data)}")
-    return np.frombuffer(data, dtype=wire).reshape(shape)
+    # One constructor, not frombuffer + reshape (0.30 against 0.69 us here); still a view of `data`.
+    return np.ndarray(shape, wire, data)
 
 
 def timeout_us(parameters: Parameters) -> int:
