@@ -27,7 +27,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 import numpy as np
 
@@ -64,7 +64,7 @@ ADAPTIVE_DELAY_US = 300
 # How long a sight of several requests queued together keeps the adaptive wait allowed.
 COMPANY_NS = 20_000_000
 
-_EXECUTE_TASK = "batch"
+_EXECUTE_TASK: Final = "batch"
 Result = tuple[dict[str, Tensor], int, BatchRun]
 """What `submit` answers: the request's outputs, the ns it waited in the queue, the batch it ran in."""
 

@@ -10,7 +10,7 @@ import asyncio
 import inspect
 from collections import deque
 from collections.abc import Coroutine
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import grpc
 
@@ -384,7 +384,7 @@ def _task(coroutine: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop)
     return asyncio.Task(coroutine, loop=loop, name=_TASK_NAME)
 
 
-_TASK_NAME = "grpc-call"
+_TASK_NAME: Final = "grpc-call"
 
 
 def _encoded(metadata: Any) -> list[tuple[bytes, bytes]]:
