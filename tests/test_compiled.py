@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.machinery
 import importlib.metadata
 import re
@@ -266,3 +267,19 @@ def test_a_dataclass_with_its_own_init_takes_and_sets_every_field() -> None:
                 found.append(f"{where}: __init__ never sets {missing}")
     assert len(checked) >= 7, checked
     assert found == []
+
+
+def test_a_defaulted_container_field_is_each_instances_own() -> None:
+    """Where a field's default_factory would make a new list or dict, the hand-written __init__ does too."""
+    from server.tensors import InferRequest, InferResponse, RequestedOutput
+
+    checked = 0
+    for make in (lambda: RequestedOutput("y"), lambda: InferRequest("m", {}, {}),
+                 lambda: InferResponse("m", "1", {}, {})):
+        first, second = make(), make()
+        for field in dataclasses.fields(first):
+            if field.default_factory is not dataclasses.MISSING:
+                assert getattr(first, field.name) == field.default_factory()
+                assert getattr(first, field.name) is not getattr(second, field.name)
+                checked += 1
+    assert checked == 4

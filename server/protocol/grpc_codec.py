@@ -1,6 +1,7 @@
 """gRPC messages <-> InferRequest / InferResponse, decoding tensors straight to numpy.
 
-`raw_input_contents` become np.frombuffer views (no copy); typed `contents` go through np.asarray.
+`raw_input_contents` become numpy views of the message's bytes where infer_wire reads the message (no
+copy), of protobuf's bytes where protobuf parses it; typed `contents` go through np.asarray.
 """
 
 from __future__ import annotations

@@ -142,6 +142,9 @@ def test_what_the_reader_leaves_to_protobuf() -> None:
         "a string that is not UTF-8": _field(1, b"\xff"),
         "a field cut short": _field(1, b"model")[:-1],
         "a varint of eleven bytes": _field(1, b"m") + _field(5, _field(3, b"\xff" * 10 + b"\x01")),
+        "a key padded to two bytes (protobuf takes it)": b"\x8a\x00" + _varint(1) + b"m",
+        "a key padded to six bytes (protobuf refuses it)": b"\x8a\x80\x80\x80\x80\x00" + _varint(1) + b"m",
+        "a parameter's key padded": _field(4, _field(1, b"k") + _field(2, b"\x88\x00\x01")) + _field(1, b"m"),
         "inputs with no raw contents": _field(1, b"m") + FP32_INPUT,
     }
     for form, data in leave.items():
