@@ -56,6 +56,7 @@ MODULES = (
     "server.protocol.http_codec",
     "server.protocol.infer_wire",
     "server.protocol.limits",
+    "server.protocol.protobuf_wire",
     "server.protocol.request_core",
     # one request through the dataplane and the batcher, and what it feeds on the way
     "server.admission",

@@ -15,6 +15,9 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .protocol.protobuf_wire import length_field as _field
+from .protocol.protobuf_wire import varint as _varint
+
 __all__ = ["KIND_INTERNAL", "KIND_SERVER", "STATUS_ERROR", "UNSET_STATUS", "SpanEncoder"]
 
 KIND_INTERNAL, KIND_SERVER = 1, 2
@@ -23,22 +26,6 @@ UNSET_STATUS = b"\x7a\x00"
 """Span.status with code UNSET and no message, as the standard encoder writes it (an empty Status)."""
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200  # SpanFlags: the parent's remoteness is known / it is remote
 _CACHE_LIMIT = 4096
-
-
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(tag: int, data: bytes) -> bytes:
-    """A length-delimited field (`tag` = field number << 3 | 2)."""
-    return b"%c%b%b" % (tag, _varint(len(data)), data)
 
 
 def _any_value(value: Any) -> bytes:

@@ -21,7 +21,6 @@ from ..auth import Credentials, Principal, Scope
 from ..batching import QueueShare, current_share
 from ..dataplane import DataPlane
 from ..protocol.grpc_codec import (
-    append_varint,
     decode_infer_request,
     encode_statistics,
     infer_response_bytes,
@@ -30,6 +29,7 @@ from ..protocol.grpc_codec import (
 )
 from ..protocol.infer_wire import WireRequest
 from ..protocol.limits import DEFAULT_LIMITS, DecodeLimits, response_bytes
+from ..protocol.protobuf_wire import append_varint
 from ..validation import model_shape_check
 from .credentials import credentials_from_context as _creds
 from .errors import abort_status

@@ -25,11 +25,12 @@ from ..model_statistics import Duration, ModelStatistics
 from ..tensors import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
 from .infer_wire import WireRequest, read_infer_request
 from .limits import DEFAULT_LIMITS, DecodeLimits, ShapeCheck
+from .protobuf_wire import append_varint
 from .request_core import check_new_input, raw_tensor, shape_text, timeout_us
 
 __all__ = [
-    "append_varint", "decode_infer_request", "encode_infer_response", "encode_statistics", "infer_response_bytes",
-    "parse_message", "read_infer_message",
+    "decode_infer_request", "encode_infer_response", "encode_statistics", "infer_response_bytes", "parse_message",
+    "read_infer_message",
 ]
 
 _M = TypeVar("_M", bound=Message)
@@ -209,7 +210,7 @@ def infer_response_bytes(response: InferResponse) -> bytes:
     _text_field(head, 0x0A, response.model_name)  # field 1, length-delimited
     _text_field(head, 0x12, response.model_version)  # 2
     _text_field(head, 0x1A, response.id)  # 3
-    parts: list[bytes] = [b""]
+    parts: list[bytes | bytearray | memoryview] = [b""]  # joined once: each output's bytes are copied only there
     for name, array in response.outputs.items():
         datatype = response.datatypes[name]
         tensor = bytearray()
@@ -225,13 +226,13 @@ def infer_response_bytes(response: InferResponse) -> bytes:
         head.append(0x2A)  # 5: outputs, in order
         append_varint(head, len(tensor))
         head += tensor
-        data = (serialize_bytes_tensor(array) if datatype == "BYTES"
-                else np.ascontiguousarray(array, dtype=V2_TO_WIRE_DTYPE[datatype]).tobytes())
+        data = (memoryview(serialize_bytes_tensor(array)) if datatype == "BYTES"
+                else np.ascontiguousarray(array, dtype=V2_TO_WIRE_DTYPE[datatype]).data)
         prefix = bytearray(b"\x32")  # 6: raw_output_contents, one per output, after every output's metadata
-        append_varint(prefix, len(data))
-        parts.append(bytes(prefix))
+        append_varint(prefix, data.nbytes)
+        parts.append(prefix)
         parts.append(data)
-    parts[0] = bytes(head)
+    parts[0] = head
     return b"".join(parts)
 
 
@@ -241,14 +242,6 @@ def _text_field(out: bytearray, tag: int, text: str) -> None:
         out.append(tag)
         append_varint(out, len(data))
         out += data
-
-
-def append_varint(out: bytearray, value: int) -> None:
-    """Appends a non-negative `value` (lengths, dimensions) as a protobuf varint."""
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
 
 
 def _duration(target: pb.StatisticDuration, source: Duration) -> None:
