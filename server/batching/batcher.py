@@ -133,6 +133,7 @@ class DynamicBatcher:
         self._adaptive_ns = adaptive_delay_us * 1000 if adaptive else 0
         self._load = load or LoopLoad()
         self._arrivals = 0  # requests ever queued: tells whether a loop turn brought any
+        self._queued_rows = 0  # rows in the queue, live or not: at least what can still join the head
         self._company_ns = -COMPANY_NS  # when a batch last began with more than one request queued
         self._queue_limit = (batching.max_queue_size if batching and batching.max_queue_size else
                              DEFAULT_QUEUE_LIMIT)
@@ -140,7 +141,10 @@ class DynamicBatcher:
         self._allow_override = batching.allow_timeout_override if batching else True
         self._queue: deque[_Pending] = deque()
         self._by_share: dict[QueueShare, int] = {}
-        self._arrived = asyncio.Event()
+        # The batcher sleeps on `_wake`; an arrival wakes it only once the queue holds `_wake_rows` rows,
+        # so a batch filling towards its preferred size costs one wake-up, not one per request.
+        self._wake: asyncio.Future[None] | None = None
+        self._wake_rows = 1
         self._slots = asyncio.Semaphore(self._runner.instances)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._accepting = True
@@ -195,8 +199,10 @@ class DynamicBatcher:
             pending.timer = loop.call_later(timeout / 1e6, self._expire, pending, timeout)
         self._queue.append(pending)
         self._arrivals += 1
+        self._queued_rows += rows
         self._count_pending(1)
-        self._arrived.set()
+        if self._wake is not None and self._queued_rows >= self._wake_rows:
+            self._wake_batcher()
         try:
             return await pending.future
         finally:
@@ -225,6 +231,7 @@ class DynamicBatcher:
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Stop accepting, finish queued and in-flight requests, then end the loop."""
         self._accepting = False
+        self._wake_batcher()  # a batch filling towards its preferred size can get no more rows: it goes now
         deadline = time.monotonic() + drain_timeout_s
         while (self._queue or self._in_flight) and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
@@ -233,6 +240,7 @@ class DynamicBatcher:
             if pending.live:
                 pending.future.set_exception(ModelNotReady(f"model '{self._spec.name}' was unloaded"))
         self._queue.clear()
+        self._queued_rows = 0
 
     @property
     def queued(self) -> int:
@@ -270,21 +278,37 @@ class DynamicBatcher:
 
     def _drop_dead_head(self) -> None:
         while self._queue and not self._queue[0].live:
-            self._queue.popleft()
+            self._queued_rows -= self._queue.popleft().rows
 
     async def _wait_for_work(self) -> None:
         while True:
             self._drop_dead_head()
             if self._queue:
                 return
-            self._arrived.clear()
-            await self._arrived.wait()
+            await self._sleep_until_rows(1)
+
+    async def _sleep_until_rows(self, rows: int) -> None:
+        """Until the queue holds `rows` rows (live or not), or until `_wake_batcher` is called."""
+        self._wake_rows = rows
+        wake = self._wake = self._loop().create_future()
+        try:
+            await wake
+        finally:
+            if self._wake is wake:
+                self._wake = None
+
+    def _wake_batcher(self) -> None:
+        wake = self._wake
+        self._wake = None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
     def _take(self) -> tuple[list[_Pending], int]:
         """Take the head and every later request that can join it, up to max rows."""
         head = self._queue[0]
         if not self._merge:
             self._queue.popleft()
+            self._queued_rows -= head.rows
             return [head], head.rows
         taken: list[_Pending] = []
         rows = 0
@@ -292,10 +316,12 @@ class DynamicBatcher:
         while self._queue:
             item = self._queue.popleft()
             if not item.live:
+                self._queued_rows -= item.rows
                 continue
             if item.key == head.key and rows + item.rows <= self._max_rows:
                 taken.append(item)
                 rows += item.rows
+                self._queued_rows -= item.rows
             else:
                 keep.append(item)
         keep.extend(self._queue)
@@ -319,19 +345,30 @@ class DynamicBatcher:
         if self._adaptive_ns and self._worth_waiting():
             await self._gather_arrivals(self._queue[0].enqueued_ns + self._adaptive_ns)
         elif self._merge and self._delay_ns:
-            deadline = self._queue[0].enqueued_ns + self._delay_ns
-            while self._ready_rows() < self._target_rows:
-                remaining = deadline - time.perf_counter_ns()
-                if remaining <= 0:
-                    break
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), remaining / 1e9)
-                except TimeoutError:
-                    break
-                await self._wait_for_work()
+            await self._fill_or_wait_out()
         taken, _ = self._take()
         return self._dispatch(taken)
+
+    async def _fill_or_wait_out(self) -> None:
+        """Until the head's batch can reach the target rows, or the head has waited max_queue_delay.
+
+        One timer per sleep, and a sleep that only an arrival able to complete the batch ends: before,
+        every arrival woke the batcher through `asyncio.wait_for`, a task and a timer per request
+        (7.7% of the loop's CPU with the heavy model at 32 clients filling batches of 32).
+        """
+        loop = self._loop()
+        while True:
+            ready = self._ready_rows()
+            remaining_ns = self._queue[0].enqueued_ns + self._delay_ns - time.perf_counter_ns()
+            if ready >= self._target_rows or remaining_ns <= 0 or not self._accepting:
+                return
+            timer = loop.call_later(remaining_ns / 1e9, self._wake_batcher)
+            try:
+                # An arrival adds at most its own rows to the head's batch, so none before this many can fill it.
+                await self._sleep_until_rows(self._queued_rows + self._target_rows - ready)
+            finally:
+                timer.cancel()
+            await self._wait_for_work()  # the head may have expired or been cancelled meanwhile
 
     def _worth_waiting(self) -> bool:
         """A saturated loop that makes the run itself, and requests lately found queued together.

@@ -6,6 +6,9 @@ saves the per-batch work (the run's fixed cost, a wake-up, a write) that dominat
 small. On a loop with idle time the same wait is pure latency. The measure is the loop thread's CPU
 time over wall time in windows of 20 ms (longer when no batch forms to renew it), with hysteresis:
 waiting lowers the loop's CPU per request, and the verdict must not flip back for that alone.
+
+Our gRPC transport asks it too: with time to spare, each answer is written as soon as it is made; when
+saturated, the turn's answers to one connection share a write.
 """
 
 from __future__ import annotations

@@ -160,15 +160,72 @@ async def test_requests_with_different_non_batch_dims_are_never_merged():
 
 async def test_max_queue_delay_waits_for_the_preferred_batch_size():
     runner = GatedRunner()
-    spec = make_spec(batching=BatchingSpec(preferred_batch_sizes=(4,), max_queue_delay_us=200_000))
+    spec = make_spec(batching=BatchingSpec(preferred_batch_sizes=(4,), max_queue_delay_us=5_000_000))
     batcher = make_batcher(runner, spec)
     tasks = []
     for i in range(4):
         tasks.append(asyncio.create_task(batcher.submit({"x": rows([i])}, 1)))
         await queued()  # one at a time: the batcher holds the first ones until the preferred size
-    await asyncio.gather(*tasks)
+    await asyncio.wait_for(asyncio.gather(*tasks), 2)  # it goes at the preferred size, well before the delay
     assert runner.batches == [4]
     await batcher.stop()
+
+
+async def test_requests_of_several_rows_fill_the_preferred_size_and_a_batch_it_cannot_join_does_not():
+    runner = GatedRunner()
+    spec = make_spec(batching=BatchingSpec(preferred_batch_sizes=(4,), max_queue_delay_us=5_000_000))
+    batcher = make_batcher(runner, spec)
+    first = asyncio.create_task(batcher.submit({"x": rows([0, 0, 0])}, 3))
+    await queued()
+    other = asyncio.create_task(batcher.submit({"x": rows([9], width=3)}, 1))  # other dims: never joins
+    await queued()
+    assert runner.batches == []  # 3 rows of the head's kind are queued, not 4: still waiting
+    last = asyncio.create_task(batcher.submit({"x": rows([1])}, 1))
+    await asyncio.wait_for(asyncio.gather(first, last), 2)  # well before the 5 s delay
+    assert runner.batches == [4] and not other.done()  # alone, it waits out its delay
+    other.cancel()
+    await batcher.stop()
+
+
+async def test_a_batch_short_of_its_preferred_size_goes_once_its_oldest_request_waited_the_delay():
+    runner = GatedRunner()
+    spec = make_spec(batching=BatchingSpec(preferred_batch_sizes=(4,), max_queue_delay_us=50_000))
+    batcher = make_batcher(runner, spec)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await asyncio.gather(*(batcher.submit({"x": rows([i])}, 1) for i in range(2)))
+    assert runner.batches == [2]
+    assert loop.time() - began >= 0.045  # held for the delay (a lower bound: nothing is timed against it)
+    await batcher.stop()
+
+
+async def test_a_head_cancelled_while_its_batch_fills_leaves_the_others_to_form_it():
+    runner = GatedRunner()
+    spec = make_spec(batching=BatchingSpec(preferred_batch_sizes=(3,), max_queue_delay_us=5_000_000))
+    batcher = make_batcher(runner, spec)
+    head = asyncio.create_task(batcher.submit({"x": rows([0])}, 1))
+    await queued()
+    rest = [asyncio.create_task(batcher.submit({"x": rows([i])}, 1)) for i in (1, 2)]
+    await queued()
+    head.cancel()
+    await queued()
+    assert runner.batches == []  # two live rows: the batch is one short
+    rest.append(asyncio.create_task(batcher.submit({"x": rows([3])}, 1)))
+    await asyncio.wait_for(asyncio.gather(*rest), 2)  # well before the 5 s delay
+    assert runner.batches == [3]
+    await batcher.stop()
+
+
+async def test_stop_sends_a_filling_batch_at_once_instead_of_waiting_out_its_delay():
+    runner = GatedRunner()
+    spec = make_spec(batching=BatchingSpec(preferred_batch_sizes=(4,), max_queue_delay_us=60_000_000))
+    batcher = make_batcher(runner, spec)
+    waiting = [asyncio.create_task(batcher.submit({"x": rows([i])}, 1)) for i in range(2)]
+    gone = asyncio.create_task(batcher.submit({"x": rows([0], width=3)}, 1))
+    await queued()
+    gone.cancel()
+    await asyncio.wait_for(batcher.stop(), 2)
+    assert runner.batches == [2] and all(t.done() and not t.exception() for t in waiting)
 
 
 async def test_without_dynamic_batching_each_request_runs_alone():
