@@ -318,7 +318,9 @@ class GrpcServer:
         self.max_message_bytes = max_message_bytes
         self.limits = limits or H2Limits()
         self.counters = LimitCounters()
-        self.loop_load = LoopLoad()  # whether answers are written at once (GrpcProtocol._answer_made)
+        # Whether answers are written at once (GrpcProtocol._answer_made). It reads the CPU clock of the
+        # thread that makes it: the server is made on its loop, in the coroutine that starts it.
+        self.loop_load = LoopLoad()
         self.connections: set[GrpcProtocol] = set()
         self._ssl = ssl_context
         self._server: asyncio.AbstractServer | None = None
@@ -327,7 +329,6 @@ class GrpcServer:
     async def start(self, sock: socket.socket) -> int:
         """Serve on a bound, listening socket; returns its port."""
         loop = asyncio.get_running_loop()
-        self.loop_load = LoopLoad()  # it reads the CPU clock of the thread that makes it: the loop's
         self._server = await loop.create_server(lambda: GrpcProtocol(self), sock=sock, ssl=self._ssl,
                                                 backlog=2048)
         self._sweeper = loop.create_task(self._sweep())
