@@ -12,7 +12,8 @@ tessera_batch_size on /metrics). Ratios are taken within a round, then the media
     # ... against in-process ONNX Runtime at batch 32, measured on the servers' CPUs in every round:
     #     --inprocess-batch 32 (and a config that forms such batches: --batching "preferred_batch_size: [ 32 ]
     #     max_queue_delay_microseconds: 3000")
-    # requests of 64 rows each (figures then per row): --rows 64 --targets ours,http,grpcio
+    # requests of 64 rows each (figures then per row): --rows 64 --targets ours,http,grpcio; with
+    #     --max-batch-size 256 a batch can hold four of them (at the default 64 each is its own batch)
     # against the bare-bones HTTP/2 server with the model inline: --targets ours,bare,h2-inline
     # a change against its base, both transports' paths: --before REV --targets ours,before,ours-stream,before-stream
     # --workers 2 against 1 on both cores (servers and load unpinned):
@@ -139,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mlp", default="64,256,256,10", help="layer sizes of the `mlp` model served")
     parser.add_argument("--rows", type=int, default=1, help="rows per request (perf_analyzer -b); its "
                         "Inferences/Second, and so req/s and CPU per request here, then count rows")
+    parser.add_argument("--max-batch-size", type=int, default=64, help="the served model's max_batch_size: "
+                        "the most rows one batch (and one request) may hold")
     parser.add_argument("--batching", default="", help="dynamic_batching fields of the served model's config, "
                         "e.g. 'preferred_batch_size: [ 32 ] max_queue_delay_microseconds: 2000'")
     parser.add_argument("--inprocess-batch", type=int, default=0, help="after each round's targets, run the "
@@ -155,9 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     repository = Path(tempfile.mkdtemp(prefix="tessera-bench-"))
     sizes = [int(size) for size in args.mlp.split(",")]
     batching = f"dynamic_batching {{ {args.batching} }}\n"
-    make_models.make_mlp(repository, model, sizes, config_extra=batching)
+    make_models.make_mlp(repository, model, sizes, max_batch_size=args.max_batch_size, config_extra=batching)
     nowait_repository = Path(tempfile.mkdtemp(prefix="tessera-bench-nowait-"))
-    make_models.make_mlp(nowait_repository, model, sizes, config_extra=batching + NO_ADAPTIVE_BATCHING)
+    make_models.make_mlp(nowait_repository, model, sizes, max_batch_size=args.max_batch_size,
+                         config_extra=batching + NO_ADAPTIVE_BATCHING)
     targets = args.targets.split(",")
     ours, ours_http, ours_grpc = _tessera(repository, "ours", args.server_cpus, args.out)
     grpcio, grpcio_http, grpcio_grpc = _tessera(repository, "grpcio", args.server_cpus, args.out)
