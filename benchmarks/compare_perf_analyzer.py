@@ -38,7 +38,7 @@ from loadtests.spec import LoadSpec, Target
 
 from .server_process import ServerProcess, free_port, http_ready
 
-__all__ = ["Comparison", "main", "run_perf_analyzer", "tessera_argv"]
+__all__ = ["Comparison", "main", "run_perf_analyzer", "run_workers_lowered", "tessera_argv"]
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS: tuple[Literal["grpc", "http"], ...] = ("grpc", "http")
@@ -115,44 +115,74 @@ def run_perf_analyzer(args: list[str], csv_path: Path, cpus: str, timeout_s: flo
     their share of the core unchanged while the main thread sleeps through a window.
     """
     command = ["taskset", "-c", cpus, str(PERF_ANALYZER), *args, "-f", str(csv_path)]
-    # taskset and the wrapper script exec perf_analyzer, so the child's pid is its main thread's.
-    child = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL
-    )
-    stop = threading.Event()
-    watcher = threading.Thread(target=_lower_workers, args=(child.pid, stop), daemon=True)
-    watcher.start()
+    log = csv_path.with_suffix(".log")
     try:
-        stdout, stderr = child.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.communicate()
+        done = run_workers_lowered(command, timeout_s)
+    except subprocess.TimeoutExpired as late:
+        printed = [o.decode(errors="replace") if isinstance(o, bytes) else o or "" for o in (late.output, late.stderr)]
+        log.write_text(f"$ {' '.join(command)}\n(killed at the timeout)\n{printed[0]}\n{printed[1]}")
         raise
-    finally:
-        stop.set()
-        watcher.join()
-    csv_path.with_suffix(".log").write_text(f"$ {' '.join(command)}\n{stdout}\n{stderr}")
-    if child.returncode != 0:
+    log.write_text(f"$ {' '.join(command)}\n{done.stdout}\n{done.stderr}")
+    if done.returncode != 0:
         raise RuntimeError(
-            f"perf_analyzer failed ({child.returncode}): {' '.join(command)}\n{stdout[-1500:]}\n{stderr[-1500:]}"
+            f"perf_analyzer failed ({done.returncode}): {' '.join(command)}\n"
+            f"{done.stdout[-1500:]}\n{done.stderr[-1500:]}"
         )
     with csv_path.open() as f:
         return list(csv.DictReader(f))
 
 
+def run_workers_lowered(command: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """Run a perf_analyzer command line (taskset, the wrapper, perf_analyzer: each execs the next) with
+    its workers at WORKER_NICE; its output captured. At the timeout, or if the caller is interrupted,
+    perf_analyzer is killed first; TimeoutExpired then carries what it had printed."""
+    # The child's pid is perf_analyzer's, so its main thread's.
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          stdin=subprocess.DEVNULL) as child:
+        stop = threading.Event()
+        watcher = threading.Thread(target=_lower_workers, args=(child.pid, stop), daemon=True)
+        watcher.start()
+        try:
+            stdout, stderr = child.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            stdout, stderr = child.communicate()
+            raise subprocess.TimeoutExpired(command, timeout_s, output=stdout, stderr=stderr) from None
+        except BaseException:
+            child.kill()
+            raise
+        finally:
+            stop.set()
+            watcher.join()
+    return subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
+
+
 def _lower_workers(pid: int, stop: threading.Event) -> None:
-    """Every thread of `pid` but its main one goes to WORKER_NICE, as threads appear, until `stop`."""
+    """Every thread of `pid` but its main one goes to WORKER_NICE, as threads appear, until `stop` or
+    the process is gone (a pid taken by another process is told apart by its start time)."""
+    started = _start_time(pid)
     lowered = {pid}
-    while not stop.wait(0.1):
+    while started is not None and not stop.wait(0.1):
         try:
             threads = {int(tid) for tid in os.listdir(f"/proc/{pid}/task")}
         except OSError:
+            return
+        if _start_time(pid) != started:
             return
         for tid in threads - lowered:
             # A thread's nice is its own on Linux (PRIO_PROCESS on a thread id); raising it needs no privilege.
             with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, tid, WORKER_NICE)
             lowered.add(tid)
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _pa_figures(args: argparse.Namespace, protocol: str, port: int, concurrency: int, out: Path) -> Figures:

@@ -153,6 +153,9 @@ def main(argv: list[str] | None = None) -> None:
                         "interpreted)")
     parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "grpc_transport")
     args = parser.parse_args(argv)
+    if args.rows > args.max_batch_size:
+        parser.error(f"--rows {args.rows} exceeds --max-batch-size {args.max_batch_size}: "
+                     "every request would be refused")
     args.out.mkdir(parents=True, exist_ok=True)
     model = "mlp"
     repository = Path(tempfile.mkdtemp(prefix="tessera-bench-"))

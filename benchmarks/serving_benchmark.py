@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .compare_perf_analyzer import run_workers_lowered
 from .sample_models import make_models
 from .serving_report import BATCH_CEILING_ROWS, HEAVY, SMALL, Cell, Figure, machine, markdown, summarize
 
@@ -137,8 +138,8 @@ class Bench:
                "-p", str(window_ms or self.window_ms), "-s", "999", "-r", "3", "-f", str(csv_path),
                "--input-data", str(self.out / "inputs" / f"{cell.model.removesuffix('_single')}.json")]
         loadavg = os.getloadavg()[0]
-        with log_path.open("wb") as log:
-            done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=120, check=False)
+        done = run_workers_lowered(cmd, timeout_s=120)  # its main thread ahead of its workers (see there)
+        log_path.write_text(done.stdout + done.stderr)
         if done.returncode != 0 or not csv_path.exists():
             print(f"  {tag}: perf_analyzer failed (rc {done.returncode}), see {log_path}", flush=True)
             return None
