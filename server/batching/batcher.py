@@ -40,7 +40,7 @@ from ..observation import RequestObservation
 from ..spec import ModelSpec
 from ..tensors import BatchRun, Tensor
 from .fairness import QueueShare, current_share
-from .load import LoopLoad
+from .load import LoopLoad, running_loop_load
 from .stacking import BatchKey, batch_key, split_outputs, stack_inputs
 
 __all__ = ["ADAPTIVE_DELAY_US", "DEFAULT_QUEUE_LIMIT", "STRING_ELEMENTS_PER_RUN", "DynamicBatcher", "Runner"]
@@ -131,7 +131,7 @@ class DynamicBatcher:
         self._delay_ns = (batching.max_queue_delay_us * 1000) if batching else 0
         adaptive = self._merge and not self._delay_ns and spec.adaptive_batching
         self._adaptive_ns = adaptive_delay_us * 1000 if adaptive else 0
-        self._load = load or LoopLoad()
+        self._load = load or running_loop_load()
         self._arrivals = 0  # requests ever queued: tells whether a loop turn brought any
         self._queued_rows = 0  # rows in the queue, live or not: at least what can still join the head
         self._company_ns = -COMPANY_NS  # when a batch last began with more than one request queued

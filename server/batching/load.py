@@ -8,15 +8,18 @@ time over wall time in windows of 20 ms (longer when no batch forms to renew it)
 waiting lowers the loop's CPU per request, and the verdict must not flip back for that alone.
 
 Our gRPC transport asks it too: with time to spare, each answer is written as soon as it is made; when
-saturated, the turn's answers to one connection share a write.
+saturated, the turn's answers to one connection share a write. Both ask the same instance,
+`running_loop_load()`: one loop, one measure.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
 from collections.abc import Callable
 
-__all__ = ["LoopLoad"]
+__all__ = ["LoopLoad", "running_loop_load"]
 
 # Long enough to average over many batches, short enough to follow a load that starts or stops.
 WINDOW_NS = 20_000_000
@@ -49,3 +52,16 @@ class LoopLoad:
         self._wall_start, self._cpu_start = now, cpu
         self.saturated = share >= (LEAVE_SHARE if self.saturated else ENTER_SHARE)
         return self.saturated
+
+
+_BY_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopLoad] = weakref.WeakKeyDictionary()
+
+
+def running_loop_load() -> LoopLoad:
+    """The running loop's LoopLoad, made on first use: every batcher and the gRPC transport on a loop
+    share its verdict. Call it on the loop, as LoopLoad samples the calling thread's CPU clock."""
+    loop = asyncio.get_running_loop()
+    load = _BY_LOOP.get(loop)
+    if load is None:
+        load = _BY_LOOP[loop] = LoopLoad()
+    return load

@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import grpc
 
-from ..batching.load import LoopLoad
+from ..batching.load import running_loop_load
 from ..tls import auth_context_from_peercert
 from .calls import Call
 from .context import CallContext
@@ -318,9 +318,9 @@ class GrpcServer:
         self.max_message_bytes = max_message_bytes
         self.limits = limits or H2Limits()
         self.counters = LimitCounters()
-        # Whether answers are written at once (GrpcProtocol._answer_made). It reads the CPU clock of the
-        # thread that makes it: the server is made on its loop, in the coroutine that starts it.
-        self.loop_load = LoopLoad()
+        # Whether answers are written at once (GrpcProtocol._answer_made): the loop's one measure, which
+        # its batchers share. The server is made on its loop, in the coroutine that starts it.
+        self.loop_load = running_loop_load()
         self.connections: set[GrpcProtocol] = set()
         self._ssl = ssl_context
         self._server: asyncio.AbstractServer | None = None

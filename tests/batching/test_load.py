@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
-from server.batching.load import ENTER_SHARE, LEAVE_SHARE, WINDOW_NS, LoopLoad
+from server.batching.batcher import DynamicBatcher
+from server.batching.load import ENTER_SHARE, LEAVE_SHARE, WINDOW_NS, LoopLoad, running_loop_load
+from server.grpc_api.server import GrpcServer
+from server.metrics import Metrics
+from server.model_statistics import ModelStatistics
+from tests.batching.test_batcher import GatedRunner, make_spec
 
 
 class Clocks:
@@ -80,3 +86,20 @@ def test_the_real_clocks_tell_a_busy_thread_from_a_sleeping_one():
     assert load.saturated
     time.sleep(3 * WINDOW_NS / 1e9)
     assert load.update() is False
+
+
+async def test_a_loop_has_one_measure_that_its_batchers_and_the_grpc_transport_share():
+    shared = running_loop_load()
+    assert running_loop_load() is shared
+    server = GrpcServer({}, max_message_bytes=1 << 20)
+    batcher = DynamicBatcher(GatedRunner(), make_spec(), ModelStatistics("m", "1"), Metrics(), ("m", "1"))
+    assert server.loop_load is shared and batcher._load is shared
+
+
+def test_another_loop_has_its_own():
+    first = asyncio.run(_load_of_a_new_loop())
+    assert asyncio.run(_load_of_a_new_loop()) is not first
+
+
+async def _load_of_a_new_loop() -> LoopLoad:
+    return running_loop_load()
