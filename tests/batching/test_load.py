@@ -97,8 +97,13 @@ async def test_a_loop_has_one_measure_that_its_batchers_and_the_grpc_transport_s
 
 
 def test_another_loop_has_its_own():
-    first = asyncio.run(_load_of_a_new_loop())
-    assert asyncio.run(_load_of_a_new_loop()) is not first
+    loops = [asyncio.new_event_loop() for _ in range(2)]  # not asyncio.run: it resets the thread's loop
+    try:
+        first, second = (loop.run_until_complete(_load_of_a_new_loop()) for loop in loops)
+    finally:
+        for loop in loops:
+            loop.close()
+    assert first is not second
 
 
 async def _load_of_a_new_loop() -> LoopLoad:
